@@ -1,0 +1,137 @@
+"""The `gapinit` command.
+
+A user's mistake (bad spec, missing file, unreachable cluster: any :class:`GapinitError`) prints one
+line per problem, prefixed ``gapinit: error:``, and exits with code 2. Anything else is a bug in
+gapinit-ray and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from gapinit_ray.errors import GapinitError
+
+EXIT_USER_ERROR = 2
+
+
+def _add_spec(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="sweep spec YAML (see sweeps/)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides parsed as YAML, e.g. train.lr=1e-4 search.seed=[1,2] lora.rank=8",
+    )
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from gapinit_ray.spec import describe, load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    if args.check_data:
+        from gapinit_ray.data.resolve import check_spec_data
+
+        for line in check_spec_data(spec):
+            print(line)
+    print(describe(spec))
+    print(f"{args.spec}: OK")
+    return 0
+
+
+def _not_yet(name: str, what: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        raise GapinitError(f"`gapinit {name}` ({what}) is not available in this version yet")
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gapinit",
+        description="Gap-Init sweeps on Ray: calibrate modality gaps, train LoRA inits, compare over seeds.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("validate", help="check a sweep spec (schema and values; --check-data: files too)")
+    _add_spec(p)
+    p.add_argument(
+        "--check-data",
+        action="store_true",
+        help="also check that data, images and checkpoints exist and are readable, and that the "
+        "calibration set can be drawn",
+    )
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("run", help="run a sweep on an embedded local Ray or the cluster at --address")
+    _add_spec(p)
+    p.add_argument("--trial", help="run one trial outside Tune, e.g. init=gap,seed=42")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.set_defaults(func=_not_yet("run", "sweep execution"))
+
+    p = sub.add_parser("calibrate", help="run only the calibration stage and print the per-layer gap table")
+    _add_spec(p)
+    p.set_defaults(func=_not_yet("calibrate", "distributed calibration"))
+
+    p = sub.add_parser("resume", help="continue an interrupted sweep from its storage")
+    p.add_argument("sweep", help="sweep name or its storage dir")
+    p.set_defaults(func=_not_yet("resume", "sweep resume"))
+
+    p = sub.add_parser("results", help="aggregate a sweep's results (mean ± std over seeds)")
+    p.add_argument("sweep", help="sweep storage dir or URI")
+    p.add_argument("--by", default="init,rank,backbone", help="group-by config axes")
+    p.add_argument("--metric", default="val_cider")
+    p.add_argument("--at", default="last", help="best | last | epoch=N")
+    p.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table")
+    p.set_defaults(func=_not_yet("results", "results queries"))
+
+    p = sub.add_parser("report", help="write learning curves and the comparison as PNG + markdown")
+    p.add_argument("sweep")
+    p.set_defaults(func=_not_yet("report", "reports"))
+
+    p = sub.add_parser("diagnose", help="orthogonality diagnostics (Prop. 3.1, Fig. 2, Fig. 5)")
+    p.add_argument("--out", default="diagnostics")
+    p.set_defaults(func=_not_yet("diagnose", "diagnostics"))
+
+    for name, what in [
+        ("submit", "submit a spec to a Ray cluster through the Jobs API"),
+        ("status", "show a submitted sweep's state"),
+        ("logs", "print a submitted sweep's logs"),
+        ("stop", "stop a submitted sweep"),
+        ("list", "list submitted sweeps"),
+    ]:
+        p = sub.add_parser(name, help=what)
+        if name == "submit":
+            _add_spec(p)
+        elif name != "list":
+            p.add_argument("id", nargs="?" if name == "status" else None)
+        p.add_argument("--address", help="Ray dashboard address, e.g. http://HEAD:8265 (or RAY_ADDRESS)")
+        p.set_defaults(func=_not_yet(name, what))
+    return parser
+
+
+def _version() -> str:
+    from gapinit_ray import __version__
+
+    return f"gapinit-ray {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except GapinitError as e:
+        for line in str(e).splitlines() or ["(no message)"]:
+            print(f"gapinit: error: {line}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("gapinit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,707 @@
+"""The sweep spec: one YAML file describes a whole sweep.
+
+The spec is validated once, at the edge, into typed pydantic models. Unknown keys are errors; every bad
+value is reported with the file, the field path (and YAML line) and what is allowed, all errors at once.
+Stages receive the typed sub-models they need, never the raw YAML.
+
+A sweep is the product of the ``search`` axes (grid lists, and ``choice`` / ``uniform`` /
+``loguniform`` for tuned values) over the base values given in the other sections. An axis is named by
+the dotted path of the field it sets (``train.lr``, ``lora.rank``); ``seed``, ``init`` and
+``backbone`` are short names for ``seed``, ``lora.init`` and the backbone list.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gapinit_ray.errors import SpecError
+
+# --------------------------------------------------------------------------------------------------
+# Names that registries own. They are listed here (cheap, no heavy imports) so that `validate` can
+# name the allowed values; the registries check that they agree (tests/test_spec.py).
+
+INIT_METHODS = ("gap", "random", "gaussian", "pissa", "olora", "dora", "random-direction")
+SCHEDULERS = ("fifo", "asha", "seed-group-asha")
+TASKS = ("coco_caption",)
+CAPTION_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider", "spice")
+STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "az")
+PAPER_SEEDS = (42, 123, 2024, 999, 7)
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# ---------------------------------------------------------------------------------------- backbones
+
+
+class BackboneSpec(_Strict):
+    """One backbone of the sweep: a tiny preset, or a family loaded from a local path / hub id."""
+
+    name: str = Field(description="preset (tiny-blip2, ...) or family (blip2, qwen2_vl, gemma3)")
+    path: str | None = Field(None, description="local checkpoint dir or hub id (families need one)")
+    revision: str | None = Field(None, description="hub revision / commit, recorded in cache keys")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    pretrain: bool = Field(
+        True,
+        description="tiny presets only: adapt the cached synthetic-caption pretraining of the preset "
+        "(a random tiny model has no pretrained geometry for Gap-Init to find)",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from gapinit_ray.backbones import known_backbones
+
+        if v not in known_backbones():
+            raise ValueError(f"unknown backbone {v!r}; known: {', '.join(known_backbones())}")
+        return v
+
+    @model_validator(mode="after")
+    def _family_needs_path(self) -> BackboneSpec:
+        if not self.name.startswith("tiny-") and not self.path:
+            raise ValueError(
+                f"backbone family {self.name!r} needs `path`: a local checkpoint dir or a hub id "
+                "available on the cluster (e.g. Salesforce/blip2-opt-2.7b)"
+            )
+        return self
+
+    @property
+    def key(self) -> str:
+        """Short id used in trial names and result columns."""
+        return self.name if not self.path else f"{self.name}:{Path(self.path).name}"
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+class SourceSpec(_Strict):
+    """A caption data set: Karpathy json, COCO captions json + image dir, or the synthetic generator."""
+
+    format: Literal["karpathy", "coco", "synthetic"]
+    annotations: str | None = Field(None, description="karpathy/coco: the annotation json")
+    images: str | None = Field(None, description="karpathy/coco: the image root directory")
+    split: str | None = Field(None, description="coco format: which split this file is")
+    variant: Literal["pretrain", "downstream"] = Field("downstream", description="synthetic only")
+    num_images: int = Field(512, ge=8, description="synthetic only")
+    image_size: int = Field(32, ge=8, le=1024, description="synthetic only")
+    seed: int = Field(0, description="synthetic only: generator seed")
+
+    @model_validator(mode="after")
+    def _paths(self) -> SourceSpec:
+        if self.format in ("karpathy", "coco"):
+            missing = [f for f in ("annotations", "images") if not getattr(self, f)]
+            if missing:
+                raise ValueError(f"format {self.format!r} needs {' and '.join(missing)}")
+        if self.format == "coco" and not self.split:
+            raise ValueError("format 'coco' needs `split` (train/val/test): one captions file is one split")
+        return self
+
+
+class SplitRef(_Strict):
+    """Which source and split a stage reads, optionally a fixed-size subset."""
+
+    source: str
+    split: Literal["train", "val", "test"] = "train"
+    limit: int | None = Field(None, ge=1, description="use only the first N images (stable order)")
+
+
+class CalibrationSourceRef(_Strict):
+    source: str
+    split: Literal["train", "val", "test"] = "train"
+    fraction: float = Field(1.0, gt=0.0, le=1.0)
+
+
+class DataSpec(_Strict):
+    sources: dict[str, SourceSpec]
+    train: SplitRef
+    val: SplitRef
+    test: SplitRef | None = None
+
+    @model_validator(mode="after")
+    def _refs(self) -> DataSpec:
+        for stage in ("train", "val", "test"):
+            ref = getattr(self, stage)
+            if ref is not None and ref.source not in self.sources:
+                raise ValueError(
+                    f"data.{stage}.source {ref.source!r} is not in data.sources "
+                    f"(defined: {', '.join(self.sources) or 'none'})"
+                )
+        return self
+
+
+# -------------------------------------------------------------------------------------- calibration
+
+
+class SpotSpec(_Strict):
+    """SPOT-Gap (paper App. C). The paper gives no defaults for k, α_sem, α_geom; these are ours."""
+
+    enabled: bool = True
+    k: int = Field(10, ge=1, description="neighbourhood size of the kNN dispersion and smoothing")
+    alpha_sem: float = Field(1.0, ge=0.0)
+    alpha_geom: float = Field(1.0, ge=0.0)
+    neighbor_space: Literal["gap", "vision"] = Field(
+        "gap",
+        description="space in which N_k(i) is found for smoothing: the per-sample gap vectors "
+        "(default) or the paired vision features; the paper does not say",
+    )
+
+
+class CalibrationSpec(_Strict):
+    sources: list[CalibrationSourceRef] = Field(min_length=1)
+    num_samples: int = Field(256, ge=2, description="calibration pairs (paper: 256)")
+    seed: int = 0
+    target_modules: list[str] | None = Field(
+        None, description="module names to hook; default: the LoRA targets / the backbone's defaults"
+    )
+    residual_stream: bool = Field(True, description="also record the residual stream per layer")
+    pooling: Literal["mean"] = "mean"
+    spot: SpotSpec = SpotSpec()
+    batch_size: int = Field(16, ge=1)
+    workers: int = Field(1, ge=1, description="Ray workers that shard the forward passes")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> CalibrationSpec:
+        total = sum(s.fraction for s in self.sources)
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"calibration.sources fractions sum to {total:g}; they must sum to 1")
+        return self
+
+
+# --------------------------------------------------------------------------------------------- lora
+
+
+class LayerSelectionSpec(_Strict):
+    """Which LM layers get adapters: `naive` = the top-k layers, `gg-safe` = top-k by SPOT-Gap score."""
+
+    selection: Literal["naive", "gg-safe", "all"] = "naive"
+    top_k: int = Field(6, ge=1, description="paper: top-6 LM layers")
+
+
+class InitOptions(_Strict):
+    gap_source: Literal["mean", "spot"] = Field("spot", description="which gap sets B[:,0] (gap init)")
+    noise_eps: float = Field(0.0, ge=0.0, description="g' = normalize(g + ε·η), paper App. E")
+    space: Literal["module", "residual"] = Field(
+        "module", description="gap in each module's output space, or the residual stream where dims match"
+    )
+    norm: float | Literal["match-default"] | None = Field(
+        None,
+        description="scale of B[:,0] for gap/random-direction: None = unit (paper), a number c, or "
+        "'match-default' = the Frobenius norm of peft's default A",
+    )
+
+
+class LoraSpec(_Strict):
+    rank: int = Field(1, ge=1)
+    alpha: float | None = Field(None, gt=0, description="None = 2 × rank (paper: r=1 α=2, r=8 α=16)")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(None, description="default: the backbone family's defaults")
+    adapt_vision: bool = Field(False, description="also adapt the vision tower (never the Q-Former)")
+    layers: LayerSelectionSpec = LayerSelectionSpec()
+    init: str = "gap"
+    init_options: InitOptions = InitOptions()
+
+    @field_validator("init")
+    @classmethod
+    def _init_known(cls, v: str) -> str:
+        if v not in INIT_METHODS:
+            raise ValueError(f"unknown init method {v!r}; known: {', '.join(INIT_METHODS)}")
+        return v
+
+    @property
+    def effective_alpha(self) -> float:
+        return self.alpha if self.alpha is not None else 2.0 * self.rank
+
+
+# -------------------------------------------------------------------------------------------- train
+
+
+class ZeroSpec(_Strict):
+    stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: Literal["none", "cpu"] = "none"
+    offload_param: Literal["none", "cpu"] = "none"
+
+    @model_validator(mode="after")
+    def _offload(self) -> ZeroSpec:
+        if self.offload_param != "none" and self.stage != 3:
+            raise ValueError("offload_param needs ZeRO stage 3")
+        if self.offload_optimizer != "none" and self.stage == 0:
+            raise ValueError("offload_optimizer needs ZeRO stage 1, 2 or 3")
+        return self
+
+
+class TrainSpec(_Strict):
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(32, ge=1, description="per-worker micro batch")
+    grad_accum: int = Field(2, ge=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on GPU, fp32 on CPU"
+    )
+    zero: ZeroSpec = ZeroSpec()
+    report_every: Literal["epoch"] | Annotated[int, Field(ge=1)] = Field(
+        "epoch", description="'epoch' or every N optimizer steps"
+    )
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap for smoke runs")
+    prompt: str | None = Field(None, description="text between image and caption; default: the family's")
+
+
+# ----------------------------------------------------------------------------------------- evaluate
+
+
+class GenerationSpec(_Strict):
+    num_beams: int = Field(1, ge=1)
+    max_new_tokens: int = Field(30, ge=1)
+    min_new_tokens: int = Field(0, ge=0)
+    length_penalty: float = 1.0
+    repetition_penalty: float = Field(1.0, gt=0)
+
+
+class EvalSpec(_Strict):
+    metrics: list[str] = Field(["bleu4", "meteor", "rouge_l", "cider"], min_length=1)
+    split: Literal["val", "test"] = "val"
+    subset: int | None = Field(None, ge=1, description="evaluate a fixed subset of N images")
+    batch_size: int = Field(16, ge=1)
+    generation: GenerationSpec = GenerationSpec()
+
+    @field_validator("metrics")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if m not in CAPTION_METRICS]
+        if bad:
+            raise ValueError(f"unknown metric(s) {', '.join(bad)}; known: {', '.join(CAPTION_METRICS)}")
+        return v
+
+
+# ------------------------------------------------------------------------------------ search space
+
+
+class Choice(_Strict):
+    choice: list[Any] = Field(min_length=1)
+
+
+class Uniform(_Strict):
+    uniform: tuple[float, float]
+
+
+class LogUniform(_Strict):
+    loguniform: tuple[float, float]
+
+
+Axis = list[Any] | Choice | Uniform | LogUniform
+_SAMPLERS = {"choice": Choice, "uniform": Uniform, "loguniform": LogUniform}
+AXIS_ALIASES = {"init": "lora.init", "seed": "seed", "backbone": "backbone"}
+_AXIS_HELP = (
+    "an axis is a list of values (grid) or one of {choice: [...]}, {uniform: [lo, hi]}, "
+    "{loguniform: [lo, hi]}"
+)
+
+
+def _parse_axis(name: str, value: Any) -> Axis:
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in _SAMPLERS:
+        kind = next(iter(value))
+        try:
+            return _SAMPLERS[kind].model_validate(value)
+        except ValidationError as e:
+            raise ValueError(f"axis {name!r}: {kind} {e.errors()[0]['msg']}") from None
+    raise ValueError(f"axis {name!r}: {_AXIS_HELP}; got {value!r}")
+
+
+class SearchSpec(_Strict):
+    """The search space. Every key other than `num_samples` / `sample_seed` is an axis named by the
+    dotted field it sets (`train.lr`, `lora.rank`; short names `seed`, `init`, `backbone`): a list is
+    a grid axis, `choice` / `uniform` / `loguniform` are sampled `num_samples` times."""
+
+    axes: dict[str, Axis] = Field(default_factory=dict)
+    cases: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="explicit configurations (axis -> value) crossed with the grid, for sweeps that are "
+        "not a full grid, e.g. paper Table 2: [{init: random, lora.rank: 8}, {init: gap}]",
+    )
+    num_samples: int = Field(1, ge=1, description="draws of the sampled (non-grid) axes")
+    sample_seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_axes(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        own = {"num_samples", "sample_seed", "cases"}
+        axes = dict(data.get("axes") or {})
+        axes.update({k: v for k, v in data.items() if k not in own | {"axes"}})
+        return {**{k: v for k, v in data.items() if k in own}, "axes": axes}
+
+    @field_validator("axes", mode="before")
+    @classmethod
+    def _axes(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        return {str(k): _parse_axis(str(k), a) for k, a in v.items()}
+
+
+# ----------------------------------------------------------------------------------------- schedule
+
+
+class SchedulerSpec(_Strict):
+    type: Literal["fifo", "asha", "seed-group-asha"] = "seed-group-asha"
+    metric: str = "val_cider"
+    mode: Literal["max", "min"] = "max"
+    time_attr: Literal["epoch"] = "epoch"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(3.0, gt=1)
+    max_t: int | None = Field(None, ge=1, description="default: train.epochs")
+
+
+class ResourcesSpec(_Strict):
+    workers_per_trial: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    max_failures: int = Field(1, ge=0, description="retries of a trial / of a Train worker group")
+
+
+# ---------------------------------------------------------------------------------------- the sweep
+
+
+class SweepSpec(_Strict):
+    name: str
+    storage: str = Field(description="results root: a local dir or a pyarrow filesystem URI (s3://...)")
+    seed: int = Field(42, description="trial seed; usually a search axis")
+    backbones: list[BackboneSpec] = Field(min_length=1)
+    task: str = "coco_caption"
+    data: DataSpec
+    calibration: CalibrationSpec
+    lora: LoraSpec = LoraSpec()
+    train: TrainSpec = TrainSpec()
+    eval: EvalSpec = EvalSpec()
+    search: SearchSpec = SearchSpec()
+    scheduler: SchedulerSpec = SchedulerSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if ".." in v or "/" in v or "\\" in v or not _NAME_RE.match(v):
+            raise ValueError(
+                "sweep name must be 1-100 characters of letters, digits, '.', '_', '-' "
+                "(no path separators or '..'), starting with a letter or digit"
+            )
+        return v
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, v: str) -> str:
+        if v not in TASKS:
+            raise ValueError(f"unknown task {v!r}; known: {', '.join(TASKS)}")
+        return v
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str) -> str:
+        if "://" in v:
+            scheme = v.split("://", 1)[0].lower()
+            if scheme not in STORAGE_SCHEMES:
+                raise ValueError(
+                    f"unknown storage URI scheme {scheme!r}; use a local path or one of "
+                    f"{', '.join(s + '://' for s in STORAGE_SCHEMES)}"
+                )
+        elif not v.strip():
+            raise ValueError("storage must be a local directory or a URI")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> SweepSpec:
+        for i, ref in enumerate(self.calibration.sources):
+            if ref.source not in self.data.sources:
+                raise ValueError(
+                    f"calibration.sources[{i}].source {ref.source!r} is not in data.sources "
+                    f"(defined: {', '.join(self.data.sources)})"
+                )
+        if len({b.key for b in self.backbones}) != len(self.backbones):
+            raise ValueError("backbones: the same backbone is listed twice")
+        metric = self.scheduler.metric
+        if metric not in self.reported_metrics():
+            raise ValueError(
+                f"scheduler.metric {metric!r} is never reported by this spec; reported: "
+                f"{', '.join(self.reported_metrics())} (add the metric to eval.metrics?)"
+            )
+        if self.scheduler.max_t is not None and self.scheduler.max_t > self.train.epochs:
+            raise ValueError(
+                f"scheduler.max_t {self.scheduler.max_t} exceeds train.epochs {self.train.epochs}"
+            )
+        return self
+
+    def reported_metrics(self) -> list[str]:
+        """Metric names each trial report carries (the scheduler may only use these)."""
+        return ["train_loss", "val_loss", *(f"val_{m}" for m in self.eval.metrics)]
+
+    @property
+    def max_t(self) -> int:
+        return self.scheduler.max_t or self.train.epochs
+
+
+# --------------------------------------------------------------------------------------- loading
+
+
+def _line_map(text: str) -> dict[tuple, int]:
+    """Map field paths to 1-based YAML line numbers so errors can point at the line."""
+    lines: dict[tuple, int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node: yaml.Node, path: tuple) -> None:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = k.value
+                lines[(*path, key)] = k.start_mark.line + 1
+                walk(v, (*path, key))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                walk(v, (*path, i))
+
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _allowed_hint(err: dict) -> str:
+    ctx = err.get("ctx") or {}
+    if err["type"] == "literal_error" and "expected" in ctx:
+        return f" (allowed: {ctx['expected']})"
+    return ""
+
+
+def _format_errors(exc: ValidationError, source: str, lines: dict[tuple, int]) -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        # pydantic tags union members (`list[any]`, `Choice`...) in loc; drop them for people.
+        loc = tuple(p for p in loc if not (isinstance(p, str) and (p[:1].isupper() or "[" in p)))
+        field = ".".join(str(p) for p in loc) or "<top level>"
+        line = None
+        for n in range(len(loc), -1, -1):
+            if loc[:n] in lines:
+                line = lines[loc[:n]]
+                break
+        where = f"{source}:{line}" if line else source
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see `gapinit validate --help` for the schema)"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        out.append(f"{where}: {field}: {msg}{_allowed_hint(err)}")
+    return list(dict.fromkeys(out))
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply dotted `a.b.c=value` overrides (values parsed as YAML: `search.seed=[1,2]`)."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise SpecError(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise SpecError(f"override {item!r}: empty field name in {key!r}")
+        # an axis name is itself dotted: `search.train.lr=[1e-4,2e-4]` sets axis `train.lr`
+        if parts[0] == "search" and len(parts) > 2:
+            parts = ["search", ".".join(parts[1:])]
+        node = raw
+        for p in parts[:-1]:
+            nxt = node.get(p) if isinstance(node, dict) else None
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise SpecError(f"override {item!r}: {p!r} is not a section")
+            node = nxt
+        node[parts[-1]] = _parse_value(value)
+    return raw
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
+    """Read, override and validate a spec file; raise SpecError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: spec file not found") from None
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read spec file ({e.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(f"{where}: invalid YAML: {problem}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: the spec must be a YAML mapping (name: ..., storage: ..., ...)")
+    return spec_from_dict(raw, source=str(path), overrides=overrides, lines=_line_map(text))
+
+
+def spec_from_dict(
+    raw: dict, source: str = "<spec>", overrides: list[str] | None = None, lines: dict | None = None
+) -> SweepSpec:
+    raw = apply_overrides(raw, overrides or [])
+    lines = lines or {}
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError("\n".join(_format_errors(e, source, lines))) from None
+    problems = validate_search(spec, source, lines)
+    if problems:
+        raise SpecError("\n".join(problems))
+    return spec
+
+
+# ---------------------------------------------------------------------------------- search checks
+
+
+def _axis_target(name: str) -> str:
+    return AXIS_ALIASES.get(name, name)
+
+
+def _grid_values(axis: Axis) -> list[Any] | None:
+    return axis if isinstance(axis, list) else None
+
+
+def validate_search(spec: SweepSpec, source: str = "<spec>", lines: dict | None = None) -> list[str]:
+    """Check every search axis names a real field and every value is valid for that field."""
+    problems: list[str] = []
+    base = spec.model_dump(mode="python")
+    for name, axis in spec.search.axes.items():
+        line = (lines or {}).get(("search", name))
+        field = f"{source}:{line}: search.{name}" if line else f"{source}: search.{name}"
+        grid = _grid_values(axis)
+        if grid is not None and not grid:
+            problems.append(f"{field}: empty axis; give at least one value")
+            continue
+        if grid is not None and len({repr(v) for v in grid}) != len(grid):
+            dup = sorted({repr(v) for v in grid if sum(repr(w) == repr(v) for w in grid) > 1})
+            problems.append(f"{field}: duplicate values {', '.join(dup)} (each grid value must be distinct)")
+            continue
+        target = _axis_target(name)
+        if target == "backbone":
+            known = {b.key for b in spec.backbones}
+            values = grid if grid is not None else (axis.choice if isinstance(axis, Choice) else [])
+            bad = [v for v in values if v not in known]
+            if bad or isinstance(axis, Uniform | LogUniform):
+                problems.append(
+                    f"{field}: values must be backbone keys from `backbones` ({', '.join(known)})"
+                )
+            continue
+        if isinstance(axis, Uniform | LogUniform):
+            lo, hi = axis.uniform if isinstance(axis, Uniform) else axis.loguniform
+            if lo >= hi:
+                problems.append(f"{field}: lower bound {lo} must be below upper bound {hi}")
+                continue
+            if isinstance(axis, LogUniform) and lo <= 0:
+                problems.append(f"{field}: loguniform bounds must be > 0")
+                continue
+            candidates = [lo, hi]
+        else:
+            candidates = grid if grid is not None else axis.choice
+        if target.split(".")[0] in ("search", "name", "storage", "backbones", "data"):
+            problems.append(f"{field}: {target!r} cannot be searched over")
+            continue
+        for value in candidates:
+            trial = copy.deepcopy(base)
+            try:
+                set_dotted(trial, target, value)
+            except KeyError:
+                problems.append(
+                    f"{field}: {target!r} is not a spec field (e.g. train.lr, lora.rank, seed, init)"
+                )
+                break
+            try:
+                SweepSpec.model_validate(trial)
+            except ValidationError as e:
+                msgs = _format_errors(e, "", {})
+                problems.append(f"{field}: value {value!r} is invalid: {msgs[0].lstrip(': ')}")
+                break
+    for i, case in enumerate(spec.search.cases):
+        field = f"{source}: search.cases[{i}]"
+        clash = sorted(set(case) & set(spec.search.axes))
+        if clash:
+            problems.append(f"{field}: {', '.join(clash)} is also a search axis; set it in one place")
+            continue
+        trial = copy.deepcopy(base)
+        try:
+            for name, value in case.items():
+                if _axis_target(name) == "backbone":
+                    if value not in {b.key for b in spec.backbones}:
+                        raise ValueError(f"backbone {value!r} is not in `backbones`")
+                    continue
+                set_dotted(trial, _axis_target(name), value)
+            SweepSpec.model_validate(trial)
+        except KeyError as e:
+            problems.append(
+                f"{field}: {e.args[0]!r} is not a spec field (e.g. train.lr, lora.rank, seed, init)"
+            )
+        except ValueError as e:
+            msg = _format_errors(e, "", {})[0].lstrip(": ") if isinstance(e, ValidationError) else str(e)
+            problems.append(f"{field}: {msg}")
+    return problems
+
+
+def set_dotted(d: dict, dotted: str, value: Any) -> None:
+    """Set `a.b.c` in a nested dict; KeyError when a section along the way does not exist."""
+    parts = dotted.split(".")
+    node = d
+    for p in parts[:-1]:
+        if not isinstance(node, dict) or p not in node or not isinstance(node[p], dict):
+            raise KeyError(dotted)
+        node = node[p]
+    if not isinstance(node, dict) or (parts[-1] not in node):
+        raise KeyError(dotted)
+    node[parts[-1]] = value
+
+
+def grid_size(spec: SweepSpec) -> int:
+    """Number of trials the spec expands to (grid product × num_samples × backbones)."""
+    n = 1
+    for axis in spec.search.axes.values():
+        if isinstance(axis, list):
+            n *= len(axis)
+    if "backbone" not in spec.search.axes:
+        n *= len(spec.backbones)
+    sampled = any(not isinstance(a, list) for a in spec.search.axes.values())
+    return n * max(1, len(spec.search.cases)) * (spec.search.num_samples if sampled else 1)
+
+
+def describe(spec: SweepSpec) -> str:
+    """One paragraph a person can check before launching: what the sweep will run."""
+    axes = (
+        ", ".join(f"{k}={v if isinstance(v, list) else v.model_dump()}" for k, v in spec.search.axes.items())
+        or "none"
+    )
+    return (
+        f"sweep {spec.name!r}: {grid_size(spec)} trial(s) over {len(spec.backbones)} backbone(s) "
+        f"[{', '.join(b.key for b in spec.backbones)}]; axes: {axes}; scheduler {spec.scheduler.type} on "
+        f"{spec.scheduler.metric} ({spec.scheduler.mode}); {spec.train.epochs} epoch(s); storage {spec.storage}"
+    )

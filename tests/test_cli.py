@@ -1,0 +1,58 @@
+"""The `gapinit` command: real subprocesses, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
+
+
+def gapinit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "gapinit_ray.cli", *args], capture_output=True, text=True, cwd=cwd, env=env
+    )
+
+
+def test_validate_accepts_every_shipped_spec() -> None:
+    for path in SWEEPS:
+        r = gapinit("validate", str(path))
+        assert r.returncode == 0, f"{path.name}: {r.stderr}"
+        assert f"{path}: OK" in r.stdout
+
+
+def test_validate_rejects_with_exit_2_and_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "sweeps" / "quickstart.yaml").read_text().replace("rank: 1", "rank: 0"))
+    r = gapinit("validate", str(bad))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bad.yaml" in lines[0] and "lora.rank" in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_overrides_on_the_command_line(tmp_path: Path) -> None:
+    r = gapinit("validate", str(ROOT / "sweeps" / "quickstart.yaml"), "search.seed=[1,2,3,4]")
+    assert r.returncode == 0 and "8 trial(s)" in r.stdout
+    r = gapinit("validate", str(ROOT / "sweeps" / "quickstart.yaml"), "train.lr=-1")
+    assert r.returncode == 2 and "train.lr" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_spec_file() -> None:
+    r = gapinit("validate", "does-not-exist.yaml")
+    assert r.returncode == 2 and "does-not-exist.yaml: spec file not found" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "cmd", ["validate", "run", "calibrate", "resume", "results", "report", "diagnose", "submit", "status",
+            "logs", "stop", "list"]
+)
+def test_help_on_every_command(cmd: str) -> None:
+    r = gapinit(cmd, "--help")
+    assert r.returncode == 0 and "usage: gapinit" in r.stdout
