@@ -92,7 +92,7 @@ class SourceSpec(_Strict):
     split: str | None = Field(None, description="coco format: which split this file is")
     variant: Literal["pretrain", "downstream"] = Field("downstream", description="synthetic only")
     num_images: int = Field(512, ge=8, description="synthetic only")
-    image_size: int = Field(32, ge=8, le=1024, description="synthetic only")
+    image_size: int = Field(32, ge=32, le=1024, description="synthetic only")
     seed: int = Field(0, description="synthetic only: generator seed")
 
     @model_validator(mode="after")

@@ -1,0 +1,91 @@
+"""From a validated spec's data section to records: one place that knows where each source lives.
+
+Synthetic sources are generated on first use under ``<storage>/_cache/data/`` (content-checked, atomic),
+so every trial and every worker of a sweep reads the same files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gapinit_ray.data.calibration import sample_calibration
+from gapinit_ray.data.images import check_images
+from gapinit_ray.data.records import CaptionRecord, load_caption_set
+from gapinit_ray.data.synthetic import generate_synthetic
+from gapinit_ray.errors import DataError
+
+
+def cache_dir(storage: str) -> Path:
+    """Shared cache root of a storage location (data, gap artifacts, pretrained tiny backbones)."""
+    if "://" in storage and not storage.startswith("file://"):
+        raise DataError(
+            f"storage {storage}: the shared cache needs a local or mounted path (NFS, a PVC); "
+            "object-store URIs are supported for results only"
+        )
+    return Path(storage.removeprefix("file://")).expanduser().absolute() / "_cache"
+
+
+def source_records(name: str, source, split: str, storage: str) -> list[CaptionRecord]:
+    """All records of one split of a named source (``source`` is a ``spec.SourceSpec``)."""
+    if source.format == "synthetic":
+        out = (
+            cache_dir(storage)
+            / "data"
+            / (f"shapes-{source.variant}-s{source.seed}-n{source.num_images}-px{source.image_size}")
+        )
+        dataset = generate_synthetic(
+            str(out),
+            variant=source.variant,
+            num_images=source.num_images,
+            seed=source.seed,
+            image_size=source.image_size,
+        )
+        return load_caption_set("karpathy", dataset, os.path.dirname(dataset), split)
+    if source.format == "coco" and source.split != split:
+        raise DataError(
+            f"data.sources.{name}: this COCO captions file is the {source.split!r} split, "
+            f"but the spec reads its {split!r} split; add a source for that split"
+        )
+    return load_caption_set(source.format, source.annotations, source.images, split)
+
+
+def split_records(data, ref, storage: str) -> list[CaptionRecord]:
+    """Records a stage reads (``ref`` is a ``spec.SplitRef``), limited to the first ``limit``."""
+    records = source_records(ref.source, data.sources[ref.source], ref.split, storage)
+    return records[: ref.limit] if ref.limit else records
+
+
+def calibration_pairs(spec, storage: str | None = None) -> list[tuple[CaptionRecord, str]]:
+    """The calibration set D_cal: ``num_samples`` (record, caption) pairs drawn by seed, mixed by source."""
+    storage = storage or spec.storage
+    sources = [
+        (source_records(r.source, spec.data.sources[r.source], r.split, storage), r.fraction)
+        for r in spec.calibration.sources
+    ]
+    return sample_calibration(sources, spec.calibration.num_samples, spec.calibration.seed)
+
+
+def check_spec_data(spec) -> list[str]:
+    """`validate --check-data`: every split the spec reads loads and decodes; D_cal can be drawn."""
+    lines = []
+    seen = set()
+    for stage in ("train", "val", "test"):
+        ref = getattr(spec.data, stage)
+        if ref is None:
+            continue
+        records = split_records(spec.data, ref, spec.storage)
+        key = (ref.source, ref.split, ref.limit)
+        if key not in seen:
+            check_images(records)
+            seen.add(key)
+        lines.append(f"data.{stage}: {len(records)} images from {ref.source}/{ref.split}, all readable")
+    pairs = calibration_pairs(spec)
+    check_images([p[0] for p in pairs])
+    lines.append(f"calibration: {len(pairs)} pairs drawn (seed {spec.calibration.seed}), all images readable")
+    for b in spec.backbones:
+        if b.path and (b.path.startswith(("/", ".", "~")) or os.path.isdir(b.path)):
+            if not os.path.isdir(os.path.expanduser(b.path)):
+                raise DataError(f"backbones[{b.name}].path {b.path}: checkpoint directory not found")
+            lines.append(f"backbone {b.name}: checkpoint dir {b.path} exists")
+    return lines
