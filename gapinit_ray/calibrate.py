@@ -127,6 +127,9 @@ def pool_batch(backbone, batch, points: dict[str, torch.nn.Module]) -> tuple[dic
     def make_hook(name: str) -> Callable:
         def hook(_module, _inputs, output):
             hidden = output[0] if isinstance(output, tuple) else output
+            if hidden.dim() == 2 and hidden.shape[0] == image_mask.numel():
+                # OPT's fc1/fc2 run on the flattened (B·L, d) sequence
+                hidden = hidden.view(*image_mask.shape, hidden.shape[-1])
             if hidden.shape[:2] != image_mask.shape:
                 raise CalibrationError(
                     f"hooked module {name} produced shape {tuple(hidden.shape)}; expected (batch, "
@@ -183,7 +186,7 @@ def calibrate(
                 f"sample(s) {', '.join(empty)} have no image or no caption tokens after tokenization"
             )
         z_v, z_t = pool_batch(backbone, batch, points)
-        for name in points:
+        for name in sorted(points, key=list(z_v).index):  # execution order: name the first bad module
             bad = ~(torch.isfinite(z_v[name]).all(1) & torch.isfinite(z_t[name]).all(1))
             if bad.any():
                 who = [part[i][0] for i in bad.nonzero().flatten().tolist()]

@@ -40,6 +40,46 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from gapinit_ray.calibration_job import run_calibration
+    from gapinit_ray.cluster import ray_session
+    from gapinit_ray.gap import format_table
+    from gapinit_ray.spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    with ray_session(args.address, num_cpus=args.num_cpus):
+        for bspec in spec.backbones:
+            artifact, hit = run_calibration(spec, bspec, use_ray=not args.no_ray)
+            t = artifact.meta.get("timings", {})
+            how = (
+                "cache hit"
+                if hit
+                else f"computed in {t.get('total_s', 0):.1f}s on {t.get('workers')} worker(s)"
+            )
+            print(f"{bspec.key}: GapArtifact {artifact.key} ({artifact.meta['num_samples']} pairs, {how})")
+            rows = artifact.table()
+            if not args.all_modules:
+                rows = [r for r in rows if r["module"] == "residual"] or rows
+            print(format_table(rows))
+    return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from gapinit_ray.diagnostics import run_diagnostics
+
+    gaps = None
+    if args.spec:
+        from gapinit_ray.calibration_job import run_calibration
+        from gapinit_ray.spec import load_spec
+
+        spec = load_spec(args.spec, args.overrides)
+        artifact, _ = run_calibration(spec, spec.backbones[0], use_ray=False, progress=False)
+        gaps = {name: artifact.vector(name) for name in artifact.gaps}
+    for line in run_diagnostics(args.out, gaps=gaps, seed=args.seed, draws=args.draws):
+        print(line)
+    return 0
+
+
 def _not_yet(name: str, what: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         raise GapinitError(f"`gapinit {name}` ({what}) is not available in this version yet")
@@ -74,7 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", help="run only the calibration stage and print the per-layer gap table")
     _add_spec(p)
-    p.set_defaults(func=_not_yet("calibrate", "distributed calibration"))
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
+    p.add_argument("--no-ray", action="store_true", help="run the forward passes in this process")
+    p.add_argument("--all-modules", action="store_true", help="one row per hooked module, not per layer")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("resume", help="continue an interrupted sweep from its storage")
     p.add_argument("sweep", help="sweep name or its storage dir")
@@ -92,9 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep")
     p.set_defaults(func=_not_yet("report", "reports"))
 
-    p = sub.add_parser("diagnose", help="orthogonality diagnostics (Prop. 3.1, Fig. 2, Fig. 5)")
-    p.add_argument("--out", default="diagnostics")
-    p.set_defaults(func=_not_yet("diagnose", "diagnostics"))
+    p = sub.add_parser(
+        "diagnose",
+        help="orthogonality diagnostics: Prop. 3.1, Fig. 5 and, given a spec, Fig. 2 for its first backbone",
+    )
+    p.add_argument(
+        "spec", nargs="?", help="sweep spec: adds the Fig. 2 histogram over its backbone's modules"
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted spec overrides")
+    p.add_argument("--out", default="diagnostics", help="output dir for diagnostics.{png,md,json}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--draws", type=int, default=20000, help="random directions per dimension")
+    p.set_defaults(func=cmd_diagnose)
 
     for name, what in [
         ("submit", "submit a spec to a Ray cluster through the Jobs API"),

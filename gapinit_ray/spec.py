@@ -36,6 +36,32 @@ PAPER_SEEDS = (42, 123, 2024, 999, 7)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
+class _Loader(yaml.SafeLoader):
+    """Safe YAML loading that also reads ``1e-4`` as a float (YAML 1.1 needs ``1.0e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
@@ -342,8 +368,19 @@ class SearchSpec(_Strict):
         if not isinstance(data, dict):
             return data
         own = {"num_samples", "sample_seed", "cases"}
-        axes = dict(data.get("axes") or {})
-        axes.update({k: v for k, v in data.items() if k not in own | {"axes"}})
+        axes: dict[str, Any] = {}
+
+        def flatten(prefix: str, node: dict) -> None:
+            # `train: {lr: [...]}` and `train.lr: [...]` name the same axis
+            for k, v in node.items():
+                name = f"{prefix}{k}"
+                if isinstance(v, dict) and not (len(v) == 1 and next(iter(v)) in _SAMPLERS):
+                    flatten(f"{name}.", v)
+                else:
+                    axes[name] = v
+
+        flatten("", dict(data.get("axes") or {}))
+        flatten("", {k: v for k, v in data.items() if k not in own | {"axes"}})
         return {**{k: v for k, v in data.items() if k in own}, "axes": axes}
 
     @field_validator("axes", mode="before")
@@ -462,7 +499,7 @@ def _line_map(text: str) -> dict[tuple, int]:
     """Map field paths to 1-based YAML line numbers so errors can point at the line."""
     lines: dict[tuple, int] = {}
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError:
         return lines
 
@@ -513,7 +550,7 @@ def _format_errors(exc: ValidationError, source: str, lines: dict[tuple, int]) -
 
 def _parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text) if text != "" else ""
+        return yaml_load(text) if text != "" else ""
     except yaml.YAMLError:
         return text
 
@@ -553,7 +590,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec
     except OSError as e:
         raise SpecError(f"{path}: cannot read spec file ({e.strerror})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -635,7 +672,8 @@ def validate_search(spec: SweepSpec, source: str = "<spec>", lines: dict | None 
                 set_dotted(trial, target, value)
             except KeyError:
                 problems.append(
-                    f"{field}: {target!r} is not a spec field (e.g. train.lr, lora.rank, seed, init)"
+                    f"{field}: {target!r} is not a spec field (e.g. train.lr, lora.rank, seed, init); "
+                    + _AXIS_HELP
                 )
                 break
             try:

@@ -24,7 +24,9 @@ def quickstart_raw() -> dict:
 def test_every_shipped_spec_validates_and_starts_with_its_command(path: Path) -> None:
     spec = load_spec(path)
     first = path.read_text().splitlines()[0]
-    assert first.startswith("# gapinit ") and path.name in first, f"{path.name}: first line must be its command"
+    assert first.startswith("# gapinit ") and path.name in first, (
+        f"{path.name}: first line must be its command"
+    )
     assert grid_size(spec) >= 1
 
 
@@ -127,7 +129,11 @@ BAD = [
     ("uniform reversed", _set("search.lora.dropout", {"uniform": [0.2, 0.1]}), ["lower bound"]),
     ("max_t beyond epochs", _set("scheduler.max_t", 99), ["max_t", "exceeds"]),
     ("case sets an axis twice", _set("search.cases", [{"init": "gap"}]), ["cases[0]", "also a search axis"]),
-    ("coco format without split", _set("data.sources.x", {"format": "coco", "annotations": "a", "images": "b"}), ["split"]),
+    (
+        "coco format without split",
+        _set("data.sources.x", {"format": "coco", "annotations": "a", "images": "b"}),
+        ["split"],
+    ),
 ]
 
 
@@ -181,7 +187,9 @@ def test_yaml_is_parsed_safely(tmp_path: Path) -> None:
 
 
 def test_dotted_overrides() -> None:
-    spec = load_spec(QUICKSTART, ["train.lr=1e-4", "search.seed=[1,2]", "lora.rank=8", "search.train.lr=[1e-4,1e-3]"])
+    spec = load_spec(
+        QUICKSTART, ["train.lr=1e-4", "search.seed=[1,2]", "lora.rank=8", "search.train.lr=[1e-4,1e-3]"]
+    )
     assert spec.train.lr == 1e-4
     assert spec.search.axes["seed"] == [1, 2]
     assert spec.search.axes["train.lr"] == [1e-4, 1e-3]

@@ -1,0 +1,501 @@
+"""Shared machinery of the backbone families: the :class:`Batch` and the :class:`Backbone` base.
+
+Why a hand-built layout instead of each family's HF ``Processor``: calibration needs to know *exactly*
+which LM positions hold image features and which hold the caption's own tokens (no pad, BOS/EOS, prompt
+or vision-start/end tokens), and training needs labels on exactly the caption (+ end token). The HF
+processors only return ``input_ids``; recovering the caption span from them is fragile (BPE merges across
+the prompt/caption boundary, chat templates differ per release). So every family describes one sample as
+a list of *segments* ``(token ids, kind)`` and :meth:`Backbone._collate` turns them into padded tensors
+and masks in one place; the masks are then correct by construction. The image placeholders and the
+per-family extra inputs (``mm_token_type_ids``, ``token_type_ids``, ``image_grid_thw``) are laid out
+exactly as the family's HF processor does (checked against transformers 5.23 sources).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from gapinit_ray.errors import BackboneError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from PIL import Image
+
+# Segment kinds of a sample layout.
+OTHER = 0  # template / prompt / special tokens: no mask, no label
+IMAGE = 1  # image placeholder tokens: image_mask
+CAPTION = 2  # the caption's own tokens: caption_mask, labels
+END = 3  # the end-of-caption token (EOS / end-of-turn): labels only
+
+#: Provenance written next to the weights by :meth:`Backbone.save` (name, family, source_id).
+META_FILE = "gapinit_backbone.json"
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class Batch:
+    """One LM batch of (image, caption) pairs, masks aligned with ``inputs["input_ids"]``.
+
+    Attributes:
+        inputs: kwargs for ``model(**inputs)`` / ``model.generate(**inputs)``: ``input_ids`` (B, L),
+            ``attention_mask`` (B, L), ``pixel_values`` (family shape), plus ``image_grid_thw`` (B, 3) and
+            ``mm_token_type_ids`` (B, L) for Qwen2-VL, ``token_type_ids`` (B, L) for Gemma3.
+        image_mask: bool (B, L), exactly the image placeholder positions (the LM positions whose input
+            embeddings are image features).
+        caption_mask: bool (B, L), exactly the caption's own token positions.
+        labels: (B, L) long: caption ids and the end token where trained, -100 elsewhere; aligned with
+            ``input_ids`` (HF shifts them inside the loss). ``None`` unless asked for.
+    """
+
+    inputs: dict[str, torch.Tensor]
+    image_mask: torch.Tensor
+    caption_mask: torch.Tensor
+    labels: torch.Tensor | None = None
+
+    def to(self, device: str | torch.device) -> Batch:
+        """The same batch with every tensor on ``device`` (dtypes kept)."""
+        return Batch(
+            inputs={k: v.to(device) for k, v in self.inputs.items()},
+            image_mask=self.image_mask.to(device),
+            caption_mask=self.caption_mask.to(device),
+            labels=None if self.labels is None else self.labels.to(device),
+        )
+
+    def __len__(self) -> int:
+        return int(self.inputs["input_ids"].shape[0])
+
+
+def parse_dtype(dtype: str) -> torch.dtype | str:
+    """``"auto"`` stays ``"auto"`` (checkpoint dtype; float32 for presets); names map to torch dtypes."""
+    if dtype == "auto":
+        return "auto"
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise BackboneError(
+            f"unknown dtype {dtype!r}: use one of auto, {', '.join(sorted(set(_DTYPES)))}"
+        ) from None
+
+
+def offline_requested() -> bool:
+    """True when HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set to a true value."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return True
+    return False
+
+
+def resolve_source(path: str | os.PathLike) -> tuple[str, bool]:
+    """Decide whether ``path`` is a local checkpoint dir or a hub id.
+
+    Returns:
+        ``(path_or_id, local_files_only)``: a local dir is made absolute and always loads with
+        ``local_files_only=True``; a hub id loads offline only when HF_HUB_OFFLINE is set.
+
+    Raises:
+        BackboneError: ``path`` names a local location that does not exist, or is a file.
+    """
+    text = os.fspath(path)
+    p = Path(text).expanduser()
+    if p.is_dir():
+        return str(p.resolve()), True
+    if p.exists():
+        raise BackboneError(f"checkpoint path {text!r} is a file: pass the directory holding config.json")
+    if _HUB_ID.match(text) and not text.startswith("."):
+        return text, offline_requested()
+    raise BackboneError(
+        f"checkpoint directory {text!r} does not exist: check the path (or pass a hub id org/name)"
+    )
+
+
+class Backbone:
+    """A frozen vision-language model plus everything needed to feed it (image, caption) pairs.
+
+    Subclasses set the class attributes and implement :meth:`_encode_images` and :meth:`_layout`.
+
+    Attributes:
+        name: registry name it was loaded under (``"tiny-blip2"``, ``"qwen2_vl"``, ...).
+        family: ``"blip2"``, ``"qwen2_vl"`` or ``"gemma3"``.
+        model: the HF model, in eval mode, on ``device``.
+        tokenizer: its tokenizer (``PreTrainedTokenizerFast``).
+        image_processor: its image processor (PIL backend when torchvision is absent).
+        source_id: identifies the weights for cache keys: ``"tiny-blip2:seed=0"`` for a built preset,
+            ``"<abs dir>"`` for a local checkpoint, ``"<hub id>@<revision>"`` for a hub id.
+        lm_layers_path: dotted path of the LM decoder ``ModuleList`` inside ``model``.
+        vision_module_prefixes: dotted prefixes (as in ``model.named_modules()``) of the vision tower,
+            Q-Former and projector: what LoRA must not touch.
+        default_target_modules: LoRA targets of the paper for this family's LM.
+        default_prompt: text placed between image and caption when ``prompt=None`` is passed.
+    """
+
+    family: ClassVar[str] = ""
+    model_types: ClassVar[tuple[str, ...]] = ()  # config.model_type values this family loads
+    lm_layers_path: ClassVar[str] = ""
+    vision_module_prefixes: ClassVar[tuple[str, ...]] = ()
+    default_target_modules: ClassVar[tuple[str, ...]] = ()
+    default_prompt: ClassVar[str | None] = None
+
+    def __init__(self, name: str, model: Any, tokenizer: Any, image_processor: Any, source_id: str) -> None:
+        self.name = name
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.source_id = source_id
+        try:
+            layers = model.get_submodule(self.lm_layers_path)
+        except AttributeError as exc:
+            raise BackboneError(
+                f"{source_id}: no LM layers at {self.lm_layers_path!r}; this {self.family} checkpoint has an "
+                "unexpected layout, re-save it with transformers>=5"
+            ) from exc
+        if not isinstance(layers, torch.nn.ModuleList):
+            raise BackboneError(f"{source_id}: {self.lm_layers_path!r} is not a ModuleList of LM layers")
+        if tokenizer.pad_token_id is None:
+            # Padding is masked out (attention mask, -100 labels, masks built from the layout), so any
+            # token works; the EOS is the usual choice for checkpoints shipped without a pad token.
+            if tokenizer.eos_token is None:
+                raise BackboneError(
+                    f"{source_id}: the tokenizer has neither a pad nor an eos token; add a pad_token to "
+                    "its tokenizer_config.json"
+                )
+            tokenizer.pad_token = tokenizer.eos_token
+
+    # ------------------------------------------------------------------ family hooks
+    def _encode_images(self, images: list[Image.Image]) -> tuple[dict[str, torch.Tensor], list[int]]:
+        """Run the image processor.
+
+        Returns:
+            ``(pixel inputs for the model, number of LM placeholder tokens of each image)``.
+        """
+        raise NotImplementedError
+
+    def _layout(
+        self, n_image_tokens: int, prompt: str, caption_ids: list[int] | None
+    ) -> list[tuple[list[int], int]]:
+        """One sample as ``[(token ids, kind), ...]``; ``caption_ids=None`` means a generation prompt."""
+        raise NotImplementedError
+
+    @classmethod
+    def model_class(cls) -> type:
+        """The HF ``*ForConditionalGeneration`` class (imported lazily)."""
+        raise NotImplementedError
+
+    @classmethod
+    def build_tiny(cls, name: str, seed: int) -> Backbone:
+        """Build the family's tiny preset from config with random weights (no download)."""
+        raise NotImplementedError
+
+    @classmethod
+    def adapt_checkpoint(cls, model: Any, tokenizer: Any) -> tuple[Any, Any]:
+        """Fix up a loaded checkpoint (e.g. an old one missing its image token); default: unchanged."""
+        return model, tokenizer
+
+    def _extra_inputs(self, input_ids: torch.Tensor, image_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Family-specific per-token inputs derived from the layout (default: none)."""
+        return {}
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def image_token_id(self) -> int:
+        """Id of the image placeholder token in ``input_ids``."""
+        return int(self.model.config.image_token_id)
+
+    @property
+    def lm_hidden_size(self) -> int:
+        """Width of the LM residual stream (the size of a residual-stream gap vector)."""
+        return int(self.model.config.get_text_config().hidden_size)
+
+    @property
+    def num_lm_layers(self) -> int:
+        return len(self.lm_layers())
+
+    def lm_layers(self) -> torch.nn.ModuleList:
+        """The LM decoder layers (``model.get_submodule(lm_layers_path)``)."""
+        return self.model.get_submodule(self.lm_layers_path)
+
+    def text_ids(self, text: str, *, literal: bool = False) -> list[int]:
+        """Token ids of ``text`` with no special tokens added.
+
+        ``literal=False`` (templates): special-token strings such as ``<|im_end|>`` become those tokens.
+        ``literal=True`` (captions): they are split into ordinary text tokens, so data can never inject
+        an image placeholder or an end-of-turn into the sequence.
+        """
+        enc = self.tokenizer(text, add_special_tokens=False, split_special_tokens=literal)
+        return list(enc["input_ids"])
+
+    def _special_token_strings(self) -> list[str]:
+        return [t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special]
+
+    def resolve_prompt(self, prompt: str | None) -> str:
+        """``None`` → the family's :attr:`default_prompt` (or no prompt); ``""`` → no prompt.
+
+        Raises:
+            BackboneError: the prompt contains a special token string (it would break the layout).
+        """
+        if prompt is None:
+            prompt = self.default_prompt or ""
+        prompt = prompt.strip()
+        for tok in self._special_token_strings():
+            if tok in prompt:
+                raise BackboneError(
+                    f"prompt {prompt!r} contains the special token {tok!r}: the backbone places image and "
+                    "turn tokens itself, pass plain text"
+                )
+        return prompt
+
+    def caption_token_ids(self, caption: str, prompt: str | None = None) -> list[int]:
+        """The caption's own token ids, exactly as they appear in :meth:`build_batch` sequences.
+
+        The caption is stripped and tokenized alone: ``tokenizer(caption.strip(), add_special_tokens=
+        False, split_special_tokens=True)`` (special-token strings in a caption stay plain text). Families
+        whose prompt and caption share a line (BLIP-2) prepend a space after a non-empty prompt, as a BPE
+        tokenizer would on ``prompt + " " + caption``.
+        """
+        if not isinstance(caption, str):
+            raise BackboneError(f"captions must be strings, got {type(caption).__name__}")
+        text = caption.strip()
+        if text and self._space_before_caption(self.resolve_prompt(prompt)):
+            text = " " + text
+        return self.text_ids(text, literal=True) if text else []
+
+    def _space_before_caption(self, prompt: str) -> bool:
+        return False
+
+    def _pixel_dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def _check_images(self, images: list[Image.Image]) -> list[Image.Image]:
+        from PIL import Image
+
+        out = []
+        for i, img in enumerate(images):
+            if not isinstance(img, Image.Image):
+                raise BackboneError(
+                    f"image {i} is a {type(img).__name__}, not a PIL image: open it with PIL first"
+                )
+            out.append(img if img.mode == "RGB" else img.convert("RGB"))
+        return out
+
+    # ------------------------------------------------------------------ public API
+    def build_batch(
+        self,
+        images: list[Image.Image],
+        captions: list[str],
+        *,
+        with_labels: bool = False,
+        prompt: str | None = None,
+    ) -> Batch:
+        """A right-padded LM batch of (image, caption) pairs, tensors on the model's device.
+
+        Args:
+            images: B PIL images (any size/mode; converted to RGB and resized by the image processor).
+            captions: B captions; each is stripped and must keep at least one token.
+            with_labels: also return ``labels`` (caption ids + end token, -100 elsewhere).
+            prompt: text between image and caption; ``None`` → :attr:`default_prompt`, ``""`` → none.
+                Prompt tokens are in neither mask and never labelled.
+
+        Raises:
+            BackboneError: lengths differ, a caption is empty after tokenization (names its index), or
+                an image is not a PIL image.
+        """
+        if len(images) != len(captions):
+            raise BackboneError(
+                f"got {len(images)} images but {len(captions)} captions: pass one caption per image"
+            )
+        if not images:
+            raise BackboneError("build_batch got no (image, caption) pairs: pass at least one")
+        prompt_text = self.resolve_prompt(prompt)
+        caption_ids = []
+        for i, cap in enumerate(captions):
+            ids = self.caption_token_ids(cap, prompt_text)
+            if not ids:
+                raise BackboneError(
+                    f"caption {i} ({cap!r}) is empty after tokenization: drop or fix that caption"
+                )
+            caption_ids.append(ids)
+        pixel_inputs, n_tokens = self._encode_images(self._check_images(images))
+        samples = [self._layout(n, prompt_text, ids) for n, ids in zip(n_tokens, caption_ids, strict=True)]
+        return self._collate(samples, pixel_inputs, padding_side="right", with_labels=with_labels)
+
+    def build_generation_batch(self, images: list[Image.Image], prompt: str | None = None) -> Batch:
+        """Left-padded inputs for ``model.generate(**batch.inputs)``: image + prompt + the turn opener.
+
+        ``caption_mask`` is all False and ``labels`` is None. ``generate`` returns the input ids followed
+        by the new tokens for every family; :meth:`generated_ids` cuts the new part off.
+        """
+        if not images:
+            raise BackboneError("build_generation_batch got no images: pass at least one")
+        prompt_text = self.resolve_prompt(prompt)
+        pixel_inputs, n_tokens = self._encode_images(self._check_images(images))
+        samples = [self._layout(n, prompt_text, None) for n in n_tokens]
+        return self._collate(samples, pixel_inputs, padding_side="left", with_labels=False)
+
+    def generated_ids(self, batch: Batch, sequences: torch.Tensor) -> torch.Tensor:
+        """The new tokens of ``model.generate(**batch.inputs)``'s output, shape (B, new)."""
+        return sequences[:, batch.inputs["input_ids"].shape[1] :]
+
+    def decode(self, token_ids: torch.Tensor | list) -> list[str]:
+        """Decode (B, T) or (T,) ids to B (or 1) strings: special tokens dropped, whitespace stripped."""
+        if isinstance(token_ids, torch.Tensor):
+            token_ids = token_ids.detach().cpu()
+            if token_ids.dim() == 1:
+                token_ids = token_ids.unsqueeze(0)
+            token_ids = token_ids.tolist()
+        elif token_ids and isinstance(token_ids[0], int):
+            token_ids = [token_ids]
+        texts = self.tokenizer.batch_decode(
+            token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        return [t.strip() for t in texts]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """``save_pretrained`` of model, tokenizer and image processor (+ a small meta file) into ``path``.
+
+        ``load_backbone(name, path=path)`` then reloads it offline with identical outputs.
+        """
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        self.image_processor.save_pretrained(out)
+        meta = {"name": self.name, "family": self.family, "source_id": self.source_id}
+        (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+    def __repr__(self) -> str:
+        n = sum(p.numel() for p in self.model.parameters())
+        return f"{type(self).__name__}(name={self.name!r}, source_id={self.source_id!r}, params={n:,})"
+
+    # ------------------------------------------------------------------ collation
+    def _collate(
+        self,
+        samples: list[list[tuple[list[int], int]]],
+        pixel_inputs: dict[str, torch.Tensor],
+        *,
+        padding_side: str,
+        with_labels: bool,
+    ) -> Batch:
+        """Pad the segment lists into (B, L) tensors; masks and labels follow from the segment kinds."""
+        flat = []
+        for segments in samples:
+            ids: list[int] = []
+            kinds: list[int] = []
+            for seg_ids, kind in segments:
+                ids.extend(seg_ids)
+                kinds.extend([kind] * len(seg_ids))
+            flat.append((ids, kinds))
+        length = max(len(ids) for ids, _ in flat)
+        bsz = len(flat)
+        pad = int(self.tokenizer.pad_token_id)
+        input_ids = torch.full((bsz, length), pad, dtype=torch.long)
+        attention = torch.zeros((bsz, length), dtype=torch.long)
+        kind_t = torch.full((bsz, length), -1, dtype=torch.long)
+        for b, (ids, kinds) in enumerate(flat):
+            n = len(ids)
+            sl = slice(0, n) if padding_side == "right" else slice(length - n, length)
+            input_ids[b, sl] = torch.tensor(ids, dtype=torch.long)
+            attention[b, sl] = 1
+            kind_t[b, sl] = torch.tensor(kinds, dtype=torch.long)
+        image_mask = kind_t == IMAGE
+        caption_mask = kind_t == CAPTION
+        labels = None
+        if with_labels:
+            labels = torch.where(
+                (kind_t == CAPTION) | (kind_t == END), input_ids, torch.full_like(input_ids, -100)
+            )
+        inputs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention}
+        inputs.update(self._extra_inputs(input_ids, image_mask))
+        inputs.update(pixel_inputs)
+        batch = Batch(inputs=inputs, image_mask=image_mask, caption_mask=caption_mask, labels=labels)
+        device = self.device
+        if device.type != "cpu":
+            batch = batch.to(device)
+        dtype = self._pixel_dtype()
+        if "pixel_values" in batch.inputs and batch.inputs["pixel_values"].is_floating_point():
+            batch.inputs["pixel_values"] = batch.inputs["pixel_values"].to(dtype)
+        return batch
+
+
+# ---------------------------------------------------------------------- loading helpers
+def load_checkpoint(
+    cls: type[Backbone],
+    name: str,
+    path: str | os.PathLike,
+    *,
+    revision: str | None,
+    dtype: str,
+    device: str,
+) -> Backbone:
+    """Load a saved backbone or a real checkpoint of family ``cls`` from a local dir or a hub id.
+
+    Every failure (missing dir, offline and not cached, not a checkpoint of this family, broken files)
+    becomes a :class:`BackboneError` naming the path.
+    """
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+
+    source, local_only = resolve_source(path)
+    torch_dtype = parse_dtype(dtype)
+    common = {"revision": revision, "local_files_only": local_only}
+    where = f"{name} checkpoint {source!r}" + (f" (revision {revision})" if revision else "")
+    try:
+        config = AutoConfig.from_pretrained(source, **common)
+    except Exception as exc:  # OSError, ValueError, EnvironmentError from hub/cache/json
+        if Path(source).is_dir():
+            hint = "the directory must hold a config.json"
+        elif local_only:
+            hint = (
+                "HF_HUB_OFFLINE is set and it is not in the HF cache: download it first or pass a local dir"
+            )
+        else:
+            hint = "check the hub id, the revision and network access"
+        raise BackboneError(f"cannot read the config of {where}: {hint} ({_one_line(exc)})") from exc
+    model_type = getattr(config, "model_type", None)
+    if model_type not in cls.model_types:
+        raise BackboneError(
+            f"{where} is a {model_type!r} model, not a {cls.family} one "
+            f"(expected model_type {' or '.join(cls.model_types)}): pick the matching backbone name"
+        )
+    try:
+        device_map = None if torch.device(device).type == "cpu" else device
+    except RuntimeError as exc:
+        raise BackboneError(f"invalid device {device!r} for {where}: use e.g. cpu, cuda, cuda:1") from exc
+    try:
+        model = cls.model_class().from_pretrained(source, dtype=torch_dtype, device_map=device_map, **common)
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        image_processor = AutoImageProcessor.from_pretrained(source, **common)
+    except Exception as exc:
+        raise BackboneError(f"cannot load {where}: {_one_line(exc)}") from exc
+    model, tokenizer = cls.adapt_checkpoint(model, tokenizer)
+    source_id = source if Path(source).is_dir() else f"{source}@{revision or 'main'}"
+    return cls(name, model, tokenizer, image_processor, source_id)
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (HF errors span many lines; ours are one line)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+
+
+def build_seeded(build_fn, seed: int):
+    """Call ``build_fn()`` under ``torch.manual_seed(seed)`` without disturbing the caller's RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_fn()

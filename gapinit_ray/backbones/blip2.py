@@ -1,0 +1,151 @@
+"""BLIP-2 with an OPT language model (``Blip2ForConditionalGeneration``), e.g. Salesforce/blip2-opt-2.7b.
+
+Sequence layout (what ``Blip2Processor`` builds in transformers 5.x, checked against its source)::
+
+    train:      [<image> × Q] [BOS] [prompt] [caption] [EOS] [pad ...]
+    generation: [pad ...] [<image> × Q] [BOS] [prompt]
+
+Q = ``config.num_query_tokens``. The forward scatters the Q-Former outputs (after
+``language_projection``) into the ``<image>`` positions (``config.image_token_index``); without those
+placeholders it silently runs the LM on text only, so every batch here carries exactly Q of them. OPT is
+a plain-LM captioner: there is no chat template and the default prompt is none. With a prompt (e.g.
+``"Question: what is shown? Answer:"``) the caption follows it on the same line, so it is tokenized with
+a leading space, as ``tokenizer(prompt + " " + caption)`` would split it.
+
+LoRA targets are the OPT projections; the vision tower, Q-Former and ``language_projection`` are frozen
+and listed in :attr:`Blip2Backbone.vision_module_prefixes` (their ``fc1``/``fc2`` share names with
+OPT's, so LoRA needs them excluded explicitly).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from gapinit_ray.backbones.base import CAPTION, END, IMAGE, OTHER, Backbone, build_seeded
+from gapinit_ray.errors import BackboneError
+
+log = logging.getLogger(__name__)
+
+IMAGE_TOKEN = "<image>"
+_TINY_SPECIALS = ["<pad>", "<s>", "</s>", IMAGE_TOKEN]
+
+
+class Blip2Backbone(Backbone):
+    family = "blip2"
+    model_types = ("blip-2",)
+    lm_layers_path = "language_model.model.decoder.layers"
+    vision_module_prefixes = ("vision_model", "qformer", "language_projection")
+    default_target_modules = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+    default_prompt = None
+
+    @classmethod
+    def model_class(cls) -> type:
+        from transformers import Blip2ForConditionalGeneration
+
+        return Blip2ForConditionalGeneration
+
+    @property
+    def num_query_tokens(self) -> int:
+        return int(self.model.config.num_query_tokens)
+
+    def _encode_images(self, images):
+        pixel = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        return {"pixel_values": pixel}, [self.num_query_tokens] * len(images)
+
+    def _space_before_caption(self, prompt: str) -> bool:
+        return bool(prompt)
+
+    def _layout(self, n_image_tokens, prompt, caption_ids):
+        tok = self.tokenizer
+        segments = [([self.image_token_id] * n_image_tokens, IMAGE), ([tok.bos_token_id], OTHER)]
+        if prompt:
+            segments.append((self.text_ids(prompt), OTHER))
+        if caption_ids is not None:
+            segments += [(caption_ids, CAPTION), ([tok.eos_token_id], END)]
+        return segments
+
+    @classmethod
+    def adapt_checkpoint(cls, model: Any, tokenizer: Any) -> tuple[Any, Any]:
+        """Old BLIP-2 checkpoints lack ``image_token_index``: add ``<image>`` and grow the embeddings.
+
+        Without it transformers 5 would ignore the image entirely (see module docstring).
+        """
+        if getattr(model.config, "image_token_index", None) is not None:
+            return model, tokenizer
+        log.warning("BLIP-2 checkpoint has no image_token_index: adding %s to its tokenizer", IMAGE_TOKEN)
+        if IMAGE_TOKEN not in tokenizer.get_vocab():
+            tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
+        image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        if image_id >= model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+        model.config.image_token_index = image_id
+        return model, tokenizer
+
+    @classmethod
+    def build_tiny(cls, name: str, seed: int) -> Blip2Backbone:
+        """Tiny BLIP-2: 2-layer ViT (32 px, patch 8), 2-layer Q-Former (8 queries), 2-layer OPT (hidden 64)."""
+        from transformers import Blip2Config, Blip2ForConditionalGeneration, BlipImageProcessorPil
+
+        from gapinit_ray.backbones.tokenizer import build_tokenizer
+
+        tokenizer = build_tokenizer(
+            _TINY_SPECIALS,
+            named_special_tokens={"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"},
+            model_specific_tokens={"image_token": IMAGE_TOKEN},
+        )
+        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _TINY_SPECIALS}
+        config = Blip2Config(
+            vision_config={
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "image_size": 32,
+                "patch_size": 8,
+                "initializer_range": 0.02,  # the 1e-10 default would make the tiny tower output ~constant
+            },
+            qformer_config={
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "cross_attention_frequency": 1,
+                "max_position_embeddings": 64,
+                "vocab_size": 64,
+            },
+            text_config={
+                "model_type": "opt",
+                "vocab_size": len(tokenizer),
+                "hidden_size": 64,
+                "word_embed_proj_dim": 64,
+                "ffn_dim": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "max_position_embeddings": 256,
+                "dropout": 0.0,
+                "pad_token_id": ids["<pad>"],
+                "bos_token_id": ids["<s>"],
+                "eos_token_id": ids["</s>"],
+            },
+            num_query_tokens=8,
+            image_token_index=ids[IMAGE_TOKEN],
+        )
+        if config.image_token_index != tokenizer.image_token_id:
+            raise BackboneError("tiny-blip2: tokenizer and config disagree on the image token id")
+
+        def _build() -> Any:
+            model = Blip2ForConditionalGeneration(config)
+            # HF zero-initialises the query tokens (pretrained ones are loaded over them); 8 identical
+            # queries would give 8 identical image tokens, a degenerate image span for gap statistics.
+            with torch.no_grad():
+                model.query_tokens.normal_(0.0, config.initializer_range)
+            return model
+
+        model = build_seeded(_build, seed)
+        gen = model.generation_config
+        gen.pad_token_id, gen.bos_token_id, gen.eos_token_id = ids["<pad>"], ids["<s>"], ids["</s>"]
+        image_processor = BlipImageProcessorPil(size={"height": 32, "width": 32})
+        return cls(name, model, tokenizer, image_processor, source_id=f"{name}:seed={seed}")

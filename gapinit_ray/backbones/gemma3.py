@@ -1,0 +1,130 @@
+"""Gemma 3 vision-language models (``Gemma3ForConditionalGeneration``), e.g. google/gemma-3-4b-it.
+
+Sequence layout: the Gemma 3 chat template with the image expanded as ``Gemma3Processor`` expands its
+``<start_of_image>`` marker (``"\\n\\n<start_of_image>" + "<image_soft_token>" × N + "<end_of_image>\\n\\n"``)::
+
+    <bos><start_of_turn>user\\n\\n\\n<start_of_image><image_soft_token> × N<end_of_image>\\n\\n{prompt}<end_of_turn>\\n
+    <start_of_turn>model\\n{caption}<end_of_turn>
+
+Generation stops after ``<start_of_turn>model\\n``. N = ``config.mm_tokens_per_image`` (256 for the real
+models): one fixed-size image, pan-and-scan crops are switched off so every sample has exactly one image
+span. ``token_type_ids`` (B, L; 1 at ``<image_soft_token>``) is passed like ``Gemma3Processor`` does: the
+model uses it to let image tokens attend to each other bidirectionally. Labels end with
+``<end_of_turn>``, the instruction-tuned model's stop token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from gapinit_ray.backbones.base import CAPTION, END, IMAGE, OTHER, Backbone, build_seeded
+
+START_OF_TURN, END_OF_TURN = "<start_of_turn>", "<end_of_turn>"
+BOI, EOI, IMAGE_SOFT = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
+_TINY_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", START_OF_TURN, END_OF_TURN, BOI, EOI, IMAGE_SOFT]
+
+
+class Gemma3Backbone(Backbone):
+    family = "gemma3"
+    model_types = ("gemma3",)
+    lm_layers_path = "model.language_model.layers"
+    vision_module_prefixes = ("model.vision_tower", "model.multi_modal_projector")
+    default_target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    default_prompt = "Describe the image in one sentence."
+
+    @classmethod
+    def model_class(cls) -> type:
+        from transformers import Gemma3ForConditionalGeneration
+
+        return Gemma3ForConditionalGeneration
+
+    def _encode_images(self, images):
+        out = self.image_processor(images=images, do_pan_and_scan=False, return_tensors="pt")
+        n = int(self.model.config.mm_tokens_per_image)
+        return {"pixel_values": out["pixel_values"]}, [n] * len(images)
+
+    def _layout(self, n_image_tokens, prompt, caption_ids):
+        head = f"{START_OF_TURN}user\n\n\n{BOI}"
+        tail = f"{EOI}\n\n{prompt}{END_OF_TURN}\n{START_OF_TURN}model\n"
+        segments = [
+            ([self.tokenizer.bos_token_id], OTHER),
+            (self.text_ids(head), OTHER),
+            ([self.image_token_id] * n_image_tokens, IMAGE),
+            (self.text_ids(tail), OTHER),
+        ]
+        if caption_ids is not None:
+            segments += [(caption_ids, CAPTION), (self.text_ids(END_OF_TURN), END)]
+        return segments
+
+    def _extra_inputs(self, input_ids: torch.Tensor, image_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        # 1 = image soft token: the model's mask lets each image block attend to itself bidirectionally.
+        return {"token_type_ids": image_mask.to(torch.long)}
+
+    @classmethod
+    def build_tiny(cls, name: str, seed: int) -> Gemma3Backbone:
+        """Tiny Gemma 3: 2-layer SigLIP (32 px, patch 4, pooled to 16 image tokens), 2-layer LM (hidden 64)."""
+        from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil
+
+        from gapinit_ray.backbones.tokenizer import build_tokenizer
+
+        tokenizer = build_tokenizer(
+            _TINY_SPECIALS,
+            named_special_tokens={
+                "pad_token": "<pad>",
+                "eos_token": "<eos>",
+                "bos_token": "<bos>",
+                "unk_token": "<unk>",
+            },
+            model_specific_tokens={"boi_token": BOI, "eoi_token": EOI, "image_token": IMAGE_SOFT},
+        )
+        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _TINY_SPECIALS}
+        config = Gemma3Config(
+            vision_config={
+                "model_type": "siglip_vision_model",
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "image_size": 32,
+                "patch_size": 4,  # 8×8 patches, average-pooled 2×2 → 16 image tokens
+            },
+            text_config={
+                "vocab_size": len(tokenizer),
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "num_key_value_heads": 1,
+                "head_dim": 32,
+                "query_pre_attn_scalar": 32,
+                "sliding_window": 128,
+                "layer_types": ["sliding_attention", "full_attention"],  # both kinds, like the real 5:1 mix
+                "max_position_embeddings": 512,
+                "pad_token_id": ids["<pad>"],
+                "eos_token_id": ids["<eos>"],
+                "bos_token_id": ids["<bos>"],
+            },
+            mm_tokens_per_image=16,
+            boi_token_index=ids[BOI],
+            eoi_token_index=ids[EOI],
+            image_token_index=ids[IMAGE_SOFT],
+        )
+
+        def _build() -> Any:
+            model = Gemma3ForConditionalGeneration(config)
+            # HF zero-initialises the projector (pretrained weights are loaded over it); left at zero, every
+            # image would map to the same (zero) LM input and the image would never reach the LM.
+            with torch.no_grad():
+                model.model.multi_modal_projector.mm_input_projection_weight.normal_(
+                    0.0, config.initializer_range
+                )
+            return model
+
+        model = build_seeded(_build, seed)
+        gen = model.generation_config
+        gen.pad_token_id, gen.bos_token_id = ids["<pad>"], ids["<bos>"]
+        gen.eos_token_id = [ids["<eos>"], ids[END_OF_TURN]]
+        image_processor = Gemma3ImageProcessorPil(size={"height": 32, "width": 32}, do_pan_and_scan=False)
+        return cls(name, model, tokenizer, image_processor, source_id=f"{name}:seed={seed}")

@@ -1,0 +1,142 @@
+"""Qwen2-VL (``Qwen2VLForConditionalGeneration``), e.g. Qwen/Qwen2-VL-7B-Instruct.
+
+Sequence layout: the Instruct chat template (default system message included, as the template adds it
+when none is given), with the image expanded the way ``Qwen2VLProcessor`` expands it::
+
+    <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n
+    <|im_start|>user\\n<|vision_start|><|image_pad|> × N<|vision_end|>{prompt}<|im_end|>\\n
+    <|im_start|>assistant\\n{caption}<|im_end|>
+
+Generation stops after ``<|im_start|>assistant\\n``. N = ``grid_t·grid_h·grid_w / merge²`` varies with the
+image's aspect ratio (dynamic resolution), so samples in one batch may hold different numbers of image
+tokens; padding absorbs it and ``image_mask`` marks each sample's own N positions.
+
+Inputs beyond ids/mask, all required by transformers 5.23: ``pixel_values`` (sum of patches,
+``3·temporal_patch·patch²``) and ``image_grid_thw`` (B, 3) from the image processor, and
+``mm_token_type_ids`` (B, L; 1 at ``<|image_pad|>``, 0 elsewhere), without which the forward raises
+rather than compute M-RoPE 3D positions. The captioning labels end with ``<|im_end|>``, the Instruct
+model's end-of-turn (its ``generation_config`` stops on it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from gapinit_ray.backbones.base import CAPTION, END, IMAGE, OTHER, Backbone, build_seeded
+
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
+IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
+ENDOFTEXT = "<|endoftext|>"
+SYSTEM_MESSAGE = "You are a helpful assistant."
+_TINY_SPECIALS = [
+    ENDOFTEXT,
+    IM_START,
+    IM_END,
+    VISION_START,
+    VISION_END,
+    "<|vision_pad|>",
+    IMAGE_PAD,
+    VIDEO_PAD,
+]
+
+
+class Qwen2VLBackbone(Backbone):
+    family = "qwen2_vl"
+    model_types = ("qwen2_vl",)
+    lm_layers_path = "model.language_model.layers"
+    vision_module_prefixes = ("model.visual",)  # ViT blocks + the patch merger (projector)
+    default_target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    default_prompt = "Describe the image in one sentence."
+
+    @classmethod
+    def model_class(cls) -> type:
+        from transformers import Qwen2VLForConditionalGeneration
+
+        return Qwen2VLForConditionalGeneration
+
+    def _encode_images(self, images):
+        out = self.image_processor(images=images, return_tensors="pt")
+        grid = out["image_grid_thw"]  # (B, 3) patches per image along t, h, w
+        merge = int(self.model.config.vision_config.spatial_merge_size)
+        n_tokens = (grid.prod(-1) // (merge * merge)).tolist()
+        return {"pixel_values": out["pixel_values"], "image_grid_thw": grid}, [int(n) for n in n_tokens]
+
+    def _layout(self, n_image_tokens, prompt, caption_ids):
+        head = f"{IM_START}system\n{SYSTEM_MESSAGE}{IM_END}\n{IM_START}user\n{VISION_START}"
+        tail = f"{VISION_END}{prompt}{IM_END}\n{IM_START}assistant\n"
+        segments = [
+            (self.text_ids(head), OTHER),
+            ([self.image_token_id] * n_image_tokens, IMAGE),
+            (self.text_ids(tail), OTHER),
+        ]
+        if caption_ids is not None:
+            segments += [(caption_ids, CAPTION), (self.text_ids(IM_END), END)]
+        return segments
+
+    def _extra_inputs(self, input_ids: torch.Tensor, image_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        # Modality of each token for M-RoPE: 1 = image placeholder, 0 = text (pads included; the
+        # attention mask removes them from the position computation).
+        return {"mm_token_type_ids": image_mask.to(torch.long)}
+
+    @classmethod
+    def build_tiny(cls, name: str, seed: int) -> Qwen2VLBackbone:
+        """Tiny Qwen2-VL: 2-block ViT (patch 4, merge 2, 32×32 px → 16 image tokens), 2-layer LM (hidden 64)."""
+        from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
+
+        from gapinit_ray.backbones.tokenizer import build_tokenizer
+
+        tokenizer = build_tokenizer(
+            _TINY_SPECIALS,
+            named_special_tokens={"pad_token": ENDOFTEXT, "eos_token": IM_END},
+            model_specific_tokens={
+                "image_token": IMAGE_PAD,
+                "video_token": VIDEO_PAD,
+                "vision_bos_token": VISION_START,
+                "vision_eos_token": VISION_END,
+            },
+        )
+        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _TINY_SPECIALS}
+        config = Qwen2VLConfig(
+            vision_config={
+                "depth": 2,
+                "embed_dim": 32,
+                "hidden_size": 64,  # merger output = LM width
+                "num_heads": 2,
+                "mlp_ratio": 2,
+                "patch_size": 4,
+                "spatial_merge_size": 2,
+                "temporal_patch_size": 2,
+            },
+            text_config={
+                "vocab_size": len(tokenizer),
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "num_key_value_heads": 1,
+                "max_position_embeddings": 512,
+                # head_dim 32 → 16 rotary frequencies split over (t, h, w)
+                "rope_parameters": {
+                    "rope_type": "default",
+                    "rope_theta": 10000.0,
+                    "mrope_section": [4, 6, 6],
+                },
+                "bos_token_id": ids[ENDOFTEXT],
+                "eos_token_id": ids[IM_END],
+                "pad_token_id": ids[ENDOFTEXT],
+            },
+            image_token_id=ids[IMAGE_PAD],
+            video_token_id=ids[VIDEO_PAD],
+            vision_start_token_id=ids[VISION_START],
+            vision_end_token_id=ids[VISION_END],
+        )
+        model: Any = build_seeded(lambda: Qwen2VLForConditionalGeneration(config), seed)
+        gen = model.generation_config
+        gen.pad_token_id, gen.bos_token_id, gen.eos_token_id = ids[ENDOFTEXT], ids[ENDOFTEXT], [ids[IM_END]]
+        image_processor = Qwen2VLImageProcessorPil(
+            min_pixels=32 * 32, max_pixels=32 * 32, patch_size=4, temporal_patch_size=2, merge_size=2
+        )
+        return cls(name, model, tokenizer, image_processor, source_id=f"{name}:seed={seed}")
