@@ -50,8 +50,21 @@ def test_missing_spec_file() -> None:
 
 
 @pytest.mark.parametrize(
-    "cmd", ["validate", "run", "calibrate", "resume", "results", "report", "diagnose", "submit", "status",
-            "logs", "stop", "list"]
+    "cmd",
+    [
+        "validate",
+        "run",
+        "calibrate",
+        "resume",
+        "results",
+        "report",
+        "diagnose",
+        "submit",
+        "status",
+        "logs",
+        "stop",
+        "list",
+    ],
 )
 def test_help_on_every_command(cmd: str) -> None:
     r = gapinit(cmd, "--help")
