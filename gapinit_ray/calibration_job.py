@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from gapinit_ray.calibrate import PooledShard, calibrate
@@ -20,11 +21,17 @@ from gapinit_ray.gap import GapArtifact, SpotSettings, artifact_key, reduce_shar
 from gapinit_ray.sharding import WorkerOptions, run_local, run_on_ray
 
 
-def backbone_source_id(bspec) -> str:
-    """Identity of a backbone's weights for cache keys, known without loading it."""
-    if bspec.path is None:
+def backbone_source_id(bspec, path: str | None = None) -> str:
+    """Identity of a backbone's weights for cache keys, known without loading it; equal to the
+    ``source_id`` the loaded :class:`Backbone` reports. ``path`` is where the weights come from (a
+    pretrained tiny preset's cache dir, whose name carries its key), default the spec's path."""
+    path = path or bspec.path
+    if path is None:
         return f"{bspec.name}:seed=0"
-    return f"{bspec.name}:{bspec.path}@{bspec.revision or 'main'}"
+    local = Path(path).expanduser()
+    if local.is_dir():
+        return str(local.resolve())
+    return f"{path}@{bspec.revision or 'main'}"
 
 
 def target_modules_for(spec, bspec) -> list[str]:
@@ -49,13 +56,13 @@ def load_backbone_for(bspec, device: str = "cpu"):
 # ---- worker side (plain functions: run in-process or inside a Ray actor)
 
 
-def _make_state(bspec_dict: dict) -> Any:
+def _make_state(bspec_dict: dict, path: str | None = None) -> Any:
     import torch
 
     from gapinit_ray.spec import BackboneSpec
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return load_backbone_for(BackboneSpec.model_validate(bspec_dict), device=device)
+    return load_backbone_for(BackboneSpec.model_validate(bspec_dict), device=device, path=path)
 
 
 @dataclass
@@ -118,6 +125,7 @@ def run_calibration(
     shards_per_worker: int = 2,
     progress: bool = True,
     cpus_per_worker: float | None = None,
+    backbone_path: str | None = None,
 ) -> tuple[GapArtifact, bool]:
     """Return ``(artifact, cache_hit)`` for one backbone of the spec; compute it if not cached.
 
@@ -133,7 +141,7 @@ def run_calibration(
     )
     prompt = spec.train.prompt
     parts = {
-        "backbone": backbone_source_id(bspec),
+        "backbone": backbone_source_id(bspec, backbone_path),
         "dtype": bspec.dtype,
         "calibration_set": calibration_set_hash(pairs),
         "target_modules": targets,
@@ -161,7 +169,7 @@ def run_calibration(
         lo += s
     bar = _progress_bar(len(items), f"calibrating {bspec.key}") if progress else None
     results: dict[int, PooledShard] = {}
-    state_kwargs = {"bspec_dict": bspec.model_dump()}
+    state_kwargs = {"bspec_dict": bspec.model_dump(), "path": backbone_path}
     if use_ray:
         opts = WorkerOptions(
             num_workers=n_workers,
@@ -191,7 +199,7 @@ def run_calibration(
     meta = {
         **parts,
         "backbone_name": bspec.name,
-        "backbone_path": bspec.path,
+        "backbone_path": backbone_path or bspec.path,
         "backbone_revision": bspec.revision,
         "sample_ids": [x[0] for x in items],
         "num_samples": len(items),
