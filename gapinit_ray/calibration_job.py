@@ -45,12 +45,11 @@ def target_modules_for(spec, bspec) -> list[str]:
     return list(backbone_class(bspec.name).default_target_modules)
 
 
-def load_backbone_for(bspec, device: str = "cpu"):
+def load_backbone_for(bspec, device: str = "cpu", path: str | None = None):
     from gapinit_ray.backbones import load_backbone
 
-    return load_backbone(
-        bspec.name, path=bspec.path, revision=bspec.revision, dtype=bspec.dtype, device=device
-    )
+    path = path or bspec.path
+    return load_backbone(bspec.name, path=path, revision=bspec.revision, dtype=bspec.dtype, device=device)
 
 
 # ---- worker side (plain functions: run in-process or inside a Ray actor)

@@ -80,6 +80,32 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from gapinit_ray.cluster import ray_session
+    from gapinit_ray.spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    if not args.trial:
+        raise GapinitError(
+            "`gapinit run` without --trial (whole sweeps) is not available in this version yet"
+        )
+    from gapinit_ray.trial import build_trainer, parse_trial_params, trial_id
+
+    params = parse_trial_params(args.trial)
+    with ray_session(args.address, num_cpus=args.num_cpus):
+        trainer = build_trainer(spec, params)
+        result = trainer.fit()
+    if result.error:
+        raise GapinitError(f"trial {trial_id(params)} failed: {str(result.error).strip().splitlines()[-1]}")
+    shown = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, float | int)}
+    print(
+        f"trial {trial_id(params)} finished; checkpoint {result.checkpoint.path if result.checkpoint else None}"
+    )
+    for k, v in sorted(shown.items()):
+        print(f"  {k:>16} {v:.4g}")
+    return 0
+
+
 def _not_yet(name: str, what: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         raise GapinitError(f"`gapinit {name}` ({what}) is not available in this version yet")
@@ -109,8 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a sweep on an embedded local Ray or the cluster at --address")
     _add_spec(p)
     p.add_argument("--trial", help="run one trial outside Tune, e.g. init=gap,seed=42")
-    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
-    p.set_defaults(func=_not_yet("run", "sweep execution"))
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("calibrate", help="run only the calibration stage and print the per-layer gap table")
     _add_spec(p)

@@ -110,7 +110,7 @@ def run_on_ray(
                 ray.kill(actor, no_restart=True)
                 if attempts[i] >= options.max_attempts:
                     raise ShardFailed(
-                        f"{describe(i)} failed {attempts[i]} times (worker died: {type(e).__name__}); "
+                        f"{describe(i)} failed {attempts[i]} times (worker died: {_last_line(e)}); "
                         "check the workers' logs (`ray logs`) for out-of-memory or node loss"
                     ) from None
                 pending.append(i)
@@ -122,8 +122,7 @@ def run_on_ray(
                     raise type(cause)(*cause.args) from None
                 if attempts[i] >= options.max_attempts:
                     raise ShardFailed(
-                        f"{describe(i)} failed {attempts[i]} times: {type(cause).__name__}: "
-                        f"{str(e).strip().splitlines()[-1]}"
+                        f"{describe(i)} failed {attempts[i]} times: {_last_line(e)}"
                     ) from None
                 pending.append(i)
                 idle.append(actor)
@@ -133,3 +132,8 @@ def run_on_ray(
     finally:
         for actor in idle + [a for _, a in running.values()]:
             ray.kill(actor, no_restart=True)
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__

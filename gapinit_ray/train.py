@@ -1,0 +1,353 @@
+"""One trial: the per-worker training loop (Ray Train + DeepSpeed ZeRO) and the launcher around it.
+
+A trial = one (backbone, init, rank, seed, hyperparameters) fine-tune. :func:`train_loop_per_worker` runs
+on every Ray Train worker: build the frozen backbone, apply the LoRA init (before the DeepSpeed engine is
+made), build the engine from the spec (ZeRO 0-3, offload, bf16/fp16 on GPU, fp32 on CPU with gloo),
+cosine schedule with warm-up, gradient accumulation and clipping, and a seeded data order. Every report
+carries train/val loss, caption metrics, learning rate, throughput and peak memory, plus a checkpoint
+(the adapter in peft format and the DeepSpeed optimizer/scheduler state) from which a restarted worker
+group resumes exactly where it stopped.
+
+Pairing across inits (paper-style seed comparisons): the data order comes from a ``DistributedSampler``
+seeded by the trial seed, and the torch RNG is re-seeded after the init, so the same seed gives the same
+batches and the same dropout stream whatever the init method.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gapinit_ray.pretrain import caption_loss
+
+TRAINER_STATE = "trainer_state.json"
+ADAPTER_DIR = "adapter"
+DS_TAG = "ds"
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+class CaptionPairs(torch.utils.data.Dataset):
+    """(image id, image path, caption) triples: every caption of every image is one sample."""
+
+    def __init__(self, records: list) -> None:
+        self.items = [(r.image_id, r.image_path, c) for r in records for c in r.captions]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[str, str, str]:
+        return self.items[i]
+
+
+class Collate:
+    """Loads the images of a batch and lays it out with the backbone (masks, labels)."""
+
+    def __init__(self, backbone, prompt: str | None) -> None:
+        self.backbone, self.prompt = backbone, prompt
+
+    def __call__(self, items):
+        from gapinit_ray.data import load_image
+
+        images = [load_image(path, image_id) for image_id, path, _ in items]
+        return self.backbone.build_batch(images, [c for *_, c in items], with_labels=True, prompt=self.prompt)
+
+
+def lr_lambda(total_steps: int, warmup_steps: int, schedule: str):
+    """LR multiplier per optimizer step: linear warm-up, then cosine / linear decay or constant."""
+
+    def f(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        progress = min(max(progress, 0.0), 1.0)
+        return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+
+    return f
+
+
+def deepspeed_config(train, world_size: int, on_gpu: bool) -> dict:
+    """DeepSpeed config from the spec's ``train`` section (fp32 on CPU whatever ``precision`` says)."""
+    precision = train.precision
+    if precision == "auto":
+        precision = "bf16" if on_gpu else "fp32"
+    if not on_gpu:
+        precision = "fp32"
+    zero: dict[str, Any] = {"stage": train.zero.stage}
+    if train.zero.offload_optimizer != "none":
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if train.zero.offload_param != "none":
+        zero["offload_param"] = {"device": "cpu"}
+    return {
+        "train_micro_batch_size_per_gpu": train.batch_size,
+        "gradient_accumulation_steps": train.grad_accum,
+        "train_batch_size": train.batch_size * train.grad_accum * world_size,
+        "gradient_clipping": train.max_grad_norm or 0.0,
+        "zero_optimization": zero,
+        "zero_force_ds_cpu_optimizer": False,  # a torch AdamW: no JIT-compiled CPU Adam needed
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def make_optimizer(train, params):
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=train.lr, momentum=0.9, weight_decay=train.weight_decay)
+    cls = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=train.lr, weight_decay=train.weight_decay)
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+# --------------------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class TrialContext:
+    """What one worker needs, resolved by the launcher (paths, not the spec's raw YAML)."""
+
+    spec: dict  # the trial's SweepSpec (axis values applied), as a dict
+    backbone: dict  # the trial's BackboneSpec as a dict
+    backbone_path: str | None  # pretrained tiny preset dir, or the spec's path
+    artifact_path: str | None  # GapArtifact dir (None when the init does not need one)
+    trial_id: str
+    out_dir: str  # where eval captions are written
+
+
+def _distributed_setup() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return rank, world
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train worker entry point: ``config = {"ctx": TrialContext as dict}``."""
+    import ray.train
+
+    TrialWorker(TrialContext(**config["ctx"]), ray.train.report, ray.train.get_checkpoint).run()
+
+
+class TrialWorker:
+    """State of one Ray Train worker for one trial; :meth:`run` reads top-down."""
+
+    def __init__(self, ctx: TrialContext, report, get_checkpoint) -> None:
+        from gapinit_ray.spec import BackboneSpec, SweepSpec
+
+        self.ctx, self._report, self._get_checkpoint = ctx, report, get_checkpoint
+        self.spec = SweepSpec.model_validate(ctx.spec)
+        self.bspec = BackboneSpec.model_validate(ctx.backbone)
+
+    def setup(self) -> None:
+        import deepspeed
+
+        from gapinit_ray.backbones import load_backbone
+        from gapinit_ray.data.resolve import split_records
+        from gapinit_ray.evaluate import eval_records
+        from gapinit_ray.gap import GapArtifact
+        from gapinit_ray.lora_init import apply_lora, init_checks
+
+        spec, train, seed = self.spec, self.spec.train, self.spec.seed
+        on_gpu = torch.cuda.is_available()
+        if not deepspeed.comm.is_initialized():
+            deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+        self.rank, self.world = _distributed_setup()
+        self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+
+        torch.manual_seed(seed)
+        b = self.bspec
+        self.backbone = load_backbone(b.name, path=self.ctx.backbone_path, revision=b.revision, dtype=b.dtype)
+        self.backbone.model.to(self.device)
+        artifact = GapArtifact.load(self.ctx.artifact_path) if self.ctx.artifact_path else None
+        model, init_report = apply_lora(self.backbone, spec.lora, artifact, seed)
+
+        self.train_set = CaptionPairs(split_records(spec.data, spec.data.train, spec.storage))
+        eval_ref = spec.data.test if spec.eval.split == "test" and spec.data.test else spec.data.val
+        self.val_records = eval_records(split_records(spec.data, eval_ref, spec.storage), spec.eval.subset)
+        self.val_set = CaptionPairs(self.val_records)
+        self.collate = Collate(self.backbone, train.prompt)
+        self.sampler = torch.utils.data.DistributedSampler(
+            self.train_set, num_replicas=self.world, rank=self.rank, shuffle=True, seed=seed
+        )
+        self.loader = torch.utils.data.DataLoader(
+            self.train_set, batch_size=train.batch_size, sampler=self.sampler, collate_fn=self.collate
+        )
+        first = self.collate([self.train_set[i] for i in range(min(len(self.train_set), train.batch_size))])
+        init_checks(self.backbone, model, init_report, first.to(self.device), artifact)
+        self.checks = init_report.to_dict()  # includes the checks just run
+
+        self.steps_per_epoch = min(len(self.loader), train.max_steps_per_epoch or len(self.loader))
+        total = math.ceil(self.steps_per_epoch / train.grad_accum) * train.epochs
+        optimizer = make_optimizer(train, [p for p in model.parameters() if p.requires_grad])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(total, int(train.warmup_ratio * total), train.schedule)
+        )
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=deepspeed_config(train, self.world, on_gpu),
+        )
+
+    def resume(self) -> tuple[int, int]:
+        """Load the latest checkpoint, if any; return (epoch, step in epoch) to continue from."""
+        self.micro_steps = 0
+        ckpt = self._get_checkpoint()
+        if ckpt is None:
+            return 0, 0
+        with ckpt.as_directory() as d:
+            self.engine.load_checkpoint(d, tag=DS_TAG, load_module_strict=False)
+            state = json.loads((Path(d) / TRAINER_STATE).read_text())
+        self.micro_steps = state["micro_steps"]
+        return state["epoch"], state["step_in_epoch"]
+
+    def run(self) -> None:
+        self.setup()
+        start_epoch, start_step = self.resume()
+        train = self.spec.train
+        # same seed => same dropout stream whatever the init consumed from the RNG
+        torch.manual_seed(self.spec.seed * 1000 + self.rank + 7919 * start_epoch + start_step)
+        every = train.report_every if isinstance(train.report_every, int) else None
+        for epoch in range(start_epoch, train.epochs):
+            self.sampler.set_epoch(epoch)
+            self.engine.train()
+            self._reset_meters()
+            skip = start_step if epoch == start_epoch else 0
+            for step, batch in enumerate(self.loader):
+                if step >= self.steps_per_epoch:
+                    break
+                if step < skip:  # resuming mid-epoch: the sampler order is the same, skip what was done
+                    continue
+                self._train_step(batch)
+                done = step + 1
+                if (
+                    every
+                    and done < self.steps_per_epoch
+                    and self.micro_steps % (every * train.grad_accum) == 0
+                ):
+                    self.report(epoch + done / self.steps_per_epoch, epoch, done)
+            self.report(epoch + 1, epoch + 1, 0)
+
+    def _reset_meters(self) -> None:
+        self.t0, self.losses, self.samples, self.tokens = time.perf_counter(), [], 0, 0
+
+    def _train_step(self, batch) -> None:
+        batch = batch.to(self.device)
+        loss = caption_loss(self.engine(**batch.inputs).logits, batch.labels)
+        self.engine.backward(loss)
+        self.engine.step()
+        self.micro_steps += 1
+        self.losses.append(float(loss.detach()))
+        self.samples += len(batch)
+        self.tokens += int(batch.inputs["attention_mask"].sum())
+
+    def report(self, epoch_value: float, next_epoch: int, next_step: int) -> None:
+        """Evaluate, checkpoint (every rank writes its ZeRO shard; rank 0 the adapter), report."""
+        from ray.train import Checkpoint
+
+        from gapinit_ray.evaluate import evaluate_split
+
+        spec, rank, world = self.spec, self.rank, self.world
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        metrics = {
+            "epoch": epoch_value,
+            "train_loss": _mean_all(self.losses, world),
+            "val_loss": validation_loss(
+                self.engine, self.val_set, self.collate, spec.eval.batch_size, self.device, rank, world
+            ),
+            "lr": float(self.scheduler.get_last_lr()[0]),
+            "samples_per_s": self.samples * world / elapsed,
+            "tokens_per_s": self.tokens * world / elapsed,
+            "peak_memory_mb": peak_memory_mb(),
+            "optimizer_steps": self.micro_steps // spec.train.grad_accum,
+        }
+        scores = evaluate_split(
+            self.engine.module,
+            self.backbone,
+            self.val_records,
+            spec.eval,
+            prompt=spec.train.prompt,
+            rank=rank,
+            world_size=world,
+            gather=_gather_objects if world > 1 else None,
+            out_dir=os.path.join(self.ctx.out_dir, f"epoch_{epoch_value:g}") if rank == 0 else None,
+        )
+        metrics.update({f"val_{k}": v for k, v in (_broadcast(scores, world) or {}).items()})
+        # the init report (alignment, ΔW = 0, gradient norms) goes with the first report only
+        metrics["init_checks"] = json.dumps(self.checks, default=str) if next_epoch <= 1 else ""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.engine.save_checkpoint(tmp, tag=DS_TAG, exclude_frozen_parameters=True)
+            if rank == 0:
+                self.engine.module.save_pretrained(os.path.join(tmp, ADAPTER_DIR))
+                state = {"epoch": next_epoch, "step_in_epoch": next_step, "micro_steps": self.micro_steps}
+                (Path(tmp) / TRAINER_STATE).write_text(json.dumps(state))
+            self._report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+        self._reset_meters()
+
+
+def _mean_all(values: list[float], world: int) -> float:
+    total = torch.tensor([sum(values), float(len(values))], dtype=torch.float64)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(total)
+    return float(total[0] / total[1].clamp_min(1))
+
+
+@torch.no_grad()
+def validation_loss(engine, val_set, collate, batch_size: int, device, rank: int, world: int) -> float:
+    """Teacher-forced caption loss on the (fixed) validation records, averaged over all ranks."""
+    model = engine.module
+    was_training = model.training
+    model.eval()
+    idx = list(range(rank, len(val_set), world))
+    total, count = 0.0, 0
+    for lo in range(0, len(idx), batch_size):
+        batch = collate([val_set[i] for i in idx[lo : lo + batch_size]]).to(device)
+        n = int((batch.labels[:, 1:] != -100).sum())
+        total += float(caption_loss(engine(**batch.inputs).logits, batch.labels)) * n
+        count += n
+    model.train(was_training)
+    t = torch.tensor([total, float(count)], dtype=torch.float64)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(t)
+    return float(t[0] / t[1].clamp_min(1))
+
+
+def _gather_objects(obj: Any) -> list[Any]:
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _broadcast(obj: Any, world: int) -> Any:
+    if world == 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

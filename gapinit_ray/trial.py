@@ -1,0 +1,148 @@
+"""From a spec + one point of its search space to a running Ray Train job (the TorchTrainer).
+
+The same path serves `gapinit run SPEC --trial init=gap,seed=42` (one trial, outside Tune, for
+debugging) and every trial of a sweep (inside a Tune function trainable, with ``TuneReportCallback``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import re
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from gapinit_ray.errors import SpecError
+from gapinit_ray.spec import AXIS_ALIASES, BackboneSpec, SweepSpec, set_dotted, yaml_load
+
+
+def parse_trial_params(text: str) -> dict[str, Any]:
+    """``init=gap,seed=42,train.lr=1e-4`` -> dict (values parsed as YAML)."""
+    params: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        if "=" not in item:
+            raise SpecError(f"--trial {text!r}: expected KEY=VALUE pairs separated by commas, got {item!r}")
+        k, v = item.split("=", 1)
+        params[k.strip()] = yaml_load(v) if v else ""
+    return params
+
+
+def trial_spec(spec: SweepSpec, params: dict[str, Any]) -> tuple[SweepSpec, BackboneSpec]:
+    """The spec of one trial: the sweep's base values with this trial's axis values applied."""
+    raw = spec.model_dump(mode="json")
+    raw["search"] = {}
+    key = params.get("backbone", spec.backbones[0].key)
+    for name, value in params.items():
+        if name == "backbone":
+            continue
+        try:
+            set_dotted(raw, AXIS_ALIASES.get(name, name), copy.deepcopy(value))
+        except KeyError:
+            raise SpecError(
+                f"trial parameter {name!r} is not a spec field (e.g. init, seed, lora.rank)"
+            ) from None
+    from gapinit_ray.spec import spec_from_dict
+
+    tspec = spec_from_dict(raw, source=f"trial {params}")
+    bspec = next((b for b in tspec.backbones if b.key == key), None)
+    if bspec is None:
+        raise SpecError(
+            f"trial backbone {key!r} is not in backbones ({', '.join(b.key for b in tspec.backbones)})"
+        )
+    return tspec, bspec
+
+
+def trial_id(params: dict[str, Any]) -> str:
+    """Readable, filesystem-safe, unique name of a trial's parameters (stable across runs)."""
+    body = ",".join(f"{k}={params[k]}" for k in sorted(params))
+    digest = hashlib.sha1(body.encode()).hexdigest()[:8]
+    short = re.sub(r"[^A-Za-z0-9_.=,-]", "", body.replace("lora.", "").replace("train.", ""))[:80]
+    return f"{short}_{digest}" if short else digest
+
+
+def prepare_backbone(spec: SweepSpec, bspec: BackboneSpec, progress: bool = True) -> str | None:
+    """Where the trial's weights come from: the pretrained tiny preset (built once, cached), or the
+    spec's path / hub id."""
+    if bspec.name.startswith("tiny-") and bspec.pretrain and bspec.path is None:
+        from gapinit_ray.data.resolve import cache_dir
+        from gapinit_ray.pretrain import ensure_pretrained
+
+        return str(ensure_pretrained(bspec.name, cache_dir(spec.storage), progress=progress))
+    return bspec.path
+
+
+def prepare_artifact(
+    spec: SweepSpec, bspec: BackboneSpec, backbone_path: str | None, progress: bool = True
+) -> str:
+    """Compute (or find in the cache) the GapArtifact of this backbone + calibration settings. Every
+    method gets it: the alignment cos(B[:,0], g) is recorded for all of them (paper Fig. 2)."""
+    from gapinit_ray.calibration_job import run_calibration
+    from gapinit_ray.data.resolve import cache_dir
+
+    artifact, _ = run_calibration(spec, bspec, backbone_path=backbone_path, progress=progress)
+    return str(cache_dir(spec.storage) / "gaps" / artifact.key)
+
+
+def sweep_dir(spec: SweepSpec) -> Path:
+    return Path(spec.storage).expanduser().absolute() / spec.name
+
+
+def build_trainer(
+    spec: SweepSpec,
+    params: dict[str, Any],
+    *,
+    callbacks: list | None = None,
+    artifact_path: str | None = None,
+    backbone_path: str | None = None,
+    progress: bool = True,
+):
+    """The TorchTrainer of one trial. Pretraining and calibration run here (cached) if not given."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from gapinit_ray.train import TrialContext, train_loop_per_worker
+
+    tspec, bspec = trial_spec(spec, params)
+    if backbone_path is None:
+        backbone_path = prepare_backbone(tspec, bspec, progress)
+    if artifact_path is None:
+        artifact_path = prepare_artifact(tspec, bspec, backbone_path, progress)
+    tid = trial_id(params)
+    root = sweep_dir(spec)
+    ctx = TrialContext(
+        spec=tspec.model_dump(mode="json"),
+        backbone=bspec.model_dump(mode="json"),
+        backbone_path=backbone_path,
+        artifact_path=artifact_path,
+        trial_id=tid,
+        out_dir=str(root / "captions" / tid),
+    )
+    r = spec.resources
+    use_gpu = r.gpus_per_worker > 0
+    resources = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if use_gpu else {})}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"ctx": asdict(ctx)},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=r.workers_per_trial, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=tid,
+            storage_path=str(root / "train"),
+            failure_config=FailureConfig(max_failures=r.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks or [],
+            worker_runtime_env={"env_vars": _worker_env(use_gpu)},
+        ),
+    )
+
+
+def _worker_env(use_gpu: bool) -> dict[str, str]:
+    env = {"TOKENIZERS_PARALLELISM": "false", **({} if use_gpu else {"DS_ACCELERATOR": "cpu"})}
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DS_ACCELERATOR", "HF_HOME"):
+        if var in os.environ:
+            env[var] = os.environ[var]
+    return env
