@@ -119,7 +119,7 @@ def pretrain(name: str, cache: Path, s: PretrainSettings, out: Path, progress: b
             opt.step()
             sched.step()
             step += 1
-            running.append(float(loss))
+            running.append(float(loss.detach()))
         last = sum(running) / len(running)
         if progress:
             print(

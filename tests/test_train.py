@@ -1,0 +1,188 @@
+"""One trial end to end on a real local Ray: Ray Train + DeepSpeed ZeRO on CPU (gloo), peft adapters,
+pycocoevalcap metrics, checkpoints, and recovery from a worker killed by pid."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+import yaml
+
+from gapinit_ray.spec import spec_from_dict
+from gapinit_ray.train import ADAPTER_DIR, deepspeed_config, lr_lambda
+from gapinit_ray.trial import build_trainer, parse_trial_params, trial_id, trial_spec
+
+from .conftest import QUICKSTART
+
+
+def tiny_spec(tmp_path: Path, **train_over):
+    raw = yaml.safe_load(QUICKSTART.read_text())
+    raw["storage"] = str(tmp_path / "store")
+    raw["data"]["sources"]["shapes"]["num_images"] = 64
+    raw["data"]["val"]["limit"] = 6
+    raw["calibration"].update({"num_samples": 16, "workers": 1})
+    raw["train"].update({"epochs": 2, "batch_size": 8, "max_steps_per_epoch": 4, "lr": 1e-2, **train_over})
+    raw["eval"].update({"metrics": ["bleu4", "cider"], "generation": {"max_new_tokens": 6}})
+    raw["resources"].update({"workers_per_trial": 1, "cpus_per_worker": 1})
+    return spec_from_dict(raw)
+
+
+class EpochLog:
+    """A Ray Train callback (runs in the controller) that appends every report's epoch to a file."""
+
+    def __init__(self, path: str) -> None:
+        from ray.train.v2.api.callback import UserCallback
+
+        class _Cb(UserCallback):
+            def after_report(self, run_context, metrics, checkpoint):
+                with open(path, "a") as f:
+                    f.write(json.dumps(metrics[0]["epoch"]) + "\n")
+
+        self.callback = _Cb()
+        self.path = path
+
+    def epochs(self) -> list[float]:
+        return (
+            [json.loads(x) for x in Path(self.path).read_text().split()] if os.path.exists(self.path) else []
+        )
+
+
+def test_trial_params_and_ids(tmp_path) -> None:
+    spec = tiny_spec(tmp_path)
+    params = parse_trial_params("init=random,seed=7,lora.rank=2,train.lr=1e-3")
+    assert params == {"init": "random", "seed": 7, "lora.rank": 2, "train.lr": 1e-3}
+    tspec, bspec = trial_spec(spec, params)
+    assert (tspec.lora.init, tspec.seed, tspec.lora.rank, tspec.train.lr) == ("random", 7, 2, 1e-3)
+    assert bspec.name == "tiny-blip2"
+    assert trial_id(params) == trial_id(dict(reversed(list(params.items()))))
+    assert "/" not in trial_id({"x": "a/b"})
+
+
+def test_schedule_and_deepspeed_config(tmp_path) -> None:
+    f = lr_lambda(100, 10, "cosine")
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.5) and f(100) == pytest.approx(0.0)
+    assert lr_lambda(100, 0, "linear")(50) == pytest.approx(0.5)
+    spec = tiny_spec(tmp_path, zero={"stage": 3, "offload_optimizer": "cpu"}, grad_accum=2, precision="bf16")
+    cfg = deepspeed_config(spec.train, world_size=2, on_gpu=False)
+    assert (
+        cfg["zero_optimization"]["stage"] == 3
+        and cfg["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    )
+    assert cfg["train_batch_size"] == 8 * 2 * 2
+    assert not cfg["bf16"]["enabled"]  # fp32 on CPU whatever the spec asks
+    assert deepspeed_config(spec.train, 1, on_gpu=True)["bf16"]["enabled"]
+
+
+def _run(spec, params, log: EpochLog | None = None):
+    trainer = build_trainer(spec, params, callbacks=[log.callback] if log else None, progress=False)
+    return trainer.fit()
+
+
+def _reports(result) -> list[dict]:
+    snap = json.loads((Path(result.path) / "checkpoint_manager_snapshot.json").read_text())
+    return [c["metrics"] for c in snap["checkpoint_results"]]
+
+
+@pytest.mark.slow
+def test_two_worker_zero2_trial_learns_and_saves_a_loadable_adapter(ray_local, tmp_path) -> None:
+    spec = tiny_spec(tmp_path, zero={"stage": 2}, epochs=2)
+    spec.resources.workers_per_trial = 2
+    result = _run(spec, {"init": "gap", "seed": 42})
+    assert result.error is None
+    reports = _reports(result)
+    assert [r["epoch"] for r in reports] == [1, 2]
+    first, last = reports
+    for key in (
+        "train_loss",
+        "val_loss",
+        "val_bleu4",
+        "val_cider",
+        "lr",
+        "samples_per_s",
+        "tokens_per_s",
+        "peak_memory_mb",
+    ):
+        assert key in last and last[key] == last[key], key  # present, not NaN
+    assert last["val_loss"] < first["val_loss"] or last["train_loss"] < first["train_loss"]
+    checks = json.loads(first["init_checks"])
+    assert checks["checks"]["passed"] and checks["checks"]["max_abs_logit_diff"] == 0.0
+    assert checks["alignment_summary"]["min"] >= 1 - 1e-6
+
+    from peft import PeftModel
+
+    from gapinit_ray.backbones import load_backbone
+    from gapinit_ray.trial import prepare_backbone
+
+    tspec, bspec = trial_spec(spec, {"init": "gap", "seed": 42})
+    base = load_backbone(bspec.name, path=prepare_backbone(tspec, bspec, progress=False))
+    with result.checkpoint.as_directory() as d:
+        model = PeftModel.from_pretrained(base.model, os.path.join(d, ADAPTER_DIR))
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(torch.isfinite(p).all() for p in lora_b)
+    assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_A" in n)  # A moved off 0
+    captions = json.loads(
+        (
+            Path(spec.storage)
+            / spec.name
+            / "captions"
+            / trial_id({"init": "gap", "seed": 42})
+            / "epoch_2"
+            / "captions.json"
+        ).read_text()
+    )
+    assert len(captions) == 6
+
+
+@pytest.mark.slow
+def test_one_worker_zero3_trial(ray_local, tmp_path) -> None:
+    spec = tiny_spec(tmp_path, zero={"stage": 3}, epochs=1)
+    result = _run(spec, {"init": "random", "seed": 1})
+    assert result.error is None
+    reports = _reports(result)
+    assert [r["epoch"] for r in reports] == [1]
+    assert reports[0]["train_loss"] > 0 and "val_cider" in reports[0]
+
+
+def _train_workers() -> list[psutil.Process]:
+    me = psutil.Process()
+    out = []
+    for p in psutil.process_iter(["cmdline", "name"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if "RayTrainWorker" in cmd and p.pid != me.pid:
+            out.append(p)
+    return out
+
+
+@pytest.mark.slow
+def test_killed_train_worker_resumes_from_checkpoint(ray_local, tmp_path) -> None:
+    spec = tiny_spec(tmp_path, epochs=3, max_steps_per_epoch=6)
+    log = EpochLog(str(tmp_path / "epochs.log"))
+    box: dict = {}
+    thread = threading.Thread(
+        target=lambda: box.setdefault("result", _run(spec, {"init": "gap", "seed": 3}, log))
+    )
+    thread.start()
+    deadline = time.time() + 300
+    while not log.epochs() and time.time() < deadline:  # wait for the epoch-1 checkpoint
+        time.sleep(0.2)
+    victims = _train_workers()
+    assert victims, "no Ray Train worker process found"
+    killed = victims[0].pid
+    os.kill(killed, 9)
+    thread.join(timeout=600)
+    result = box["result"]
+    assert result.error is None
+    epochs = log.epochs()
+    assert epochs == sorted(set(epochs)) and epochs[-1] == 3, epochs  # none twice, all reported
+    assert len(epochs) == 3
+    assert killed not in [p.pid for p in _train_workers()]
