@@ -121,9 +121,7 @@ def run_on_ray(
                 if isinstance(cause, GapinitError):
                     raise type(cause)(*cause.args) from None
                 if attempts[i] >= options.max_attempts:
-                    raise ShardFailed(
-                        f"{describe(i)} failed {attempts[i]} times: {_last_line(e)}"
-                    ) from None
+                    raise ShardFailed(f"{describe(i)} failed {attempts[i]} times: {_last_line(e)}") from None
                 pending.append(i)
                 idle.append(actor)
                 continue
