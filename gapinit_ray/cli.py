@@ -106,6 +106,92 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_sweep(spec, args: argparse.Namespace) -> int:
+    from gapinit_ray.cluster import ray_session
+    from gapinit_ray.spec import describe
+    from gapinit_ray.sweep import run_sweep
+
+    print(describe(spec), file=sys.stderr)
+    with ray_session(args.address, num_cpus=args.num_cpus):
+        run_sweep(spec, quiet=args.quiet)
+    return _print_results(
+        spec.storage,
+        spec.name,
+        by=None,
+        metric=spec.scheduler.metric,
+        at="last",
+        mode=spec.scheduler.mode,
+        fmt="table",
+    )
+
+
+def _print_results(storage: str, sweep: str, *, by, metric: str, at: str, mode: str, fmt: str) -> int:
+    from gapinit_ray.results import ResultsStore, aggregate, format_table
+
+    store = ResultsStore(storage, sweep)
+    metrics = store.metrics()
+    trials = store.trials()
+    if by is None:
+        by = [c for c in ("backbone", "init", "rank") if c in metrics.column_names]
+    table = aggregate(metrics, by=by, metric=metric, at=at, mode=mode, trials=trials)
+    print(format_table(table, fmt))
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from gapinit_ray.spec import load_spec, spec_from_dict
+
+    target = Path(args.sweep)
+    if target.is_dir():
+        saved = target / "spec.json"
+        if not saved.exists():
+            raise GapinitError(f"{target}: not a sweep directory (no spec.json); pass the sweep's spec file")
+        spec = spec_from_dict(json.loads(saved.read_text()), source=str(saved))
+    else:
+        spec = load_spec(target)
+    return _run_sweep(spec, args)
+
+
+def _sweep_location(arg: str, storage: str | None) -> tuple[str, str]:
+    """`results` / `report` take a sweep dir (<storage>/<name>) or a spec file."""
+    from pathlib import Path
+
+    p = Path(arg)
+    if p.is_file() and p.suffix in (".yaml", ".yml"):
+        from gapinit_ray.spec import load_spec
+
+        spec = load_spec(p)
+        return storage or spec.storage, spec.name
+    if "://" in arg:
+        root, _, name = arg.rstrip("/").rpartition("/")
+        return root, name
+    if not (p / "results").exists():
+        raise GapinitError(f"{arg}: no results here; pass <storage>/<sweep name> or the sweep's spec file")
+    return str(p.resolve().parent), p.resolve().name
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    storage, name = _sweep_location(args.sweep, None)
+    by = [b.strip() for b in args.by.split(",") if b.strip()]
+    return _print_results(
+        storage, name, by=by, metric=args.metric, at=args.at, mode=args.mode, fmt=args.format
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from gapinit_ray.results import ResultsStore, write_report
+
+    storage, name = _sweep_location(args.sweep, None)
+    by = [b.strip() for b in args.by.split(",") if b.strip()]
+    out = args.out or str(__import__("pathlib").Path(storage) / name / "report")
+    for path in write_report(ResultsStore(storage, name), out, by=by, metric=args.metric, mode=args.mode):
+        print(path)
+    return 0
+
+
 def _not_yet(name: str, what: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         raise GapinitError(f"`gapinit {name}` ({what}) is not available in this version yet")
@@ -137,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial", help="run one trial outside Tune, e.g. init=gap,seed=42")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
+    p.add_argument("--quiet", action="store_true", help="no live progress lines")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("calibrate", help="run only the calibration stage and print the per-layer gap table")
@@ -147,21 +234,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-modules", action="store_true", help="one row per hooked module, not per layer")
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("resume", help="continue an interrupted sweep from its storage")
-    p.add_argument("sweep", help="sweep name or its storage dir")
-    p.set_defaults(func=_not_yet("resume", "sweep resume"))
+    p.add_argument("--quiet", action="store_true", help="no live progress lines")
 
-    p = sub.add_parser("results", help="aggregate a sweep's results (mean ± std over seeds)")
-    p.add_argument("sweep", help="sweep storage dir or URI")
-    p.add_argument("--by", default="init,rank,backbone", help="group-by config axes")
-    p.add_argument("--metric", default="val_cider")
-    p.add_argument("--at", default="last", help="best | last | epoch=N")
-    p.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table")
-    p.set_defaults(func=_not_yet("results", "results queries"))
+    p = sub.add_parser("resume", help="continue an interrupted sweep: finished trials are not re-run")
+    p.add_argument("sweep", help="the sweep's dir (<storage>/<name>) or its spec file")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
+    p.add_argument("--quiet", action="store_true", help="no live progress lines")
+    p.set_defaults(func=cmd_resume)
 
-    p = sub.add_parser("report", help="write learning curves and the comparison as PNG + markdown")
-    p.add_argument("sweep")
-    p.set_defaults(func=_not_yet("report", "reports"))
+    for name, what in [
+        ("results", "aggregate a sweep's results: n seeds, mean, std, 95% CI, min, max per group"),
+        ("report", "write learning curves and the final comparison as PNG + markdown/HTML"),
+    ]:
+        p = sub.add_parser(name, help=what)
+        p.add_argument("sweep", help="the sweep's dir (<storage>/<name>, or a URI) or its spec file")
+        p.add_argument("--by", default="init,rank,backbone", help="group-by config columns / axes")
+        p.add_argument("--metric", default="val_cider")
+        p.add_argument("--mode", choices=["max", "min"], default="max", help="what 'best' means")
+        if name == "results":
+            p.add_argument("--at", default="last", help="best | last | epoch=N")
+            p.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table")
+            p.set_defaults(func=cmd_results)
+        else:
+            p.add_argument("--out", help="output dir (default: <sweep dir>/report)")
+            p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
         "diagnose",

@@ -1,0 +1,335 @@
+"""A sweep on Ray Tune: the spec's search space becomes trials, each a Ray Train job (Train inside Tune).
+
+Flow of :func:`run_sweep`:
+1. validate the data, pretrain tiny presets (cached) and calibrate every (backbone, calibration
+   settings) key the grid needs, once, on the Ray workers (cached GapArtifacts);
+2. run a Tune function trainable per trial; it launches the trial's TorchTrainer with Ray's
+   ``TuneReportCallback`` (the Ray 2.60 way: not the deprecated ``Tuner(trainer)``) and a results
+   callback that writes every report to the Parquet store (one writer per trial, idempotent per epoch);
+3. the scheduler (FIFO, ASHA, seed-group ASHA) decides at rungs; its state is saved after every
+   decision next to the sweep, so a resumed sweep keeps it (Tune's own restore loses it:
+   ray-project/ray#30838);
+4. at the end, print the aggregate table (mean ± std over seeds per group).
+
+Storage layout under ``<storage>/<sweep name>/`` (stable; documented in the README):
+``spec.json`` (the validated spec), ``tune/`` (Tune experiment state, used by resume), ``train/<trial>/``
+(Ray Train runs: checkpoints with the peft adapter), ``results/`` (Parquet metric and trial rows),
+``captions/<trial>/epoch_N/captions.json``, ``scheduler_state.json``; shared caches in
+``<storage>/_cache/`` (synthetic data, pretrained tiny backbones, GapArtifacts).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gapinit_ray.errors import GapinitError
+from gapinit_ray.spec import Choice, LogUniform, SweepSpec, Uniform
+from gapinit_ray.trial import prepare_artifact, prepare_backbone, sweep_dir, trial_id, trial_spec
+
+CASE_KEY = "case"
+
+
+# --------------------------------------------------------------------------------- search space
+
+
+def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Every grid combination (cases × list axes × backbones), sampled axes left out."""
+    axes = {k: v for k, v in spec.search.axes.items() if isinstance(v, list)}
+    if "backbone" not in axes and len(spec.backbones) > 1:
+        axes["backbone"] = [b.key for b in spec.backbones]
+    cases = spec.search.cases or [{}]
+    points = []
+    for case in cases:
+        for combo in itertools.product(*axes.values()):
+            points.append({**dict(zip(axes, combo, strict=True)), **case})
+    return points
+
+
+def param_space(spec: SweepSpec) -> dict[str, Any]:
+    """Tune's param space: grid axes as ``grid_search``, sampled axes as distributions, and the
+    explicit cases as a grid over their index (merged back by :func:`params_of`)."""
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for name, axis in spec.search.axes.items():
+        if isinstance(axis, list):
+            space[name] = tune.grid_search(axis)
+        elif isinstance(axis, Choice):
+            space[name] = tune.choice(axis.choice)
+        elif isinstance(axis, Uniform):
+            space[name] = tune.uniform(*axis.uniform)
+        elif isinstance(axis, LogUniform):
+            space[name] = tune.loguniform(*axis.loguniform)
+    if "backbone" not in space and len(spec.backbones) > 1:
+        space["backbone"] = tune.grid_search([b.key for b in spec.backbones])
+    if spec.search.cases:
+        space[CASE_KEY] = tune.grid_search(list(range(len(spec.search.cases))))
+    return space
+
+
+def params_of(config: dict[str, Any], spec: SweepSpec) -> dict[str, Any]:
+    """A trial's flat parameters (axis -> value) from its Tune config (cases expanded)."""
+    params = {k: v for k, v in config.items() if k != CASE_KEY}
+    if CASE_KEY in config:
+        params.update(spec.search.cases[config[CASE_KEY]])
+    return params
+
+
+# ------------------------------------------------------------------------------------ the trial
+
+
+class ResultsCallback:
+    """Ray Train callback (runs in the trial's Train controller): every report becomes a Parquet row."""
+
+    def __new__(cls, storage: str, sweep: str, tid: str, params: dict):
+        from ray.train.v2.api.callback import UserCallback
+
+        from gapinit_ray.results import ResultsStore
+
+        class _Writer(UserCallback):
+            def after_report(self, run_context, metrics, checkpoint):
+                store = ResultsStore(storage, sweep)
+                row = dict(metrics[0])
+                store.write_report(tid, params, row, host=socket.gethostname())
+                store.write_trial(
+                    tid,
+                    params,
+                    status="RUNNING",
+                    last_epoch=float(row.get("epoch", 0)),
+                    checkpoint_path=checkpoint.path if checkpoint else None,
+                    init_checks=row.get("init_checks") or None,
+                )
+
+        return _Writer()
+
+
+def trainable(config: dict[str, Any], spec_dict: dict, backbone_paths: dict[str, str | None]) -> None:
+    """Tune function trainable: one trial = one TorchTrainer run (restored by name when restarted)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from gapinit_ray.trial import build_trainer
+
+    spec = SweepSpec.model_validate(spec_dict)
+    params = params_of(config, spec)
+    tid = trial_id(params)
+    _, bspec = trial_spec(spec, params)
+    callbacks = [TuneReportCallback(), ResultsCallback(spec.storage, spec.name, tid, params)]
+    trainer = build_trainer(
+        spec, params, callbacks=callbacks, backbone_path=backbone_paths[bspec.key], progress=False
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+
+
+# -------------------------------------------------------------------------- driver-side callback
+
+
+class SweepProgress:
+    """Tune callback: trial rows (status, stop reason, rung), scheduler state, a live progress line."""
+
+    def __new__(cls, spec: SweepSpec, scheduler, quiet: bool = False):
+        from ray.tune import Callback
+
+        from gapinit_ray.results import ResultsStore
+
+        store = ResultsStore(spec.storage, spec.name)
+        state_path = sweep_dir(spec) / "scheduler_state.json"
+        metric, mode = spec.scheduler.metric, spec.scheduler.mode
+
+        class _Progress(Callback):
+            def __init__(self) -> None:
+                self.best: tuple[float, str] | None = None
+                self.t0 = time.time()
+
+            def _params(self, trial) -> tuple[str, dict]:
+                params = params_of(trial.config, spec)
+                return trial_id(params), params
+
+            def _save_scheduler(self) -> None:
+                if hasattr(scheduler, "state_dict"):
+                    tmp = state_path.with_suffix(".tmp")
+                    tmp.write_text(json.dumps(scheduler.state_dict()))
+                    os.replace(tmp, state_path)
+
+            def _line(self, trials) -> None:
+                if quiet:
+                    return
+                counts: dict[str, int] = {}
+                for t in trials:
+                    counts[t.status] = counts.get(t.status, 0) + 1
+                best = f"best {metric} {self.best[0]:.4g} ({self.best[1]})" if self.best else "no result yet"
+                parts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
+                print(f"[{time.time() - self.t0:6.0f}s] {parts}; {best}", file=sys.stderr, flush=True)
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                value = result.get(metric)
+                if isinstance(value, int | float) and value == value:
+                    better = self.best is None or (
+                        value > self.best[0] if mode == "max" else value < self.best[0]
+                    )
+                    if better:
+                        self.best = (float(value), self._params(trial)[0])
+                self._save_scheduler()
+                self._line(trials)
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                tid, params = self._params(trial)
+                stopped = _stop_reason(scheduler, trial)
+                last = trial.last_result or {}
+                store.write_trial(
+                    tid,
+                    params,
+                    status="STOPPED" if stopped else "TERMINATED",
+                    stop_reason=stopped,
+                    rung_reached=_rung_reached(scheduler, trial),
+                    last_epoch=float(last.get("epoch", 0) or 0),
+                    checkpoint_path=last.get("checkpoint_dir_name") or None,
+                )
+                self._save_scheduler()
+                self._line(trials)
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                tid, params = self._params(trial)
+                err = str(getattr(trial, "error_msg", "") or "error").strip().splitlines()
+                store.write_trial(
+                    tid, params, status="ERROR", stop_reason="error", error=err[-1] if err else "error"
+                )
+                self._save_scheduler()
+                self._line(trials)
+
+        return _Progress()
+
+
+def _stop_reason(scheduler, trial) -> str | None:
+    info = getattr(scheduler, "stop_info", None)
+    return info(trial) if callable(info) else None
+
+
+def _rung_reached(scheduler, trial) -> int | None:
+    info = getattr(scheduler, "rung_of", None)
+    return info(trial) if callable(info) else None
+
+
+# ---------------------------------------------------------------------------------------- driver
+
+
+def _max_concurrent(spec: SweepSpec) -> int:
+    import ray
+
+    if spec.resources.max_concurrent_trials:
+        return spec.resources.max_concurrent_trials
+    cpus = ray.cluster_resources().get("CPU", 1)
+    per_trial = spec.resources.workers_per_trial * spec.resources.cpus_per_worker
+    return max(1, int(cpus // max(per_trial, 1e-9)))
+
+
+def prepare(spec: SweepSpec, progress: bool = True) -> dict[str, str | None]:
+    """Before any trial starts: pretrain tiny presets and calibrate every key the grid needs, once."""
+    from gapinit_ray.data.resolve import check_spec_data
+
+    for line in check_spec_data(spec):
+        if progress:
+            print(line, file=sys.stderr)
+    backbone_paths: dict[str, str | None] = {}
+    for b in spec.backbones:
+        backbone_paths[b.key] = prepare_backbone(spec, b, progress)
+    seen: set[str] = set()
+    for point in grid_points(spec):
+        tspec, bspec = trial_spec(spec, point)
+        key = json.dumps(
+            [bspec.key, tspec.calibration.model_dump(mode="json"), tspec.train.prompt], sort_keys=True
+        )
+        if key not in seen:
+            seen.add(key)
+            prepare_artifact(tspec, bspec, backbone_paths[bspec.key], progress)
+    return backbone_paths
+
+
+def make_scheduler(spec: SweepSpec):
+    from gapinit_ray.schedulers import make_scheduler as _make
+
+    s = spec.scheduler
+    return _make(
+        s.type,
+        metric=s.metric,
+        mode=s.mode,
+        time_attr=s.time_attr,
+        grace_period=s.grace_period,
+        reduction_factor=s.reduction_factor,
+        max_t=spec.max_t,
+    )
+
+
+def run_sweep(spec: SweepSpec, *, quiet: bool = False):
+    """Run (or resume, when the sweep's Tune state exists) a whole sweep; needs ``ray.init`` done."""
+    from ray import tune
+
+    root = sweep_dir(spec)
+    root.mkdir(parents=True, exist_ok=True)
+    _check_same_sweep(spec, root)
+    backbone_paths = prepare(spec, progress=not quiet)
+    fn = tune.with_resources(
+        tune.with_parameters(
+            trainable, spec_dict=spec.model_dump(mode="json"), backbone_paths=backbone_paths
+        ),
+        {"CPU": 0.01},
+    )
+    tune_dir = root / "tune"
+    state_path = root / "scheduler_state.json"
+    if tune.Tuner.can_restore(str(tune_dir)):
+        tuner = tune.Tuner.restore(str(tune_dir), trainable=fn, resume_unfinished=True, resume_errored=True)
+        # Tune unpickles the scheduler as it was when the sweep started (its rung state is lost:
+        # ray-project/ray#30838); put back the state saved after the last decision. The progress
+        # callback was pickled with it, so both refer to the same restored object.
+        internal = getattr(tuner, "_local_tuner", None)
+        scheduler = internal._tune_config.scheduler if internal is not None else None
+        if scheduler is not None and state_path.exists() and hasattr(scheduler, "load_state_dict"):
+            scheduler.load_state_dict(json.loads(state_path.read_text()))
+    else:
+        scheduler = make_scheduler(spec)
+        tuner = tune.Tuner(
+            fn,
+            param_space=param_space(spec),
+            tune_config=tune.TuneConfig(
+                scheduler=scheduler,
+                num_samples=spec.search.num_samples,
+                max_concurrent_trials=_max_concurrent(spec),
+                metric=spec.scheduler.metric,
+                mode=spec.scheduler.mode,
+                reuse_actors=False,
+            ),
+            run_config=tune.RunConfig(
+                name="tune",
+                storage_path=str(root),
+                callbacks=[SweepProgress(spec, scheduler, quiet)],
+                failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+                verbose=0,
+            ),
+        )
+    return tuner.fit()
+
+
+def _check_same_sweep(spec: SweepSpec, root: Path) -> None:
+    """A sweep dir belongs to one spec: running another spec into it would mix trials."""
+    path = root / "spec.json"
+    current = spec.model_dump(mode="json")
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved != current:
+            diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+            raise GapinitError(
+                f"{root} already holds sweep {spec.name!r} run with a different spec (differs in: "
+                f"{', '.join(diff)}); use another name or storage, or the original spec to resume"
+            )
+    else:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(current, indent=1, sort_keys=True))
+        os.replace(tmp, path)
