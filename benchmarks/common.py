@@ -1,0 +1,46 @@
+"""Shared helpers of the benchmarks: the machine description and atomic result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> dict:
+    """What the figures were measured on (ratios are only comparable on one machine, in one run)."""
+    import torch
+
+    info = {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        model = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        info["cpu_model"] = next(
+            (ln.split(":", 1)[1].strip() for ln in model.splitlines() if "Model name" in ln), None
+        )
+    except OSError:
+        info["cpu_model"] = None
+    try:
+        with open("/proc/meminfo") as f:
+            info["mem_total_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return info
+
+
+def write_result(name: str, result: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+    return path
