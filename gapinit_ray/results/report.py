@@ -1,0 +1,238 @@
+"""A sweep's report: learning curves, the final comparison, and the aggregate tables (PNG + md + html).
+
+Plots use matplotlib's object API (``Figure`` + the Agg canvas), never pyplot, so writing a report
+from a server or a thread touches no global state and needs no display.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+import pyarrow as pa
+
+from gapinit_ray.results._fs import ResultsError, resolve, write_bytes
+from gapinit_ray.results.aggregate import aggregate, check_metric, format_table, resolve_by, select
+from gapinit_ray.results.store import ResultsStore, column_axis
+
+_SHOWN = ["n", "n_missing", "mean_pm_std", "ci95_low", "ci95_high", "min", "max", "stopped", "status"]
+BANDS = ("std", "minmax")
+
+
+def _label(by: list[str], key: tuple) -> str:
+    def name(c: str) -> str:
+        return column_axis(c) if c.startswith("ax_") else c
+
+    return ", ".join(f"{name(c)}={v}" for c, v in zip(by, key, strict=True)) or "all"
+
+
+def _curves(metrics: pa.Table, by: list[str], metric: str) -> dict[tuple, dict[float, list[float]]]:
+    """group -> epoch -> the trials' values at that epoch (one per trial: the latest report)."""
+    latest: dict[tuple, dict] = {}
+    for r in metrics.select(["trial_id", "epoch", metric, *by, "timestamp"]).to_pylist():
+        k = (r["trial_id"], r["epoch"])
+        if k not in latest or (r["timestamp"] or 0) >= (latest[k]["timestamp"] or 0):
+            latest[k] = r
+    out: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in latest.values():
+        v = r[metric]
+        if v is not None and not math.isnan(v):
+            out[tuple(r[c] for c in by)][r["epoch"]].append(v)
+    return out
+
+
+def _png(fig) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    return buf.getvalue()
+
+
+def plot_curves(metrics: pa.Table, by: list[str], metric: str, band: str = "std") -> bytes:
+    """Mean over seeds of ``metric`` vs epoch per group, with a mean ± std (or min-max) band."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    curves = _curves(metrics, by, metric)
+    for key in sorted(curves, key=lambda k: tuple(str(v) for v in k)):
+        epochs = sorted(curves[key])
+        vals = [curves[key][e] for e in epochs]
+        mean = [statistics.fmean(v) for v in vals]
+        if band == "minmax":
+            lo, hi = [min(v) for v in vals], [max(v) for v in vals]
+        else:
+            sd = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in vals]
+            lo, hi = (
+                [m - s for m, s in zip(mean, sd, strict=True)],
+                [m + s for m, s in zip(mean, sd, strict=True)],
+            )
+        n = max(len(v) for v in vals)
+        (line,) = ax.plot(epochs, mean, marker="o", ms=3, label=f"{_label(by, key)} (n={n})")
+        ax.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric}: mean over seeds, band = {'min-max' if band == 'minmax' else 'mean ± std'}")
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize="small")
+    return _png(fig)
+
+
+def plot_final(agg: pa.Table, values: dict[tuple, dict], by: list[str], metric: str, at: str) -> bytes:
+    """One point per group (mean) with its 95 % CI, and every trial's value as a dot."""
+    from matplotlib.figure import Figure
+
+    rows = agg.to_pylist()
+    fig = Figure(figsize=(max(5.5, 1.2 * len(rows) + 2), 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    labels = []
+    for i, r in enumerate(rows):
+        key = tuple(r[c] for c in by)
+        labels.append(_label(by, key))
+        members = [v for v in values.get(key, {}).values() if v is not None]
+        if members:
+            offsets = (
+                [0.0]
+                if len(members) == 1
+                else [-0.15 + 0.3 * j / (len(members) - 1) for j in range(len(members))]
+            )
+            ax.scatter([i + o for o in offsets], members, s=14, color="0.45", zorder=2)
+        if r["mean"] is None:
+            continue
+        yerr = None
+        if r["ci95_low"] is not None:
+            yerr = [[r["mean"] - r["ci95_low"]], [r["ci95_high"] - r["mean"]]]
+        ax.errorbar([i], [r["mean"]], yerr=yerr, fmt="o", ms=7, capsize=6, color=f"C{i % 10}", zorder=3)
+    ax.set_xticks(
+        range(len(rows)),
+        labels,
+        rotation=20 if len(rows) > 3 else 0,
+        ha="right" if len(rows) > 3 else "center",
+    )
+    ax.set_xlim(-0.6, len(rows) - 0.4)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} at {at}\nmean with 95 % CI (t); dots = seeds", fontsize="medium")
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def _shown(agg: pa.Table, by: list[str]) -> pa.Table:
+    return agg.select([c for c in [*by, *_SHOWN] if c in agg.column_names])
+
+
+def _html_table(table: pa.Table) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.column_names)
+    body = []
+    for r in table.to_pylist():
+        cells = []
+        for c in table.column_names:
+            v = r[c]
+            text = "" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v))
+            cells.append(f"<td>{html.escape(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>"
+
+
+def write_report(
+    store: ResultsStore,
+    out_dir: str,
+    *,
+    by: Sequence[str],
+    metric: str,
+    mode: str = "max",
+    band: str = "std",
+) -> list[str]:
+    """Write ``curves.png``, ``final.png``, ``report.md`` and ``report.html`` into ``out_dir`` (a local
+    dir or URI; every file written atomically) and return their paths.
+
+    The final comparison is at each trial's last reported epoch (what the run ended with, ASHA-stopped
+    trials included and flagged in the ``stopped`` column); the best-over-epochs table follows it."""
+    if band not in BANDS:
+        raise ResultsError(f"band {band!r}: expected one of {', '.join(BANDS)}")
+    metrics = store.metrics()
+    if metrics.num_rows == 0:
+        raise ResultsError(f"sweep {store.sweep}: no metric reports under {store.metrics_dir}")
+    cols = resolve_by(metrics, by)
+    check_metric(metrics, metric)
+    trials = store.trials()
+    last = aggregate(metrics, by=cols, metric=metric, at="last", mode=mode, trials=trials)
+    best = aggregate(metrics, by=cols, metric=metric, at="best", mode=mode, trials=trials)
+    values = select(metrics, by=cols, metric=metric, at="last", mode=mode).values
+    curves_png = plot_curves(metrics, cols, metric, band)
+    final_png = plot_final(last, values, cols, metric, "the last epoch")
+
+    n_trials = len(set(metrics.column("trial_id").to_pylist()) | set(trials.column("trial_id").to_pylist()))
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    better = "higher" if mode == "max" else "lower"
+    group_names = ", ".join(column_axis(c) if c.startswith("ax_") else c for c in cols) or "(all trials)"
+    intro = (
+        f"Metric `{metric}` ({better} is better) over {n_trials} trials, grouped by {group_names}; "
+        f"mean ± std over seeds (std with ddof=1), 95 % CI from the t distribution. Generated {stamp}."
+    )
+    band_text = "min-max" if band == "minmax" else "mean ± std"
+    md = "\n".join(
+        [
+            f"# Sweep `{store.sweep}`: {metric}",
+            "",
+            intro,
+            "",
+            f"## Learning curves (mean over seeds, band = {band_text})",
+            "",
+            "![Learning curves](curves.png)",
+            "",
+            "## Final comparison (each trial's last reported epoch)",
+            "",
+            "![Final comparison](final.png)",
+            "",
+            format_table(_shown(last, cols), "markdown"),
+            f"## Best over epochs ({mode})",
+            "",
+            format_table(_shown(best, cols), "markdown"),
+        ]
+    )
+    title = html.escape(f"Sweep {store.sweep}: {metric}")
+    page = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{title}</title>
+<style>
+body {{ font-family: sans-serif; max-width: 1100px; margin: 2em auto; }}
+table {{ border-collapse: collapse; }}
+th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
+img {{ max-width: 100%; }}
+</style>
+</head>
+<body>
+<h1>{title}</h1>
+<p>{html.escape(intro).replace("`", "")}</p>
+<h2>Learning curves (mean over seeds, band = {html.escape(band_text)})</h2>
+<a href="curves.png"><img src="curves.png" alt="Learning curves"></a>
+<h2>Final comparison (each trial's last reported epoch)</h2>
+<a href="final.png"><img src="final.png" alt="Final comparison"></a>
+{_html_table(_shown(last, cols))}
+<h2>Best over epochs ({html.escape(mode)})</h2>
+{_html_table(_shown(best, cols))}
+</body>
+</html>
+"""
+    loc = resolve(out_dir)
+    written = []
+    for name, data in (
+        ("curves.png", curves_png),
+        ("final.png", final_png),
+        ("report.md", md.encode()),
+        ("report.html", page.encode()),
+    ):
+        path = loc.join(name)
+        write_bytes(loc, path, data)
+        written.append(path if loc.local and "://" not in out_dir else f"{out_dir.rstrip('/')}/{name}")
+    return written

@@ -1,0 +1,510 @@
+"""The Arrow/Parquet results store of one sweep: metric reports and trial rows, written atomically.
+
+Layout under ``<root>/<sweep>/results/``::
+
+    metrics/trial_id=<tid>/epoch=<epoch:g>.parquet   one file per report (one row)
+    trials/<tid>.parquet                             one row per trial, overwritten as its status changes
+
+One small file per report keeps writes independent and idempotent: a report retried for the same
+(trial, epoch) (a restarted worker, a Tune retry) rewrites the same file, so it is never counted twice,
+and no writer ever appends to or rewrites a shared file. ``trial_id`` lives only in the hive directory
+name: pyarrow, pandas, DuckDB and Polars all add it back as a column, and storing it in the file too
+would make hive-aware readers fail on the duplicate (string in the file vs dictionary from the path).
+
+Metric rows are *wide* (one column per metric): a sweep reports a fixed metric set, so the schema is
+known, every metric gets a real float64 column, and ``pd.read_parquet(dir)`` / DuckDB / Polars queries
+need no pivot. The long (trial, epoch, name, value) layout would need a pivot for every comparison.
+
+Metric row columns (in order):
+
+================  =======================  ====================================================
+column            type                     meaning
+================  =======================  ====================================================
+sweep             string                   sweep name
+trial_id          string                   from the ``trial_id=`` directory (hive partition)
+group_id          string                   :func:`group_key` of the config (config minus seed)
+backbone          string                   config ``backbone``
+init              string                   config ``init`` / ``lora.init``
+rank              int32                    config ``lora.rank`` / ``rank``
+seed              int64                    config ``seed``
+lr                float64                  config ``train.lr`` / ``lr`` (the configured peak lr)
+ax_<axis>         bool/int64/float64/str   every other axis, ``.`` -> ``__``; lists/dicts as JSON
+epoch             float64                  the report's epoch (fractional for mid-epoch reports)
+iteration         int32                    report index of the trial (1-based)
+train_loss ...    float64                  the standard metrics (:data:`METRICS`), null if absent
+<extra>           float64                  any other numeric metric the trial reported
+init_checks       string                   JSON init report (first report only), else null
+timestamp         timestamp[ms, UTC]       when the report was written
+host              string                   the reporting host
+status            string                   trial status at report time (RUNNING)
+================  =======================  ====================================================
+
+Trial row columns: ``sweep, trial_id, group_id, backbone, init, rank, seed, lr, ax_*`` as above, then
+``config_json`` string (the whole config), ``status`` string (:data:`TRIAL_STATUSES`), ``stop_reason``
+string (null, ``"asha rung N"``, ``"seed-group asha rung N"``, ``"error: ..."``), ``rung_reached`` int32,
+``last_epoch`` float64, ``checkpoint_path`` string, ``init_checks`` string (JSON), ``error`` string,
+``updated_at`` timestamp[ms, UTC].
+
+The trainer reports its current learning rate as ``lr``; that name is the configured lr column here, so
+the reported one is stored as ``lr_now``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import numbers
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from gapinit_ray.results._fs import ResultsError, encode_name, list_files, resolve, write_bytes
+
+METRICS = (
+    "train_loss",
+    "val_loss",
+    "val_bleu1",
+    "val_bleu2",
+    "val_bleu3",
+    "val_bleu4",
+    "val_meteor",
+    "val_rouge_l",
+    "val_cider",
+    "val_spice",
+    "lr_now",
+    "samples_per_s",
+    "tokens_per_s",
+    "peak_memory_mb",
+    "align_mean",
+    "align_min",
+    "align_max",
+    "norm_A",
+    "norm_B",
+)
+TRIAL_STATUSES = ("PENDING", "RUNNING", "PAUSED", "TERMINATED", "STOPPED", "ERROR")
+TS = pa.timestamp("ms", tz="UTC")
+
+# standard config columns: column -> (type, config keys that set it, first match wins)
+STANDARD_CONFIG = {
+    "backbone": (pa.string(), ("backbone",)),
+    "init": (pa.string(), ("init", "lora.init")),
+    "rank": (pa.int32(), ("lora.rank", "rank")),
+    "seed": (pa.int64(), ("seed",)),
+    "lr": (pa.float64(), ("train.lr", "lr")),
+}
+_CONFIG_KEYS = {k for _, keys in STANDARD_CONFIG.values() for k in keys}
+HEAD = pa.schema([("sweep", pa.string()), ("trial_id", pa.string()), ("group_id", pa.string())])
+STANDARD_SCHEMA = pa.schema([(c, t) for c, (t, _) in STANDARD_CONFIG.items()])
+REPORT_SCHEMA = pa.schema(
+    [("epoch", pa.float64()), ("iteration", pa.int32()), *((m, pa.float64()) for m in METRICS)]
+)
+TAIL_SCHEMA = pa.schema(
+    [("init_checks", pa.string()), ("timestamp", TS), ("host", pa.string()), ("status", pa.string())]
+)
+TRIAL_TAIL = pa.schema(
+    [
+        ("config_json", pa.string()),
+        ("status", pa.string()),
+        ("stop_reason", pa.string()),
+        ("rung_reached", pa.int32()),
+        ("last_epoch", pa.float64()),
+        ("checkpoint_path", pa.string()),
+        ("init_checks", pa.string()),
+        ("error", pa.string()),
+        ("updated_at", TS),
+    ]
+)
+METRIC_BASE_SCHEMA = pa.unify_schemas([HEAD, STANDARD_SCHEMA, REPORT_SCHEMA, TAIL_SCHEMA])
+TRIAL_BASE_SCHEMA = pa.unify_schemas([HEAD, STANDARD_SCHEMA, TRIAL_TAIL])
+REQUIRED_METRIC_COLUMNS = (
+    "sweep",
+    "trial_id",
+    "group_id",
+    "epoch",
+    "iteration",
+    "timestamp",
+    "host",
+    "status",
+)
+
+# names a reported metric may not take (they are columns already, or Ray Tune bookkeeping)
+_RESERVED = {
+    *METRIC_BASE_SCHEMA.names,
+    *TRIAL_BASE_SCHEMA.names,
+    "pid",
+    "done",
+    "node_ip",
+    "hostname",
+    "date",
+    "experiment_id",
+    "experiment_tag",
+    "config",
+    "should_checkpoint",
+    "iterations_since_restore",
+    "training_iteration",
+} - set(METRICS)
+_PARTITIONING = ds.partitioning(pa.schema([("trial_id", pa.string())]), flavor="hive")
+
+
+def axis_column(axis: str) -> str:
+    """Column name of a non-standard search axis: ``lora.alpha`` -> ``ax_lora__alpha``."""
+    return "ax_" + axis.replace(".", "__")
+
+
+def column_axis(column: str) -> str:
+    """Inverse of :func:`axis_column`."""
+    return column.removeprefix("ax_").replace("__", ".")
+
+
+def _plain(value: Any) -> Any:
+    """numpy / other scalars -> Python ones, recursively, so hashes and JSON are the same everywhere."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool | str | int | float) or value is None:
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    item = getattr(value, "item", None)  # 0-d numpy / torch values
+    return _plain(item()) if callable(item) else str(value)
+
+
+def group_key(config: Mapping[str, Any], seed_key: str = "seed") -> str:
+    """Stable id of a configuration's seed group: a hash of the config minus its seed.
+
+    Every process (trainer, scheduler, reader) must get the same id for the same config, so it is a
+    SHA-1 of canonical JSON (sorted keys, numpy scalars as Python ones), never Python's ``hash``."""
+    rest = {k: v for k, v in _plain(dict(config)).items() if k != seed_key}
+    body = json.dumps(rest, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha1(body.encode()).hexdigest()[:16]
+
+
+def _typed(field: str, value: Any, type_: pa.DataType) -> pa.Scalar:
+    value = _plain(value)
+    if value is None:
+        return pa.scalar(None, type_)
+    try:
+        if pa.types.is_integer(type_):
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            value = int(float(value))
+        elif pa.types.is_floating(type_):
+            if isinstance(value, bool):
+                raise ValueError
+            value = float(value)
+        else:
+            value = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        return pa.scalar(value, type_)
+    except (TypeError, ValueError, OverflowError, pa.ArrowException):
+        raise ResultsError(f"config {field}: {value!r} is not a valid {type_} value") from None
+
+
+def _infer(value: Any) -> pa.Scalar:
+    value = _plain(value)
+    if value is None:
+        return pa.scalar(None, pa.null())
+    if isinstance(value, bool):
+        return pa.scalar(value, pa.bool_())
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            return pa.scalar(str(value), pa.string())
+        return pa.scalar(value, pa.int64())
+    if isinstance(value, float):
+        return pa.scalar(value, pa.float64())
+    if isinstance(value, str):
+        return pa.scalar(value, pa.string())
+    return pa.scalar(json.dumps(value, sort_keys=True, default=str), pa.string())
+
+
+def config_columns(config: Mapping[str, Any]) -> dict[str, pa.Scalar]:
+    """The typed config columns of a trial: ``backbone, init, rank, seed, lr`` (null when the config
+    does not set them), then one ``ax_*`` column per other axis in sorted order, typed from its value
+    (bool / int64 / float64 / string; lists and dicts as JSON strings)."""
+    if not isinstance(config, Mapping):
+        raise ResultsError(f"config: expected a dict of axis -> value, got {type(config).__name__}")
+    out: dict[str, pa.Scalar] = {}
+    for column, (type_, keys) in STANDARD_CONFIG.items():
+        key = next((k for k in keys if k in config), None)
+        out[column] = _typed(key or column, config[key] if key else None, type_)
+    for axis in sorted(map(str, config)):
+        if axis not in _CONFIG_KEYS:
+            out[axis_column(axis)] = _infer(config[axis])
+    return out
+
+
+def _now_ms() -> pa.Scalar:
+    return pa.scalar(int(time.time() * 1000), TS)
+
+
+def _metric_value(value: Any) -> float | None:
+    """Numeric metric values as float (NaN -> null: missing); None for anything non-numeric."""
+    if isinstance(value, numbers.Real):
+        f = float(value)
+        return None if math.isnan(f) else f
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "ndim", None) == 0:
+        return _metric_value(item())
+    return None
+
+
+def _one_row(columns: dict[str, pa.Scalar]) -> pa.Table:
+    return pa.Table.from_arrays(
+        [pa.array([s.as_py()], s.type) for s in columns.values()],
+        schema=pa.schema([(c, s.type) for c, s in columns.items()]),
+    )
+
+
+def _serialize(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def _order(schema: pa.Schema, base: pa.Schema, tail: list[str]) -> list[str]:
+    """Canonical column order: sweep/trial/group, the standard config columns, the ax_* columns, the
+    rest of ``base``, extra columns (sorted), then ``tail``."""
+    names = set(schema.names)
+    lead = [n for n in (*HEAD.names, *STANDARD_SCHEMA.names) if n in names]
+    axes = sorted(n for n in names if n.startswith("ax_"))
+    mid = [n for n in base.names if n in names and n not in lead and n not in tail]
+    done = {*lead, *axes, *mid, *tail}
+    extras = sorted(n for n in names if n not in done)
+    return lead + axes + mid + extras + [n for n in tail if n in names]
+
+
+class ResultsStore:
+    """Reader and writer of one sweep's results under ``<root>/<sweep>/results/``.
+
+    Any number of processes may write at once (each report / trial is its own file, written
+    atomically) while others read; see the module docstring for the layout and schemas."""
+
+    def __init__(self, root: str, sweep: str):
+        if not isinstance(sweep, str) or not sweep or sweep in (".", "..") or "/" in sweep or "\\" in sweep:
+            raise ResultsError(f"sweep {sweep!r}: expected a sweep name without path separators")
+        self.sweep = sweep
+        self.loc = resolve(root)
+        self.root = root
+        self.base = self.loc.join(sweep, "results")
+        self.metrics_dir = f"{self.base}/metrics"
+        self.trials_dir = f"{self.base}/trials"
+
+    def __repr__(self) -> str:
+        return f"ResultsStore({self.root!r}, {self.sweep!r})"
+
+    # ------------------------------------------------------------------------------------ paths
+    def metric_path(self, trial_id: str, epoch: float) -> str:
+        """``metrics/trial_id=<tid>/epoch=<epoch:g>.parquet``; where ``:g`` would round (more than 6
+        significant digits) the exact repr is used, so two distinct epochs never share a file."""
+        name = f"{epoch:g}"
+        if float(name) != epoch:
+            name = repr(float(epoch))
+        return f"{self.metrics_dir}/trial_id={encode_name(trial_id)}/epoch={name}.parquet"
+
+    def trial_path(self, trial_id: str) -> str:
+        return f"{self.trials_dir}/{encode_name(trial_id)}.parquet"
+
+    # ----------------------------------------------------------------------------------- writes
+    @staticmethod
+    def _check_trial_id(trial_id: Any) -> str:
+        if not isinstance(trial_id, str) or not trial_id.strip():
+            raise ResultsError(f"trial_id {trial_id!r}: expected a non-empty string")
+        return trial_id
+
+    def _iteration(self, trial_id: str, epoch: float) -> int:
+        """1-based report index: 1 + the trial's reports at earlier epochs, so a retried report keeps
+        the index of the one it replaces whatever order reports arrive in."""
+        trial_dir = self.metric_path(trial_id, epoch).rpartition("/")[0]
+        earlier = 0
+        for path in list_files(self.loc, trial_dir, ".parquet", 1):
+            name = path.rpartition("/")[2]
+            try:
+                earlier += float(name.removeprefix("epoch=").removesuffix(".parquet")) < epoch
+            except ValueError:
+                continue
+        return earlier + 1
+
+    def write_report(
+        self,
+        trial_id: str,
+        config: Mapping[str, Any],
+        metrics: Mapping[str, Any],
+        *,
+        host: str | None = None,
+        status: str = "RUNNING",
+    ) -> None:
+        """Store one report of a trial (atomically; a retry for the same epoch replaces it).
+
+        ``metrics`` is the dict the trial reported: it must have a numeric ``epoch``; numeric values
+        become float64 columns (``lr`` is stored as ``lr_now``), a non-empty ``init_checks`` string is
+        kept, other non-numeric values and Ray Tune bookkeeping keys are ignored. An explicit
+        ``training_iteration`` / ``iteration`` sets the report index, else it is derived from the
+        trial's stored epochs."""
+        self._check_trial_id(trial_id)
+        config_cols = config_columns(config)  # first: a bad config is reported before anything else
+        if status not in TRIAL_STATUSES:
+            raise ResultsError(
+                f"report of trial {trial_id}: status {status!r} is not one of {', '.join(TRIAL_STATUSES)}"
+            )
+        if not isinstance(metrics, Mapping):
+            raise ResultsError(
+                f"report of trial {trial_id}: metrics must be a dict, got {type(metrics).__name__}"
+            )
+        epoch = _metric_value(metrics.get("epoch"))
+        if epoch is None or math.isinf(epoch) or epoch < 0:
+            raise ResultsError(
+                f"report of trial {trial_id}: metrics['epoch'] must be a number >= 0, got {metrics.get('epoch')!r}"
+            )
+        iteration = _metric_value(metrics.get("training_iteration", metrics.get("iteration")))
+        if iteration is None or iteration != int(iteration):
+            iteration = self._iteration(trial_id, epoch)
+        values: dict[str, float | None] = dict.fromkeys(METRICS)
+        extras: dict[str, float | None] = {}
+        for key, raw in metrics.items():
+            name = "lr_now" if key == "lr" else str(key)
+            if name in values:
+                values[name] = _metric_value(raw)
+            elif name not in _RESERVED and not name.startswith("ax_"):
+                v = _metric_value(raw)
+                if v is not None or raw is None or isinstance(raw, float):
+                    extras[name] = v
+        checks = metrics.get("init_checks")
+        if checks is not None and not isinstance(checks, str):
+            checks = json.dumps(_plain(checks), sort_keys=True)
+        cols: dict[str, pa.Scalar] = {
+            "sweep": pa.scalar(self.sweep, pa.string()),
+            "group_id": pa.scalar(group_key(config), pa.string()),
+            **config_cols,
+            "epoch": pa.scalar(epoch, pa.float64()),
+            "iteration": pa.scalar(int(iteration), pa.int32()),
+            **{m: pa.scalar(v, pa.float64()) for m, v in values.items()},
+            **{m: pa.scalar(v, pa.float64()) for m, v in sorted(extras.items())},
+            "init_checks": pa.scalar(checks or None, pa.string()),
+            "timestamp": _now_ms(),
+            "host": pa.scalar(host or socket.gethostname(), pa.string()),
+            "status": pa.scalar(status, pa.string()),
+        }
+        write_bytes(self.loc, self.metric_path(trial_id, epoch), _serialize(_one_row(cols)))
+
+    def write_trial(
+        self,
+        trial_id: str,
+        config: Mapping[str, Any],
+        *,
+        status: str,
+        stop_reason: str | None = None,
+        rung_reached: int | None = None,
+        last_epoch: float | None = None,
+        checkpoint_path: str | None = None,
+        init_checks: Any = None,
+        error: str | None = None,
+    ) -> None:
+        """Store (replace, atomically) the one row describing a trial's current state."""
+        self._check_trial_id(trial_id)
+        config_cols = config_columns(config)
+        if status not in TRIAL_STATUSES:
+            raise ResultsError(
+                f"trial {trial_id}: status {status!r} is not one of {', '.join(TRIAL_STATUSES)}"
+            )
+        if init_checks is not None and not isinstance(init_checks, str):
+            init_checks = json.dumps(_plain(init_checks), sort_keys=True)
+        cols = {
+            "sweep": pa.scalar(self.sweep, pa.string()),
+            "trial_id": pa.scalar(trial_id, pa.string()),
+            "group_id": pa.scalar(group_key(config), pa.string()),
+            **config_cols,
+            "config_json": pa.scalar(json.dumps(_plain(dict(config)), sort_keys=True, default=str)),
+            "status": pa.scalar(status, pa.string()),
+            "stop_reason": pa.scalar(stop_reason, pa.string()),
+            "rung_reached": _typed("rung_reached", rung_reached, pa.int32()),
+            "last_epoch": _typed("last_epoch", last_epoch, pa.float64()),
+            "checkpoint_path": pa.scalar(checkpoint_path, pa.string()),
+            "init_checks": pa.scalar(init_checks or None, pa.string()),
+            "error": pa.scalar(error, pa.string()),
+            "updated_at": _now_ms(),
+        }
+        write_bytes(self.loc, self.trial_path(trial_id), _serialize(_one_row(cols)))
+
+    # ------------------------------------------------------------------------------------ reads
+    def _dataset(self, base: str, depth: int, partitioning: Any) -> ds.Dataset | None:
+        paths = list_files(self.loc, base, ".parquet", depth)
+        if not paths:
+            return None
+        options = ds.FileSystemFactoryOptions(partition_base_dir=base, partitioning=partitioning)
+        factory = ds.FileSystemDatasetFactory(self.loc.fs, paths, ds.ParquetFileFormat(), options)
+        try:
+            # every file's footer: extra metrics or axes may appear in some files only, and an axis
+            # may be int in one trial and float in another (permissive promotion makes it float)
+            schema = factory.inspect(promote_options="permissive", fragments=None)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise ResultsError(f"{base}: stored files disagree on a column type ({e})") from None
+        return factory.finish(schema)
+
+    @staticmethod
+    def _filter(where: Any, schema: pa.Schema, what: str) -> ds.Expression | None:
+        """``filter`` may be a pyarrow expression or ``{column: value or [values]}``."""
+        if where is None or isinstance(where, ds.Expression):
+            return where
+        if not isinstance(where, Mapping):
+            raise ResultsError(f"{what} filter: expected a pyarrow expression or a dict, got {where!r}")
+        expr = None
+        for col, value in where.items():
+            if col not in schema.names:
+                raise ResultsError(
+                    f"{what} filter: unknown column {col!r}; available: {', '.join(schema.names)}"
+                )
+            f = ds.field(col)
+            e = f.isin(list(value)) if isinstance(value, list | tuple | set) else f == value
+            expr = e if expr is None else expr & e
+        return expr
+
+    def _read(
+        self,
+        base: str,
+        depth: int,
+        partitioning: Any,
+        empty: pa.Schema,
+        tail: list[str],
+        columns,
+        where,
+        what,
+    ) -> pa.Table:
+        dataset = self._dataset(base, depth, partitioning)
+        schema = dataset.schema if dataset is not None else empty
+        order = _order(schema, empty, tail)
+        if columns is not None:
+            columns = [columns] if isinstance(columns, str) else list(columns)
+            unknown = [c for c in columns if c not in schema.names]
+            if unknown:
+                raise ResultsError(
+                    f"{what} columns: unknown {', '.join(map(repr, unknown))}; available: {', '.join(order)}"
+                )
+        expr = self._filter(where, schema, what)
+        table = empty.empty_table() if dataset is None else dataset.to_table(filter=expr)
+        table = table.select(order)
+        return table.select(columns) if columns is not None else table
+
+    def metrics(self, columns: list[str] | None = None, filter: Any = None) -> pa.Table:
+        """All metric rows of the sweep (one per stored report), columns in the documented order.
+
+        ``trial_id`` comes back as a plain string column (the hive partition is read with an explicit
+        string schema, not pyarrow's inferred dictionary). ``filter`` is a pyarrow expression
+        (``ds.field("init") == "gap"``) or a ``{column: value or [values]}`` dict."""
+        tail = [*TAIL_SCHEMA.names]
+        return self._read(
+            self.metrics_dir, 2, _PARTITIONING, METRIC_BASE_SCHEMA, tail, columns, filter, "metrics"
+        )
+
+    def trials(self) -> pa.Table:
+        """One row per trial that has a trial row (see the module docstring for the columns)."""
+        return self._read(
+            self.trials_dir, 1, None, TRIAL_BASE_SCHEMA, [*TRIAL_TAIL.names], None, None, "trials"
+        )
