@@ -59,6 +59,8 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
 
     space: dict[str, Any] = {}
     for name, axis in spec.search.axes.items():
+        if name == "seed":
+            continue
         if isinstance(axis, list):
             space[name] = tune.grid_search(axis)
         elif isinstance(axis, Choice):
@@ -71,6 +73,13 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
         space["backbone"] = tune.grid_search([b.key for b in spec.backbones])
     if spec.search.cases:
         space[CASE_KEY] = tune.grid_search(list(range(len(spec.search.cases))))
+    # seed last: Tune's grid varies the last key fastest, so a configuration's seeds are created next
+    # to each other and seed-group ASHA's groups fill up before the next configuration starts
+    seeds = spec.search.axes.get("seed")
+    if isinstance(seeds, list):
+        space["seed"] = tune.grid_search(seeds)
+    elif seeds is not None:
+        space["seed"] = tune.choice(seeds.choice) if isinstance(seeds, Choice) else tune.randint(0, 2**31 - 1)
     return space
 
 
@@ -141,7 +150,6 @@ class SweepProgress:
         from gapinit_ray.results import ResultsStore
 
         store = ResultsStore(spec.storage, spec.name)
-        state_path = sweep_dir(spec) / "scheduler_state.json"
         metric, mode = spec.scheduler.metric, spec.scheduler.mode
 
         class _Progress(Callback):
@@ -152,12 +160,6 @@ class SweepProgress:
             def _params(self, trial) -> tuple[str, dict]:
                 params = params_of(trial.config, spec)
                 return trial_id(params), params
-
-            def _save_scheduler(self) -> None:
-                if hasattr(scheduler, "state_dict"):
-                    tmp = state_path.with_suffix(".tmp")
-                    tmp.write_text(json.dumps(scheduler.state_dict()))
-                    os.replace(tmp, state_path)
 
             def _line(self, trials) -> None:
                 if quiet:
@@ -177,7 +179,6 @@ class SweepProgress:
                     )
                     if better:
                         self.best = (float(value), self._params(trial)[0])
-                self._save_scheduler()
                 self._line(trials)
 
             def on_trial_complete(self, iteration, trials, trial, **info):
@@ -193,7 +194,6 @@ class SweepProgress:
                     last_epoch=float(last.get("epoch", 0) or 0),
                     checkpoint_path=last.get("checkpoint_dir_name") or None,
                 )
-                self._save_scheduler()
                 self._line(trials)
 
             def on_trial_error(self, iteration, trials, trial, **info):
@@ -202,20 +202,33 @@ class SweepProgress:
                 store.write_trial(
                     tid, params, status="ERROR", stop_reason="error", error=err[-1] if err else "error"
                 )
-                self._save_scheduler()
                 self._line(trials)
 
         return _Progress()
 
 
 def _stop_reason(scheduler, trial) -> str | None:
-    info = getattr(scheduler, "stop_info", None)
-    return info(trial) if callable(info) else None
+    """Why the scheduler stopped a trial before max_t (None when it ran to the end)."""
+    if hasattr(scheduler, "rung_state"):
+        group = scheduler.rung_state()["groups"].get(scheduler.group_of(trial), {})
+        if group.get("stopped_at") is not None:
+            return f"seed-group asha: group stopped at rung {group['stopped_at']:g}"
+        return None
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+
+    last = (trial.last_result or {}).get("epoch")
+    if isinstance(scheduler, AsyncHyperBandScheduler) and last is not None and last < scheduler._max_t:
+        return f"asha: stopped at epoch {last:g}"
+    return None
 
 
 def _rung_reached(scheduler, trial) -> int | None:
-    info = getattr(scheduler, "rung_of", None)
-    return info(trial) if callable(info) else None
+    """Index of the last rung the trial passed (seed-group ASHA only)."""
+    if not hasattr(scheduler, "rung_state"):
+        return None
+    state = scheduler.rung_state()
+    values = state["groups"].get(scheduler.group_of(trial), {}).get("values", {}).get(trial.trial_id, {})
+    return len(values) if values else 0
 
 
 # ---------------------------------------------------------------------------------------- driver
@@ -254,9 +267,12 @@ def prepare(spec: SweepSpec, progress: bool = True) -> dict[str, str | None]:
 
 
 def make_scheduler(spec: SweepSpec):
+    """The spec's scheduler. Seed-group ASHA knows the group size (the number of seeds) and keeps its
+    rung state in ``<sweep>/scheduler_state.json`` after every change, so a resumed sweep keeps it."""
     from gapinit_ray.schedulers import make_scheduler as _make
 
     s = spec.scheduler
+    seeds = spec.search.axes.get("seed")
     return _make(
         s.type,
         metric=s.metric,
@@ -265,6 +281,8 @@ def make_scheduler(spec: SweepSpec):
         grace_period=s.grace_period,
         reduction_factor=s.reduction_factor,
         max_t=spec.max_t,
+        group_size=len(seeds) if isinstance(seeds, list) else 1,
+        state_path=str(sweep_dir(spec) / "scheduler_state.json"),
     )
 
 
@@ -283,16 +301,10 @@ def run_sweep(spec: SweepSpec, *, quiet: bool = False):
         {"CPU": 0.01},
     )
     tune_dir = root / "tune"
-    state_path = root / "scheduler_state.json"
     if tune.Tuner.can_restore(str(tune_dir)):
+        # finished trials stay finished; unfinished ones restart and their TorchTrainer (same name,
+        # same storage) continues from its last checkpoint; the scheduler reloads its saved state
         tuner = tune.Tuner.restore(str(tune_dir), trainable=fn, resume_unfinished=True, resume_errored=True)
-        # Tune unpickles the scheduler as it was when the sweep started (its rung state is lost:
-        # ray-project/ray#30838); put back the state saved after the last decision. The progress
-        # callback was pickled with it, so both refer to the same restored object.
-        internal = getattr(tuner, "_local_tuner", None)
-        scheduler = internal._tune_config.scheduler if internal is not None else None
-        if scheduler is not None and state_path.exists() and hasattr(scheduler, "load_state_dict"):
-            scheduler.load_state_dict(json.loads(state_path.read_text()))
     else:
         scheduler = make_scheduler(spec)
         tuner = tune.Tuner(
