@@ -86,9 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec, args.overrides)
     if not args.trial:
-        raise GapinitError(
-            "`gapinit run` without --trial (whole sweeps) is not available in this version yet"
-        )
+        return _run_sweep(spec, args)
     from gapinit_ray.trial import build_trainer, parse_trial_params, trial_id
 
     params = parse_trial_params(args.trial)

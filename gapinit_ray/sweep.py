@@ -57,9 +57,14 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
     explicit cases as a grid over their index (merged back by :func:`params_of`)."""
     from ray import tune
 
+    # seed first: Tune's grid varies the first key fastest, so a configuration's seeds are created
+    # next to each other and seed-group ASHA's groups fill up before the next configuration starts
     space: dict[str, Any] = {}
+    seeds = spec.search.axes.get("seed")
+    if isinstance(seeds, list):
+        space["seed"] = tune.grid_search(seeds)
     for name, axis in spec.search.axes.items():
-        if name == "seed":
+        if name == "seed" and isinstance(axis, list):
             continue
         if isinstance(axis, list):
             space[name] = tune.grid_search(axis)
@@ -73,13 +78,6 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
         space["backbone"] = tune.grid_search([b.key for b in spec.backbones])
     if spec.search.cases:
         space[CASE_KEY] = tune.grid_search(list(range(len(spec.search.cases))))
-    # seed last: Tune's grid varies the last key fastest, so a configuration's seeds are created next
-    # to each other and seed-group ASHA's groups fill up before the next configuration starts
-    seeds = spec.search.axes.get("seed")
-    if isinstance(seeds, list):
-        space["seed"] = tune.grid_search(seeds)
-    elif seeds is not None:
-        space["seed"] = tune.choice(seeds.choice) if isinstance(seeds, Choice) else tune.randint(0, 2**31 - 1)
     return space
 
 
@@ -104,16 +102,8 @@ class ResultsCallback:
 
         class _Writer(UserCallback):
             def after_report(self, run_context, metrics, checkpoint):
-                store = ResultsStore(storage, sweep)
-                row = dict(metrics[0])
-                store.write_report(tid, params, row, host=socket.gethostname())
-                store.write_trial(
-                    tid,
-                    params,
-                    status="RUNNING",
-                    last_epoch=float(row.get("epoch", 0)),
-                    checkpoint_path=checkpoint.path if checkpoint else None,
-                    init_checks=row.get("init_checks") or None,
+                ResultsStore(storage, sweep).write_report(
+                    tid, params, dict(metrics[0]), host=socket.gethostname()
                 )
 
         return _Writer()
@@ -129,7 +119,8 @@ def trainable(config: dict[str, Any], spec_dict: dict, backbone_paths: dict[str,
     params = params_of(config, spec)
     tid = trial_id(params)
     _, bspec = trial_spec(spec, params)
-    callbacks = [TuneReportCallback(), ResultsCallback(spec.storage, spec.name, tid, params)]
+    # the row is on disk before Tune (and its scheduler) sees the report
+    callbacks = [ResultsCallback(spec.storage, spec.name, tid, params), TuneReportCallback()]
     trainer = build_trainer(
         spec, params, callbacks=callbacks, backbone_path=backbone_paths[bspec.key], progress=False
     )
@@ -146,6 +137,7 @@ class SweepProgress:
 
     def __new__(cls, spec: SweepSpec, scheduler, quiet: bool = False):
         from ray.tune import Callback
+        from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
         from gapinit_ray.results import ResultsStore
 
@@ -172,6 +164,15 @@ class SweepProgress:
                 print(f"[{time.time() - self.t0:6.0f}s] {parts}; {best}", file=sys.stderr, flush=True)
 
             def on_trial_result(self, iteration, trials, trial, result, **info):
+                tid, params = self._params(trial)
+                store.write_trial(
+                    tid,
+                    params,
+                    status="RUNNING",
+                    last_epoch=float(result.get("epoch", 0) or 0),
+                    checkpoint_path=result.get(CHECKPOINT_PATH_KEY),
+                    init_checks=result.get("init_checks") or None,
+                )
                 value = result.get(metric)
                 if isinstance(value, int | float) and value == value:
                     better = self.best is None or (
@@ -192,7 +193,6 @@ class SweepProgress:
                     stop_reason=stopped,
                     rung_reached=_rung_reached(scheduler, trial),
                     last_epoch=float(last.get("epoch", 0) or 0),
-                    checkpoint_path=last.get("checkpoint_dir_name") or None,
                 )
                 self._line(trials)
 
@@ -235,13 +235,23 @@ def _rung_reached(scheduler, trial) -> int | None:
 
 
 def _max_concurrent(spec: SweepSpec) -> int:
+    """Trials Tune keeps alive at once: the spec's limit, else what the cluster's CPUs (or GPUs) fit.
+
+    Tune counts PAUSED trials against this limit, and seed-group ASHA pauses the members of a group
+    that reach a rung first until the last one gets there; so with seed groups the limit is the slots
+    times the group size, or a group's last members would never be created (a created trial whose
+    Train job finds no free CPU/GPU simply waits for one)."""
     import ray
 
+    seeds = spec.search.axes.get("seed")
+    group = len(seeds) if isinstance(seeds, list) and spec.scheduler.type == "seed-group-asha" else 1
     if spec.resources.max_concurrent_trials:
-        return spec.resources.max_concurrent_trials
-    cpus = ray.cluster_resources().get("CPU", 1)
-    per_trial = spec.resources.workers_per_trial * spec.resources.cpus_per_worker
-    return max(1, int(cpus // max(per_trial, 1e-9)))
+        return spec.resources.max_concurrent_trials * group
+    r = spec.resources
+    fits = ray.cluster_resources().get("CPU", 1) // max(r.workers_per_trial * r.cpus_per_worker, 1e-9)
+    if r.gpus_per_worker:
+        fits = min(fits, ray.cluster_resources().get("GPU", 0) // (r.workers_per_trial * r.gpus_per_worker))
+    return max(1, int(fits)) * group
 
 
 def prepare(spec: SweepSpec, progress: bool = True) -> dict[str, str | None]:
@@ -314,8 +324,12 @@ def run_sweep(spec: SweepSpec, *, quiet: bool = False):
                 scheduler=scheduler,
                 num_samples=spec.search.num_samples,
                 max_concurrent_trials=_max_concurrent(spec),
-                metric=spec.scheduler.metric,
-                mode=spec.scheduler.mode,
+                # ASHA / seed-group ASHA carry metric and mode themselves; Tune refuses both
+                **(
+                    {"metric": spec.scheduler.metric, "mode": spec.scheduler.mode}
+                    if spec.scheduler.type == "fifo"
+                    else {}
+                ),
                 reuse_actors=False,
             ),
             run_config=tune.RunConfig(
@@ -326,7 +340,15 @@ def run_sweep(spec: SweepSpec, *, quiet: bool = False):
                 verbose=0,
             ),
         )
-    return tuner.fit()
+    try:
+        return tuner.fit()
+    except RuntimeError as e:
+        # Tune builds its ResultGrid from every trial's dir; a trial stopped by the scheduler before it
+        # ever started has none ("Should not access `trial_fs_path`..."). The sweep itself finished and
+        # its results are in our store, which is what gets reported.
+        if "trial_fs_path" not in str(e):
+            raise
+        return None
 
 
 def _check_same_sweep(spec: SweepSpec, root: Path) -> None:

@@ -407,8 +407,17 @@ class ResultsStore:
         init_checks: Any = None,
         error: str | None = None,
     ) -> None:
-        """Store (replace, atomically) the one row describing a trial's current state."""
+        """Store (replace, atomically) the one row describing a trial's current state. Fields left
+        ``None`` keep their stored value (the first report's init checks, the last checkpoint...), so
+        a status change never erases what an earlier write recorded."""
         self._check_trial_id(trial_id)
+        kept = self._stored_trial(trial_id)
+        stop_reason = stop_reason if stop_reason is not None else kept.get("stop_reason")
+        rung_reached = rung_reached if rung_reached is not None else kept.get("rung_reached")
+        last_epoch = last_epoch if last_epoch is not None else kept.get("last_epoch")
+        checkpoint_path = checkpoint_path if checkpoint_path is not None else kept.get("checkpoint_path")
+        init_checks = init_checks if init_checks is not None else kept.get("init_checks")
+        error = error if error is not None else kept.get("error")
         config_cols = config_columns(config)
         if status not in TRIAL_STATUSES:
             raise ResultsError(
@@ -432,6 +441,16 @@ class ResultsStore:
             "updated_at": _now_ms(),
         }
         write_bytes(self.loc, self.trial_path(trial_id), _serialize(_one_row(cols)))
+
+    def _stored_trial(self, trial_id: str) -> dict[str, Any]:
+        import pyarrow.parquet as pq
+
+        try:
+            with self.loc.fs.open_input_file(self.trial_path(trial_id)) as f:
+                rows = pq.read_table(f).to_pylist()
+        except (FileNotFoundError, OSError, pa.ArrowInvalid):
+            return {}
+        return rows[0] if rows else {}
 
     # ------------------------------------------------------------------------------------ reads
     def _dataset(self, base: str, depth: int, partitioning: Any) -> ds.Dataset | None:
