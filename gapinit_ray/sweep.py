@@ -81,6 +81,13 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
     return space
 
 
+def result_config(spec: SweepSpec, params: dict[str, Any]) -> dict[str, Any]:
+    """The trial's parameters plus the standard result columns (backbone, rank, lr) even when they are
+    not searched, so every row says what it ran."""
+    tspec, bspec = trial_spec(spec, params)
+    return {"backbone": bspec.key, "lora.rank": tspec.lora.rank, "train.lr": tspec.train.lr, **params}
+
+
 def params_of(config: dict[str, Any], spec: SweepSpec) -> dict[str, Any]:
     """A trial's flat parameters (axis -> value) from its Tune config (cases expanded)."""
     params = {k: v for k, v in config.items() if k != CASE_KEY}
@@ -120,7 +127,10 @@ def trainable(config: dict[str, Any], spec_dict: dict, backbone_paths: dict[str,
     tid = trial_id(params)
     _, bspec = trial_spec(spec, params)
     # the row is on disk before Tune (and its scheduler) sees the report
-    callbacks = [ResultsCallback(spec.storage, spec.name, tid, params), TuneReportCallback()]
+    callbacks = [
+        ResultsCallback(spec.storage, spec.name, tid, result_config(spec, params)),
+        TuneReportCallback(),
+    ]
     trainer = build_trainer(
         spec, params, callbacks=callbacks, backbone_path=backbone_paths[bspec.key], progress=False
     )
@@ -151,7 +161,7 @@ class SweepProgress:
 
             def _params(self, trial) -> tuple[str, dict]:
                 params = params_of(trial.config, spec)
-                return trial_id(params), params
+                return trial_id(params), result_config(spec, params)
 
             def _line(self, trials) -> None:
                 if quiet:

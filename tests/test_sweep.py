@@ -1,0 +1,185 @@
+"""Sweeps on a real local Ray: search space, seed-group ASHA on real trials, results vs raw Parquet,
+and resume after the driver process is killed by pid."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+import yaml
+
+from gapinit_ray.results import ResultsStore, aggregate
+from gapinit_ray.spec import spec_from_dict
+from gapinit_ray.sweep import CASE_KEY, grid_points, param_space, params_of
+
+from .conftest import QUICKSTART, ROOT
+
+
+def sweep_raw(tmp_path: Path, name: str = "tiny", **over) -> dict:
+    raw = yaml.safe_load(QUICKSTART.read_text())
+    raw["name"] = name
+    raw["storage"] = str(tmp_path / "store")
+    raw["backbones"] = [{"name": "tiny-blip2", "pretrain": False}]  # no pretraining: keeps tests short
+    raw["data"]["sources"]["shapes"]["num_images"] = 64
+    raw["data"]["val"]["limit"] = 6
+    raw["calibration"].update({"num_samples": 16, "workers": 1})
+    raw["train"].update({"epochs": 3, "batch_size": 8, "max_steps_per_epoch": 3, "lr": 1e-2})
+    raw["eval"].update({"metrics": ["bleu4", "cider"], "generation": {"max_new_tokens": 6}})
+    raw["search"] = {"init": ["gap", "random"], "seed": [1, 2]}
+    raw["scheduler"] = {
+        "type": "seed-group-asha",
+        "metric": "val_cider",
+        "mode": "max",
+        "grace_period": 1,
+        "reduction_factor": 2,
+    }
+    raw["resources"] = {"workers_per_trial": 1, "cpus_per_worker": 1}
+    raw.update(over)
+    return raw
+
+
+def test_search_space_seeds_first_and_cases() -> None:
+    raw = sweep_raw(Path("/tmp/unused"))
+    raw["search"] = {
+        "train.lr": [1e-3, 1e-2],
+        "seed": [1, 2, 3],
+        "cases": [{"init": "gap"}, {"init": "random", "lora.rank": 2}],
+    }
+    spec = spec_from_dict(raw)
+    space = param_space(spec)
+    assert next(iter(space)) == "seed"  # Tune varies the first key fastest: a group's seeds are adjacent
+    assert space[CASE_KEY]["grid_search"] == [0, 1]
+    points = grid_points(spec)
+    assert len(points) == 2 * 3 * 2
+    assert params_of({"seed": 1, "train.lr": 1e-3, CASE_KEY: 1}, spec) == {
+        "seed": 1,
+        "train.lr": 1e-3,
+        "init": "random",
+        "lora.rank": 2,
+    }
+
+
+def _run_cli(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "gapinit_ray.cli", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _kill_tree(proc: psutil.Process) -> None:
+    """Kill a process and everything it started (by pid: only what this test started)."""
+    family = proc.children(recursive=True)
+    for p in [proc, *family]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.send_signal(signal.SIGKILL)
+    psutil.wait_procs([proc, *family], timeout=30)
+
+
+def _finish(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_tree(psutil.Process(proc.pid))
+        raise
+    return out, err
+
+
+@pytest.mark.slow
+def test_tiny_sweep_never_splits_a_group_and_aggregates_match_raw_parquet(tmp_path) -> None:
+    spec_path = tmp_path / "sweep.yaml"
+    spec_path.write_text(yaml.safe_dump(sweep_raw(tmp_path)))
+    proc = _run_cli("run", str(spec_path), "--num-cpus", "2", "--quiet", cwd=tmp_path)
+    out, err = _finish(proc, 1200)
+    assert proc.returncode == 0, err[-3000:]
+    assert "mean_pm_std" in out or "±" in out  # the aggregate table is printed at the end
+
+    store = ResultsStore(str(tmp_path / "store"), "tiny")
+    trials = store.trials().to_pandas()
+    assert len(trials) == 4
+    metrics = store.metrics().to_pandas()
+    # a group (same config but the seed) is never split: its members end at the same epoch
+    for _, group in trials.groupby("group_id"):
+        assert group["last_epoch"].nunique() == 1, group[["trial_id", "status", "last_epoch"]]
+        assert group["status"].nunique() == 1
+    # each (trial, epoch) reported once
+    assert not metrics.duplicated(["trial_id", "epoch"]).any()
+
+    # the aggregate equals a plain-pandas recomputation from the raw Parquet files
+    raw = pd.read_parquet(tmp_path / "store" / "tiny" / "results" / "metrics")
+    raw["trial_id"] = raw["trial_id"].astype(str)
+    last = raw.sort_values("epoch").groupby("trial_id").tail(1)
+    expect = last.groupby("init")["val_cider"].agg(["count", "mean", "std"])
+    got = aggregate(store.metrics(), by=["init"], metric="val_cider", at="last").to_pandas().set_index("init")
+    for init, row in expect.iterrows():
+        assert got.loc[init, "n"] == row["count"]
+        assert got.loc[init, "mean"] == pytest.approx(row["mean"])
+        assert got.loc[init, "std"] == pytest.approx(row["std"], nan_ok=True)
+
+    report = _run_cli("report", str(tmp_path / "store" / "tiny"), "--by", "init", cwd=tmp_path)
+    out, err = _finish(report, 300)
+    assert report.returncode == 0, err
+    assert (tmp_path / "store" / "tiny" / "report" / "curves.png").exists()
+
+
+@pytest.mark.slow
+def test_resume_after_the_driver_is_killed(tmp_path) -> None:
+    raw = sweep_raw(tmp_path, name="resumable")
+    raw["search"] = {"init": ["gap", "random"], "seed": [1, 2]}
+    raw["scheduler"]["type"] = "fifo"
+    raw["resources"]["max_concurrent_trials"] = 1  # one trial at a time: a clean "some done, one running"
+    spec_path = tmp_path / "sweep.yaml"
+    spec_path.write_text(yaml.safe_dump(raw))
+    sweep = tmp_path / "store" / "resumable"
+    proc = _run_cli("run", str(spec_path), "--num-cpus", "2", "--quiet", cwd=tmp_path)
+    driver = psutil.Process(proc.pid)
+
+    def finished() -> list[str]:
+        tdir = sweep / "results" / "trials"
+        if not tdir.exists():
+            return []
+        try:
+            t = ResultsStore(str(tmp_path / "store"), "resumable").trials().to_pandas()
+        except Exception:
+            return []
+        return list(t.loc[t["status"] == "TERMINATED", "trial_id"])
+
+    deadline = time.time() + 900
+    while len(finished()) < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(1)
+    done_before = finished()
+    assert done_before, "no trial finished before the deadline"
+    time.sleep(3)  # let the next trial start
+    _kill_tree(driver)
+    proc.communicate()
+    mtimes = {p: p.stat().st_mtime_ns for p in (sweep / "results" / "metrics").rglob("*.parquet")}
+
+    resumed = _run_cli("resume", str(sweep), "--num-cpus", "2", "--quiet", cwd=tmp_path)
+    _out, err = _finish(resumed, 1200)
+    assert resumed.returncode == 0, err[-3000:]
+
+    store = ResultsStore(str(tmp_path / "store"), "resumable")
+    trials = store.trials().to_pandas()
+    assert sorted(trials["status"]) == ["TERMINATED"] * 4
+    metrics = store.metrics().to_pandas()
+    assert not metrics.duplicated(["trial_id", "epoch"]).any()
+    assert metrics.groupby("trial_id")["epoch"].max().eq(3).all()
+    # finished trials were not re-run: their rows were not rewritten
+    for path, mtime in mtimes.items():
+        tid = path.parent.name.split("=", 1)[1]
+        if any(tid == d or tid.replace("%2C", ",") == d for d in done_before):
+            assert path.stat().st_mtime_ns == mtime, f"{path} was rewritten: a finished trial re-ran"
+    assert json.loads((sweep / "spec.json").read_text())["name"] == "resumable"
