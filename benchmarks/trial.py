@@ -1,0 +1,140 @@
+"""Trial step overhead: the service's Ray Train + DeepSpeed path vs the same loop in a plain process.
+
+Both paths train the same tiny backbone with the same LoRA init, data, batch size and optimizer on one
+CPU thread; steps/s are taken after warm-up (epoch 1 is warm-up; epochs 2..N are timed, training steps
+only, evaluation excluded). The service path's figure is what its workers report (``samples_per_s``);
+its peak RSS per worker is the reported ``peak_memory_mb``.
+
+    python -m benchmarks.trial [--steps 40] [--epochs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from benchmarks.common import machine, write_result
+
+ROOT = Path(__file__).parents[1]
+
+
+def make_spec(storage: str, steps: int, epochs: int):
+    from gapinit_ray.spec import spec_from_dict
+
+    raw = yaml.safe_load((ROOT / "sweeps" / "quickstart.yaml").read_text())
+    raw["storage"] = storage
+    raw["backbones"] = [{"name": "tiny-blip2", "pretrain": False}]
+    raw["data"]["sources"]["shapes"]["num_images"] = 320
+    raw["data"]["val"]["limit"] = 4
+    raw["calibration"].update({"num_samples": 32, "workers": 1})
+    raw["train"].update(
+        {"epochs": epochs, "batch_size": 16, "max_steps_per_epoch": steps, "zero": {"stage": 2}}
+    )
+    raw["eval"].update({"metrics": ["bleu4"], "generation": {"max_new_tokens": 4}})
+    raw["resources"].update({"workers_per_trial": 1, "cpus_per_worker": 1})
+    return spec_from_dict(raw)
+
+
+def plain_loop(spec, artifact_path: str, epochs: int) -> list[float]:
+    """The same training steps in this process: no Ray, no DeepSpeed. Returns steps/s per epoch."""
+    from gapinit_ray.backbones import load_backbone
+    from gapinit_ray.data.resolve import split_records
+    from gapinit_ray.gap import GapArtifact
+    from gapinit_ray.lora_init import apply_lora
+    from gapinit_ray.pretrain import caption_loss
+    from gapinit_ray.train import CaptionPairs, Collate
+
+    torch.manual_seed(spec.seed)
+    backbone = load_backbone("tiny-blip2")
+    model, _ = apply_lora(backbone, spec.lora, GapArtifact.load(artifact_path), spec.seed)
+    model.train()
+    data = CaptionPairs(split_records(spec.data, spec.data.train, spec.storage))
+    sampler = torch.utils.data.RandomSampler(data, generator=torch.Generator().manual_seed(spec.seed))
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=spec.train.batch_size, sampler=sampler, collate_fn=Collate(backbone, None)
+    )
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.train.lr)
+    rates = []
+    for _ in range(epochs):
+        t0, n = time.perf_counter(), 0
+        for step, batch in enumerate(loader):
+            if step >= spec.train.max_steps_per_epoch:
+                break
+            loss = caption_loss(model(**batch.inputs).logits, batch.labels)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            n += 1
+        rates.append(n / (time.perf_counter() - t0))
+    return rates
+
+
+def service_path(spec) -> tuple[list[float], float, str]:
+    """Steps/s per epoch and peak RSS (MiB) reported by the Ray Train + DeepSpeed worker."""
+    from gapinit_ray.trial import build_trainer, prepare_artifact
+
+    artifact = prepare_artifact(spec, spec.backbones[0], None, progress=False)
+    result = build_trainer(spec, {"init": "gap", "seed": 42}, artifact_path=artifact, progress=False).fit()
+    if result.error:
+        raise result.error
+    import json
+
+    snap = json.loads((Path(result.path) / "checkpoint_manager_snapshot.json").read_text())
+    reports = [c["metrics"] for c in snap["checkpoint_results"]]
+    rates = [r["samples_per_s"] / spec.train.batch_size for r in reports]
+    return rates, max(r["peak_memory_mb"] for r in reports), artifact
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=3)
+    args = ap.parse_args(argv)
+    import ray
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = make_spec(tmp, args.steps, args.epochs)
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        try:
+            service_rates, worker_rss, artifact = service_path(spec)
+        finally:
+            ray.shutdown()
+        plain_rates = plain_loop(spec, artifact, args.epochs)
+    service = statistics.median(service_rates[1:])
+    plain = statistics.median(plain_rates[1:])
+    result = {
+        "benchmark": "trial",
+        "backbone": "tiny-blip2 (LoRA r=1 gap init, top-2 layers)",
+        "batch_size": spec.train.batch_size,
+        "steps_per_epoch": args.steps,
+        "steps_per_s": {"service_ray_train_deepspeed_zero2": service, "plain_loop": plain},
+        "steps_per_s_by_epoch": {"service": service_rates, "plain": plain_rates},
+        "service_over_plain_time_per_step": plain / service,
+        "peak_rss_mb": {
+            "service_worker": worker_rss,
+            "plain_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        },
+        "target": {"service_over_plain_time_per_step": "<= 1.10"},
+        "machine": machine(),
+    }
+    write_result("trial", result)
+    return result
+
+
+if __name__ == "__main__":
+    r = main()
+    s = r["steps_per_s"]
+    print(
+        f"trial steps/s after warm-up: service {s['service_ray_train_deepspeed_zero2']:.1f}, plain {s['plain_loop']:.1f}; "
+        f"time/step service/plain {r['service_over_plain_time_per_step']:.2f}x; "
+        f"peak RSS worker {r['peak_rss_mb']['service_worker']:.0f} MiB"
+    )
