@@ -38,9 +38,6 @@ def machine() -> dict:
 
 
 def write_result(name: str, result: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
-    return path
+    from gapinit_ray.atomic import write_atomic
+
+    return write_atomic(RESULTS / f"{name}.json", json.dumps(result, indent=1, sort_keys=True, default=str))

@@ -12,9 +12,9 @@ import argparse
 import importlib
 import inspect
 import json
-import os
 
 from benchmarks.common import RESULTS
+from gapinit_ray.atomic import write_atomic
 
 ALL = ("calibration", "trial", "sweep", "quickstart_memory")
 
@@ -50,9 +50,7 @@ def main() -> None:
         takes_argv = bool(inspect.signature(module.main).parameters)
         module.main([]) if takes_argv else module.main()
     text = summary()
-    tmp = RESULTS / "SUMMARY.md.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, RESULTS / "SUMMARY.md")
+    write_atomic(RESULTS / "SUMMARY.md", text)
     print(text)
 
 

@@ -23,8 +23,6 @@ import io
 import json
 import math
 import operator
-import os
-import time
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -32,6 +30,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from gapinit_ray.atomic import write_atomic
 
 DEFAULT_DIMS: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096)
 # d values shown in the Prop. 3.1 panel: a small one, OPT-2.7B's hidden size (BLIP-2 OPT-2.7B, §5.1) and
@@ -387,20 +387,6 @@ def fig2(
 # output
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a tmp name in the same directory + ``os.replace``: readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _plot(props: list[dict], f5: dict, f2: dict | None) -> bytes:
     """The 2- or 3-panel PNG. matplotlib is imported here only (it is slow to import and the rest of the
     package never needs it); Figure + FigureCanvasAgg avoid pyplot's global backend state."""
@@ -571,8 +557,8 @@ def run_diagnostics(
         "fig2": f2,
         "summary": summary,
     }
-    _atomic_write(out / "diagnostics.png", png)
-    _atomic_write(out / "diagnostics.md", _markdown(props, f5, f2, summary).encode())
-    _atomic_write(out / "diagnostics.json", (json.dumps(payload, indent=1, allow_nan=False) + "\n").encode())
+    write_atomic(out / "diagnostics.png", png)
+    write_atomic(out / "diagnostics.md", _markdown(props, f5, f2, summary).encode())
+    write_atomic(out / "diagnostics.json", (json.dumps(payload, indent=1, allow_nan=False) + "\n").encode())
     summary.append(f"wrote {', '.join(str(out / f) for f in FILES)}")
     return summary

@@ -25,7 +25,6 @@ import json
 import math
 import os
 import re
-import secrets
 import shutil
 import subprocess
 import tempfile
@@ -35,6 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gapinit_ray.atomic import write_atomic
 from gapinit_ray.data import CaptionRecord, load_image
 from gapinit_ray.errors import DataError, GapinitError, SpecError
 from gapinit_ray.spec import CAPTION_METRICS
@@ -608,20 +608,9 @@ def _check_unique(records: Sequence[CaptionRecord]) -> None:
 
 
 def _write_captions(out_dir: Path, references: dict[str, list[str]], predictions: dict[str, str]) -> None:
-    """Write ``captions.json`` via a temp file + ``os.replace``, so readers never see half a file."""
+    """Write ``captions.json`` atomically, so readers never see half a file."""
     data = {
         i: {"prediction": predictions[i], "references": references[i]}
         for i in sorted(references, key=_id_key)
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{CAPTIONS_FILE}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out_dir / CAPTIONS_FILE)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(out_dir / CAPTIONS_FILE, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

@@ -52,7 +52,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -62,6 +61,8 @@ import numpy as np
 from ray.tune.experiment import Trial
 from ray.tune.result import DEFAULT_METRIC
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
+
+from gapinit_ray.atomic import write_atomic
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
@@ -613,18 +614,7 @@ class SeedGroupASHA(TrialScheduler):
 
     def save(self, checkpoint_path: str | os.PathLike[str]) -> None:
         """Write :meth:`state_dict` as JSON, atomically (a crash never leaves half a file)."""
-        path = os.fspath(checkpoint_path)
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".sgasha-", suffix=".json", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.state_dict(), f)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_atomic(checkpoint_path, json.dumps(self.state_dict()))
 
     def restore(self, checkpoint_path: str | os.PathLike[str]) -> None:
         """Load a file written by :meth:`save`."""

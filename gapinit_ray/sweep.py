@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from gapinit_ray.atomic import write_atomic
 from gapinit_ray.errors import GapinitError
 from gapinit_ray.spec import Choice, LogUniform, SweepSpec, Uniform
 from gapinit_ray.trial import prepare_artifact, prepare_backbone, sweep_dir, trial_id, trial_spec
@@ -374,6 +374,4 @@ def _check_same_sweep(spec: SweepSpec, root: Path) -> None:
                 f"{', '.join(diff)}); use another name or storage, or the original spec to resume"
             )
     else:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(current, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(current, indent=1, sort_keys=True))

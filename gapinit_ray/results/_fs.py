@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 import pyarrow.fs as pafs
 
+from gapinit_ray.atomic import write_atomic
 from gapinit_ray.errors import GapinitError
 
 
@@ -107,18 +108,7 @@ def write_bytes(loc: Location, path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (see the module docstring for how, per filesystem)."""
     head = path.rpartition("/")[0]
     if loc.local:
-        os.makedirs(head, exist_ok=True)
-        tmp = temp_path(path)
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, data)
         return
     if loc.object_store:
         with loc.fs.open_output_stream(path) as out:
