@@ -69,3 +69,32 @@ def test_missing_spec_file() -> None:
 def test_help_on_every_command(cmd: str) -> None:
     r = gapinit(cmd, "--help")
     assert r.returncode == 0 and "usage: gapinit" in r.stdout
+
+
+def test_calibrate_prints_the_per_layer_table(tmp_path: Path) -> None:
+    r = gapinit(
+        "calibrate",
+        str(ROOT / "sweeps" / "quickstart.yaml"),
+        f"storage={tmp_path / 'store'}",
+        "backbones=[{name: tiny-blip2, pretrain: false}]",
+        "calibration.num_samples=12",
+        "data.sources.shapes.num_images=40",
+        "--no-ray",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "GapArtifact" in r.stdout and "spot_score" in r.stdout and "first_share" in r.stdout
+    again = gapinit(
+        "calibrate",
+        str(ROOT / "sweeps" / "quickstart.yaml"),
+        f"storage={tmp_path / 'store'}",
+        "backbones=[{name: tiny-blip2, pretrain: false}]",
+        "calibration.num_samples=12",
+        "data.sources.shapes.num_images=40",
+        "--no-ray",
+    )
+    assert "cache hit" in again.stdout
+
+
+def test_results_of_a_missing_sweep_is_one_line(tmp_path: Path) -> None:
+    r = gapinit("results", str(tmp_path / "nothing"))
+    assert r.returncode == 2 and "no results here" in r.stderr and "Traceback" not in r.stderr
