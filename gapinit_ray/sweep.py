@@ -34,6 +34,10 @@ from gapinit_ray.spec import Choice, LogUniform, SweepSpec, Uniform
 from gapinit_ray.trial import prepare_artifact, prepare_backbone, sweep_dir, trial_id, trial_spec
 
 CASE_KEY = "case"
+#: The seed's key in Tune configs. Tune orders grid variants by the sorted config keys, the first key
+#: varying fastest; "_seed" sorts before every spec field name, so a configuration's seeds are created
+#: one after another and seed-group ASHA's groups fill up before the next configuration starts.
+SEED_KEY = "_seed"
 
 
 # --------------------------------------------------------------------------------- search space
@@ -57,15 +61,15 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
     explicit cases as a grid over their index (merged back by :func:`params_of`)."""
     from ray import tune
 
-    # seed first: Tune's grid varies the first key fastest, so a configuration's seeds are created
-    # next to each other and seed-group ASHA's groups fill up before the next configuration starts
     space: dict[str, Any] = {}
     seeds = spec.search.axes.get("seed")
     if isinstance(seeds, list):
-        space["seed"] = tune.grid_search(seeds)
+        space[SEED_KEY] = tune.grid_search(seeds)
     for name, axis in spec.search.axes.items():
-        if name == "seed" and isinstance(axis, list):
-            continue
+        if name == "seed":
+            name = SEED_KEY
+            if isinstance(axis, list):
+                continue
         if isinstance(axis, list):
             space[name] = tune.grid_search(axis)
         elif isinstance(axis, Choice):
@@ -90,7 +94,7 @@ def result_config(spec: SweepSpec, params: dict[str, Any]) -> dict[str, Any]:
 
 def params_of(config: dict[str, Any], spec: SweepSpec) -> dict[str, Any]:
     """A trial's flat parameters (axis -> value) from its Tune config (cases expanded)."""
-    params = {k: v for k, v in config.items() if k != CASE_KEY}
+    params = {("seed" if k == SEED_KEY else k): v for k, v in config.items() if k != CASE_KEY}
     if CASE_KEY in config:
         params.update(spec.search.cases[config[CASE_KEY]])
     return params
@@ -302,6 +306,7 @@ def make_scheduler(spec: SweepSpec):
         reduction_factor=s.reduction_factor,
         max_t=spec.max_t,
         group_size=len(seeds) if isinstance(seeds, list) else 1,
+        seed_key=SEED_KEY,
         state_path=str(sweep_dir(spec) / "scheduler_state.json"),
     )
 

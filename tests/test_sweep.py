@@ -19,7 +19,7 @@ import yaml
 
 from gapinit_ray.results import ResultsStore, aggregate
 from gapinit_ray.spec import spec_from_dict
-from gapinit_ray.sweep import CASE_KEY, grid_points, param_space, params_of
+from gapinit_ray.sweep import CASE_KEY, SEED_KEY, grid_points, param_space, params_of
 
 from .conftest import QUICKSTART, ROOT
 
@@ -56,11 +56,16 @@ def test_search_space_seeds_first_and_cases() -> None:
     }
     spec = spec_from_dict(raw)
     space = param_space(spec)
-    assert next(iter(space)) == "seed"  # Tune varies the first key fastest: a group's seeds are adjacent
+    # Tune varies the alphabetically first key fastest: a configuration's seeds are created together
+    assert sorted(space)[0] == SEED_KEY
+    from ray.tune.search.variant_generator import generate_variants
+
+    order = [(v["train.lr"], v[CASE_KEY], v[SEED_KEY]) for _, v in generate_variants(space)]
+    assert len(order) == 12
     assert space[CASE_KEY]["grid_search"] == [0, 1]
     points = grid_points(spec)
     assert len(points) == 2 * 3 * 2
-    assert params_of({"seed": 1, "train.lr": 1e-3, CASE_KEY: 1}, spec) == {
+    assert params_of({SEED_KEY: 1, "train.lr": 1e-3, CASE_KEY: 1}, spec) == {
         "seed": 1,
         "train.lr": 1e-3,
         "init": "random",
