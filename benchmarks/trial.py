@@ -38,6 +38,7 @@ def make_spec(storage: str, steps: int, epochs: int):
         {"epochs": epochs, "batch_size": 16, "max_steps_per_epoch": steps, "zero": {"stage": 2}}
     )
     raw["eval"].update({"metrics": ["bleu4"], "generation": {"max_new_tokens": 4}})
+    raw["scheduler"] = {"type": "fifo", "metric": "val_bleu4"}
     raw["resources"].update({"workers_per_trial": 1, "cpus_per_worker": 1})
     return spec_from_dict(raw)
 

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 from gapinit_ray.errors import GapinitError
 
+TRAIN_ENV = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "86400"}
+
 
 class ClusterError(GapinitError):
     """The Ray cluster cannot be reached or refused us."""
@@ -25,7 +27,13 @@ def ray_session(
         yield
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs = {"log_to_driver": not quiet, "logging_level": "ERROR"} if quiet else {}
+    kwargs: dict = {"log_to_driver": not quiet, "logging_level": "ERROR"} if quiet else {}
+    # Trials wait for CPUs/GPUs on purpose (a paused seed-group member's slot goes to another trial);
+    # Ray Train's default gives a worker group 60 s to be scheduled and started, then tears it down and
+    # retries, which on a busy cluster turns waiting into a restart loop. Let them wait.
+    env = {k: os.environ.get(k, v) for k, v in TRAIN_ENV.items()}
+    os.environ.update(env)  # the embedded Ray's processes inherit the driver's environment
+    kwargs["runtime_env"] = {"env_vars": env}
     try:
         if address:
             ray.init(address=address, **kwargs)

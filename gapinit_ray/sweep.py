@@ -319,11 +319,14 @@ def run_sweep(spec: SweepSpec, *, quiet: bool = False):
     root.mkdir(parents=True, exist_ok=True)
     _check_same_sweep(spec, root)
     backbone_paths = prepare(spec, progress=not quiet)
+    # The trial function only waits on its TorchTrainer. A fractional CPU for it would leave, e.g., 2 CPUs
+    # able to hold one 1-CPU Train worker group and the trial functions but never a second group
+    # (2 - 1 - 0.03 < 1), so it asks for a sliver of memory (a logical resource every node has) instead.
     fn = tune.with_resources(
         tune.with_parameters(
             trainable, spec_dict=spec.model_dump(mode="json"), backbone_paths=backbone_paths
         ),
-        {"CPU": 0.01},
+        {"CPU": 0, "memory": 2**20},
     )
     tune_dir = root / "tune"
     if tune.Tuner.can_restore(str(tune_dir)):
@@ -356,14 +359,24 @@ def run_sweep(spec: SweepSpec, *, quiet: bool = False):
             ),
         )
     try:
-        return tuner.fit()
+        grid = tuner.fit()
+        _compact(spec)
+        return grid
     except RuntimeError as e:
         # Tune builds its ResultGrid from every trial's dir; a trial stopped by the scheduler before it
         # ever started has none ("Should not access `trial_fs_path`..."). The sweep itself finished and
         # its results are in our store, which is what gets reported.
         if "trial_fs_path" not in str(e):
             raise
+        _compact(spec)
         return None
+
+
+def _compact(spec: SweepSpec) -> None:
+    """Fold each finished trial's per-report files into one (queries read one file per trial)."""
+    from gapinit_ray.results import ResultsStore
+
+    ResultsStore(spec.storage, spec.name).compact()
 
 
 def _check_same_sweep(spec: SweepSpec, root: Path) -> None:

@@ -3,6 +3,7 @@
 Layout under ``<root>/<sweep>/results/``::
 
     metrics/trial_id=<tid>/epoch=<epoch:g>.parquet   one file per report (one row)
+    metrics/trial_id=<tid>/compacted.parquet         all reports of a finished trial (after compact())
     trials/<tid>.parquet                             one row per trial, overwritten as its status changes
 
 One small file per report keeps writes independent and idempotent: a report retried for the same
@@ -10,6 +11,18 @@ One small file per report keeps writes independent and idempotent: a report retr
 and no writer ever appends to or rewrites a shared file. ``trial_id`` lives only in the hive directory
 name: pyarrow, pandas, DuckDB and Polars all add it back as a column, and storing it in the file too
 would make hive-aware readers fail on the duplicate (string in the file vs dictionary from the path).
+
+Compaction. Reading costs about a file open and a footer per file, so a finished sweep of many small
+files is slow to query. :meth:`ResultsStore.compact` folds the per-epoch files of a finished trial into
+one ``compacted.parquet`` in the same directory (written atomically, *then* the per-epoch files it holds
+are deleted). A directory may therefore hold both for a while: after a crash between the write and the
+deletions, or when a late (retried) report arrives after compaction. :meth:`ResultsStore.metrics`
+de-duplicates by ``(trial_id, epoch)`` and keeps the row with the **latest** ``timestamp`` (on a tie,
+the per-epoch file's row: it is the same report or a newer one), so no report is counted twice or lost;
+``timestamp`` is the writer's clock, so a retry must come from a host whose clock is not behind the
+original writer's. A :meth:`ResultsStore.metrics` running while a trial is compacted re-reads that
+trial's directory if it saw it half-way (see ``_read``). Readers that list the files themselves (plain
+pandas / DuckDB on the directory) see both copies of a report in a directory that holds both.
 
 Metric rows are *wide* (one column per metric): a sweep reports a fixed metric set, so the schema is
 known, every metric gets a real float64 column, and ``pd.read_parquet(dir)`` / DuckDB / Polars queries
@@ -51,17 +64,24 @@ the reported one is stored as ``lr_now``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import numbers
+import os
 import socket
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import unquote
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from gapinit_ray.results._fs import ResultsError, encode_name, list_files, resolve, write_bytes
@@ -88,6 +108,11 @@ METRICS = (
     "norm_B",
 )
 TRIAL_STATUSES = ("PENDING", "RUNNING", "PAUSED", "TERMINATED", "STOPPED", "ERROR")
+# trials that report no more: compact() without a trial id folds these
+TERMINAL_STATUSES = ("TERMINATED", "STOPPED", "ERROR")
+COMPACTED = "compacted.parquet"  # all rows of one trial, in its metrics/trial_id=<tid>/ directory
+# rounds of metrics(): trial directories a compaction changed during a round are read again (_read)
+_READ_ATTEMPTS = 10
 TS = pa.timestamp("ms", tz="UTC")
 
 # standard config columns: column -> (type, config keys that set it, first match wins)
@@ -263,10 +288,72 @@ def _one_row(columns: dict[str, pa.Scalar]) -> pa.Table:
     )
 
 
-def _serialize(table: pa.Table) -> bytes:
+def _serialize(table: pa.Table, **options: Any) -> bytes:
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
+    pq.write_table(table, sink, **{"compression": "zstd", **options})
     return sink.getvalue().to_pybytes()
+
+
+# A compacted file is read on every query of the sweep: snappy and plain encoding decode about twice as
+# fast as zstd + dictionaries for these small (~100 rows x ~30 columns) files, at about the same size.
+_COMPACTED_OPTIONS = {"compression": "snappy", "use_dictionary": False}
+
+
+def _latest_rows(table: pa.Table, keys: list[str], preferred: np.ndarray) -> pa.Table:
+    """One row per distinct ``keys``: the one with the latest ``timestamp``; on a tie a ``preferred``
+    row, then the later row of ``table``. Kept rows stay in their order in ``table``."""
+    n = table.num_rows
+    if n < 2:
+        return table
+    aux = pa.table(
+        {
+            **{f"k{i}": table[k] for i, k in enumerate(keys)},
+            "ts": table["timestamp"],
+            "pref": pa.array(preferred, pa.bool_()),
+            "row": pa.array(np.arange(n, dtype=np.int64)),
+        }
+    )
+    order = pc.sort_indices(
+        aux,
+        sort_keys=[
+            *((f"k{i}", "ascending") for i in range(len(keys))),
+            ("ts", "descending"),  # a null timestamp sorts last: it never wins
+            ("pref", "descending"),
+            ("row", "descending"),
+        ],
+    )
+    first = np.ones(n, dtype=bool)
+    same = np.ones(n - 1, dtype=bool)
+    for i in range(len(keys)):
+        col = aux[f"k{i}"].take(order)
+        # a null key is never equal to anything: such rows are all kept (none is lost)
+        equal = pc.fill_null(pc.equal(col.slice(1), col.slice(0, n - 1)), False)
+        same &= equal.to_numpy(zero_copy_only=False)
+    first[1:] = ~same
+    keep = np.sort(order.to_numpy()[first])
+    return table if len(keep) == n else table.take(pa.array(keep))
+
+
+def _is_compacted(path: str) -> bool:
+    return path.rpartition("/")[2] == COMPACTED
+
+
+def _parent(path: str) -> str:
+    return path.rpartition("/")[0]
+
+
+def _without_dirs(table: pa.Table | None, dirs: set[str]) -> pa.Table | None:
+    """``table`` without the rows of the ``trial_id=<tid>`` directories ``dirs``."""
+    if table is None or not dirs:
+        return table
+    tids = [unquote(d.rpartition("/")[2].removeprefix("trial_id=")) for d in dirs]
+    return table.filter(pc.invert(pc.is_in(table["trial_id"], value_set=pa.array(tids, pa.string()))))
+
+
+def _mixed(paths: list[str]) -> bool:
+    """Whether a trial directory holds a compacted file *and* per-epoch files (rows may repeat)."""
+    compacted = {p.rpartition("/")[0] for p in paths if _is_compacted(p)}
+    return any(not _is_compacted(p) and p.rpartition("/")[0] in compacted for p in paths)
 
 
 def _order(schema: pa.Schema, base: pa.Schema, tail: list[str]) -> list[str]:
@@ -301,13 +388,21 @@ class ResultsStore:
         return f"ResultsStore({self.root!r}, {self.sweep!r})"
 
     # ------------------------------------------------------------------------------------ paths
+    def trial_metrics_dir(self, trial_id: str) -> str:
+        """``metrics/trial_id=<tid>``: the directory of a trial's metric files."""
+        return f"{self.metrics_dir}/trial_id={encode_name(trial_id)}"
+
     def metric_path(self, trial_id: str, epoch: float) -> str:
         """``metrics/trial_id=<tid>/epoch=<epoch:g>.parquet``; where ``:g`` would round (more than 6
         significant digits) the exact repr is used, so two distinct epochs never share a file."""
         name = f"{epoch:g}"
         if float(name) != epoch:
             name = repr(float(epoch))
-        return f"{self.metrics_dir}/trial_id={encode_name(trial_id)}/epoch={name}.parquet"
+        return f"{self.trial_metrics_dir(trial_id)}/epoch={name}.parquet"
+
+    def compacted_path(self, trial_id: str) -> str:
+        """``metrics/trial_id=<tid>/compacted.parquet``: the trial's rows after :meth:`compact`."""
+        return f"{self.trial_metrics_dir(trial_id)}/{COMPACTED}"
 
     def trial_path(self, trial_id: str) -> str:
         return f"{self.trials_dir}/{encode_name(trial_id)}.parquet"
@@ -320,17 +415,29 @@ class ResultsStore:
         return trial_id
 
     def _iteration(self, trial_id: str, epoch: float) -> int:
-        """1-based report index: 1 + the trial's reports at earlier epochs, so a retried report keeps
-        the index of the one it replaces whatever order reports arrive in."""
-        trial_dir = self.metric_path(trial_id, epoch).rpartition("/")[0]
-        earlier = 0
-        for path in list_files(self.loc, trial_dir, ".parquet", 1):
+        """1-based report index: 1 + the trial's reports at earlier epochs (per-epoch files and rows of
+        its compacted file), so a retried report keeps the index of the one it replaces whatever order
+        reports arrive in, before or after compaction."""
+        earlier: set[float] = set()
+        for path in list_files(self.loc, self.trial_metrics_dir(trial_id), ".parquet", 1):
             name = path.rpartition("/")[2]
+            if name == COMPACTED:
+                earlier.update(e for e in self._compacted_epochs(path) if e < epoch)
+                continue
             try:
-                earlier += float(name.removeprefix("epoch=").removesuffix(".parquet")) < epoch
+                e = float(name.removeprefix("epoch=").removesuffix(".parquet"))
             except ValueError:
                 continue
-        return earlier + 1
+            if e < epoch:
+                earlier.add(e)
+        return len(earlier) + 1
+
+    def _compacted_epochs(self, path: str) -> list[float]:
+        try:
+            with self.loc.fs.open_input_file(path) as f:
+                return [e for e in pq.read_table(f, columns=["epoch"])["epoch"].to_pylist() if e is not None]
+        except (FileNotFoundError, pa.ArrowInvalid):
+            return []
 
     def write_report(
         self,
@@ -453,19 +560,46 @@ class ResultsStore:
         return rows[0] if rows else {}
 
     # ------------------------------------------------------------------------------------ reads
-    def _dataset(self, base: str, depth: int, partitioning: Any) -> ds.Dataset | None:
-        paths = list_files(self.loc, base, ".parquet", depth)
-        if not paths:
-            return None
+    def _factory(self, paths: list[str], base: str, partitioning: Any) -> ds.FileSystemDatasetFactory:
         options = ds.FileSystemFactoryOptions(partition_base_dir=base, partitioning=partitioning)
-        factory = ds.FileSystemDatasetFactory(self.loc.fs, paths, ds.ParquetFileFormat(), options)
+        return ds.FileSystemDatasetFactory(self.loc.fs, paths, ds.ParquetFileFormat(), options)
+
+    def _schema(self, paths: list[str], base: str, partitioning: Any) -> pa.Schema:
         try:
             # every file's footer: extra metrics or axes may appear in some files only, and an axis
             # may be int in one trial and float in another (permissive promotion makes it float)
-            schema = factory.inspect(promote_options="permissive", fragments=None)
+            factory = self._factory(paths, base, partitioning)
+            return factory.inspect(promote_options="permissive", fragments=None)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
             raise ResultsError(f"{base}: stored files disagree on a column type ({e})") from None
-        return factory.finish(schema)
+
+    def _tables(self, paths: list[str], base: str, partitioning: Any, schema: pa.Schema) -> list[pa.Table]:
+        """The rows of the compacted files, then those of the per-epoch files (each part read with
+        ``schema``; a part without files is left out)."""
+        parts = []
+        for compacted in (True, False):
+            subset = [p for p in paths if _is_compacted(p) == compacted]
+            if subset:
+                parts.append(self._factory(subset, base, partitioning).finish(schema).to_table())
+        return parts
+
+    def _load(
+        self,
+        paths: list[str],
+        base: str,
+        partitioning: Any,
+        schema: pa.Schema,
+        expr: ds.Expression | None,
+        keys: list[str] | None,
+    ) -> pa.Table:
+        """The rows of ``paths`` that match ``expr``. With ``keys``, where a trial directory holds both
+        a compacted file and per-epoch files, one row per ``keys``: the latest (module docstring)."""
+        if not keys or not _mixed(paths):
+            return self._factory(paths, base, partitioning).finish(schema).to_table(filter=expr)
+        compacted, reports = self._tables(paths, base, partitioning, schema)
+        preferred = np.repeat([False, True], [compacted.num_rows, reports.num_rows])
+        table = _latest_rows(pa.concat_tables([compacted, reports]), keys, preferred)
+        return table if expr is None else table.filter(expr)  # after de-duplication: newest first
 
     @staticmethod
     def _filter(where: Any, schema: pa.Schema, what: str) -> ds.Expression | None:
@@ -485,6 +619,62 @@ class ResultsStore:
             expr = e if expr is None else expr & e
         return expr
 
+    def _read_round(
+        self,
+        paths: list[str],
+        base: str,
+        partitioning: Any,
+        schema: pa.Schema | None,
+        where: Any,
+        what: str,
+        keys: list[str] | None,
+    ) -> tuple[pa.Schema | None, pa.Table | None, set[str]]:
+        """Read ``paths`` (``schema`` widened by theirs). With ``keys`` (metrics), a listed per-epoch
+        file deleted before it is read (a compaction next to us) makes it read file by file instead,
+        leaving out the trial directories whose files are gone: those are returned, to be read
+        again on their own."""
+        try:
+            found = self._schema(paths, base, partitioning)
+            if schema is not None:
+                found = pa.unify_schemas([schema, found], promote_options="permissive")
+            expr = self._filter(where, found, what)
+            return found, self._load(paths, base, partitioning, found, expr, keys), set()
+        except OSError:
+            if not keys:
+                raise
+        tables, gone = self._read_files(paths)
+        if not tables:
+            return schema, None, gone
+        table = pa.concat_tables([t for _, t in tables], promote_options="permissive")
+        if schema is not None:
+            table = pa.concat_tables([schema.empty_table(), table], promote_options="permissive")
+        if _mixed([p for p, _ in tables]):
+            preferred = np.concatenate([np.full(t.num_rows, not _is_compacted(p)) for p, t in tables])
+            table = _latest_rows(table, keys, preferred)
+        expr = self._filter(where, table.schema, what)
+        return table.schema, table if expr is None else table.filter(expr), gone
+
+    def _read_files(self, paths: list[str]) -> tuple[list[tuple[str, pa.Table]], set[str]]:
+        """Each metric file on its own, ``trial_id`` added from its directory; a per-epoch file that
+        is gone is skipped and its directory returned (a compacted file is never deleted)."""
+
+        def one(path: str) -> pa.Table | None:
+            try:
+                with self.loc.fs.open_input_file(path) as f:
+                    table = pq.read_table(f)
+            except FileNotFoundError:
+                if _is_compacted(path):
+                    raise
+                return None
+            tid = unquote(_parent(path).rpartition("/")[2].removeprefix("trial_id="))
+            return table.append_column(
+                pa.field("trial_id", pa.string()), pa.array([tid] * table.num_rows, pa.string())
+            )
+
+        with ThreadPoolExecutor(8) as pool:
+            read = list(zip(paths, pool.map(one, paths), strict=True))
+        return [(p, t) for p, t in read if t is not None], {_parent(p) for p, t in read if t is None}
+
     def _read(
         self,
         base: str,
@@ -495,19 +685,47 @@ class ResultsStore:
         columns,
         where,
         what,
+        keys: list[str] | None = None,
     ) -> pa.Table:
-        dataset = self._dataset(base, depth, partitioning)
-        schema = dataset.schema if dataset is not None else empty
-        order = _order(schema, empty, tail)
+        """Read every data file under ``base``. With ``keys`` (the metrics) rows are de-duplicated (see
+        :meth:`_load`) and the read is consistent with a compaction running next to it. A compaction
+        writes its file before it deletes, so only a trial directory that gained a compacted file
+        between the listing and the end of the read, or whose listed files were deleted before they
+        were read, may have been seen half-way: its rows are dropped and it is read again, alone."""
+        listing = list_files(self.loc, base, ".parquet", depth)
+        schema, parts = None, []
+        todo: set[str] | None = None  # trial directories still to read; None: all listed
+        for _ in range(_READ_ATTEMPTS):
+            paths = listing if todo is None else [p for p in listing if _parent(p) in todo]
+            if not paths:
+                todo = set()
+                break
+            schema, table, gone = self._read_round(paths, base, partitioning, schema, where, what, keys)
+            if not keys:
+                parts.append(table)
+                todo = set()
+                break
+            listing = list_files(self.loc, base, ".parquet", depth)
+            had = {_parent(p) for p in paths if _is_compacted(p)}
+            gained = {_parent(p) for p in listing if _is_compacted(p)} - had
+            todo = gone | (gained & {_parent(p) for p in paths})
+            parts.append(_without_dirs(table, todo))
+            if not todo:
+                break
+        if todo:
+            raise ResultsError(f"{base}: files kept being compacted while being read; read again")
+        schema = empty if schema is None else schema
+        self._filter(where, schema, what)  # also checks a filter on an empty store
+        parts = [t for t in parts if t is not None]
+        table = pa.concat_tables(parts, promote_options="permissive") if parts else empty.empty_table()
+        order = _order(table.schema, empty, tail)
         if columns is not None:
             columns = [columns] if isinstance(columns, str) else list(columns)
-            unknown = [c for c in columns if c not in schema.names]
+            unknown = [c for c in columns if c not in table.schema.names]
             if unknown:
                 raise ResultsError(
                     f"{what} columns: unknown {', '.join(map(repr, unknown))}; available: {', '.join(order)}"
                 )
-        expr = self._filter(where, schema, what)
-        table = empty.empty_table() if dataset is None else dataset.to_table(filter=expr)
         table = table.select(order)
         return table.select(columns) if columns is not None else table
 
@@ -516,10 +734,22 @@ class ResultsStore:
 
         ``trial_id`` comes back as a plain string column (the hive partition is read with an explicit
         string schema, not pyarrow's inferred dictionary). ``filter`` is a pyarrow expression
-        (``ds.field("init") == "gap"``) or a ``{column: value or [values]}`` dict."""
+        (``ds.field("init") == "gap"``) or a ``{column: value or [values]}`` dict.
+
+        One row per ``(trial_id, epoch)``: where a trial directory holds a compacted file and
+        per-epoch files (a crash during :meth:`compact`, a report that arrived after it), the row with
+        the latest ``timestamp`` is kept (on a tie the per-epoch file's), before ``filter`` applies."""
         tail = [*TAIL_SCHEMA.names]
         return self._read(
-            self.metrics_dir, 2, _PARTITIONING, METRIC_BASE_SCHEMA, tail, columns, filter, "metrics"
+            self.metrics_dir,
+            2,
+            _PARTITIONING,
+            METRIC_BASE_SCHEMA,
+            tail,
+            columns,
+            filter,
+            "metrics",
+            keys=["trial_id", "epoch"],
         )
 
     def trials(self) -> pa.Table:
@@ -527,3 +757,71 @@ class ResultsStore:
         return self._read(
             self.trials_dir, 1, None, TRIAL_BASE_SCHEMA, [*TRIAL_TAIL.names], None, None, "trials"
         )
+
+    # ------------------------------------------------------------------------------- compaction
+    def compact(self, trial_id: str | None = None) -> list[str]:
+        """Fold the per-epoch metric files of a trial into one ``compacted.parquet``; returns the ids
+        of the trials compacted (those that had per-epoch files).
+
+        ``trial_id`` names one trial, whatever its status (a report arriving later lands in a new
+        per-epoch file, and a later ``compact`` folds it in too). Without it, every trial whose trial
+        row has a terminal status (:data:`TERMINAL_STATUSES`: TERMINATED, STOPPED, ERROR) is
+        compacted; trials without a trial row are left alone.
+
+        Per trial: its per-epoch files and its compacted file (if any) are read, de-duplicated by
+        epoch as :meth:`metrics` does (latest ``timestamp`` wins), written to ``compacted.parquet``
+        atomically (the same temp + rename as every write), and only then are the per-epoch files
+        deleted; one replaced since it was read (a retried report) is kept, its row being the newer
+        (told by inode + mtime + size locally, mtime + size elsewhere; a retry landing in the instant
+        between that check and the delete is lost). A reader never counts a report twice nor misses
+        one, whenever it reads (see the module docstring). Run one compaction of a given trial at a
+        time (the driver, when the trial ends): two at once could each drop a report the other folded
+        in."""
+        if trial_id is not None:
+            ids = [self._check_trial_id(trial_id)]
+        else:
+            rows = self.trials().select(["trial_id", "status"]).to_pylist()
+            ids = [r["trial_id"] for r in rows if r["status"] in TERMINAL_STATUSES]
+        return [tid for tid in ids if self._compact_trial(tid)]
+
+    def _compact_trial(self, trial_id: str) -> bool:
+        trial_dir = self.trial_metrics_dir(trial_id)
+        paths = list_files(self.loc, trial_dir, ".parquet", 1)
+        reports = [p for p in paths if not _is_compacted(p)]
+        if not reports:
+            return False
+        seen = self._identities(reports)  # taken before reading: a file replaced after it is kept
+        schema = self._schema(paths, trial_dir, None)
+        parts = self._tables(paths, trial_dir, None, schema)
+        preferred = np.repeat([False, True], [sum(t.num_rows for t in parts[:-1]), parts[-1].num_rows])
+        table = _latest_rows(pa.concat_tables(parts), ["epoch"], preferred)
+        table = table.sort_by([("epoch", "ascending")])
+        table = table.select(_order(table.schema, METRIC_BASE_SCHEMA, [*TAIL_SCHEMA.names]))
+        write_bytes(self.loc, self.compacted_path(trial_id), _serialize(table, **_COMPACTED_OPTIONS))
+        for path, before, now in zip(reports, seen, self._identities(reports), strict=True):
+            if before is not None and before == now:
+                self._delete(path)
+        return True
+
+    def _identities(self, paths: list[str]) -> list[tuple | None]:
+        """What tells a file from its replacement (None: missing). Local: inode, mtime (ns), size (an
+        atomic replace is a new inode); other filesystems: mtime and size."""
+        if self.loc.local:
+            out: list[tuple | None] = []
+            for path in paths:
+                try:
+                    st = os.stat(path)
+                except FileNotFoundError:
+                    out.append(None)
+                    continue
+                out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+            return out
+        infos = self.loc.fs.get_file_info(paths)
+        return [(i.mtime_ns, i.size) if i.type == pafs.FileType.File else None for i in infos]
+
+    def _delete(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            if self.loc.local:
+                os.unlink(path)
+            else:
+                self.loc.fs.delete_file(path)
