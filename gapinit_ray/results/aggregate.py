@@ -12,12 +12,14 @@ import json
 import math
 import re
 import statistics
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from gapinit_ray.results._fs import ResultsError
 from gapinit_ray.results.store import HEAD, STANDARD_CONFIG, axis_column, column_axis
@@ -94,10 +96,16 @@ def _parse_at(at: str) -> float | None:
     raise ResultsError(f"at {at!r}: expected 'last', 'best' or 'epoch=N'")
 
 
-def select(
-    metrics: pa.Table, *, by: Sequence[str], metric: str, at: str = "last", mode: str = "max", trials=None
-) -> Selection:
-    """Pick one value per trial (see :func:`aggregate`) and group the trials by ``by``."""
+def _selected(
+    metrics: pa.Table, by: Sequence[str], metric: str, at: str, mode: str, trials: pa.Table | None
+) -> tuple[list[str], pa.Table]:
+    """The ``by`` columns and one row per trial: ``trial_id``, the ``by`` columns, ``value`` (null = missing), the trials with
+    reports in order of first appearance in ``metrics``, then those of ``trials`` without any.
+
+    Vectorized (numpy / Arrow, no per-row Python): rows are de-duplicated by ``(trial_id, epoch)``
+    (the latest ``timestamp`` wins, on a tie the later row; without a ``timestamp`` column the first
+    row), a trial's group key comes from its earliest-epoch row, and its value is picked by ``at``
+    among its rows whose metric is neither null nor NaN."""
     missing = [c for c in ("trial_id", "epoch") if c not in metrics.column_names]
     if missing:
         raise ResultsError(f"metrics table: no {', '.join(missing)} column; pass ResultsStore.metrics()")
@@ -106,38 +114,92 @@ def select(
     if mode not in ("max", "min"):
         raise ResultsError(f"mode {mode!r}: expected 'max' or 'min'")
     target = _parse_at(at)
-    need = ["trial_id", "epoch", metric, *cols]
-    has_ts = "timestamp" in metrics.column_names
-    rows = metrics.select(need + (["timestamp"] if has_ts else [])).to_pylist()
-    # one row per (trial, epoch): the store guarantees it, a concatenated table may not; newest wins
-    latest: dict[tuple, dict] = {}
-    for r in rows:
-        k = (r["trial_id"], r["epoch"])
-        if k not in latest or (has_ts and (r["timestamp"] or 0) >= (latest[k]["timestamp"] or 0)):
-            latest[k] = r
-    per_trial: dict[str, list[dict]] = defaultdict(list)
-    for r in latest.values():
-        per_trial[r["trial_id"]].append(r)
-    groups: dict[tuple, dict[str, float | None]] = defaultdict(dict)
-    for tid, reps in per_trial.items():
-        reps.sort(key=lambda r: r["epoch"])
-        valued = [r for r in reps if r[metric] is not None and not math.isnan(r[metric])]
-        if target is not None:
-            value = next((r[metric] for r in valued if abs(r["epoch"] - target) < 1e-9), None)
-        elif not valued:
-            value = None
+    tid = metrics["trial_id"]
+    if pa.types.is_dictionary(tid.type):
+        tid = tid.cast(tid.type.value_type)
+    encoded = pc.dictionary_encode(tid.combine_chunks())  # codes in order of first appearance
+    names = encoded.dictionary
+    codes = pc.fill_null(encoded.indices, len(names)).to_numpy(zero_copy_only=False).astype(np.int64)
+    if encoded.null_count:  # a null trial id is one more "trial"
+        names = pa.concat_arrays([names, pa.nulls(1, names.type)])
+    n_trials = len(names)
+    epoch = pc.cast(metrics["epoch"], pa.float64()).to_numpy(zero_copy_only=False)
+    values = pc.cast(metrics[metric], pa.float64()).to_numpy(zero_copy_only=False)
+    row = np.arange(metrics.num_rows)
+    # sorted by (trial, epoch), then (timestamp, row): the kept row of a (trial, epoch) run is its last
+    # (latest timestamp, later row) or, without timestamps, its first
+    keep_last = "timestamp" in metrics.column_names
+    if keep_last:
+        ts = pc.fill_null(pc.cast(metrics["timestamp"], pa.int64()), np.iinfo(np.int64).min)
+        order = np.lexsort((row, ts.to_numpy(zero_copy_only=False), epoch, codes))
+    else:
+        order = np.lexsort((row, epoch, codes))
+    c, e = codes[order], epoch[order]
+    new_run = np.ones(len(order), dtype=bool)
+    new_run[1:] = (c[1:] != c[:-1]) | ~(e[1:] == e[:-1])  # NaN epochs are never equal (kept apart)
+    last_of_run = np.ones(len(order), dtype=bool)
+    last_of_run[:-1] = new_run[1:]
+    kept = order[last_of_run if keep_last else new_run]
+    kc = codes[kept]
+    firsts = np.flatnonzero(np.r_[True, kc[1:] != kc[:-1]]) if len(kept) else kept
+    key_row = np.zeros(n_trials, dtype=np.int64)
+    key_row[kc[firsts]] = kept[firsts]  # each trial's first kept row: its earliest epoch
+    valued = kept[~np.isnan(values[kept])]  # null metrics are NaN here too
+    if target is not None:
+        valued = valued[np.abs(epoch[valued] - target) < 1e-9]
+    vc = codes[valued]
+    picked = np.full(n_trials, np.nan)
+    has = np.zeros(n_trials, dtype=bool)
+    if len(valued):
+        starts = np.flatnonzero(np.r_[True, vc[1:] != vc[:-1]])
+        if target is not None:  # the first row at that epoch
+            picked[vc[starts]] = values[valued[starts]]
         elif at == "last":
-            value = valued[-1][metric]
+            ends = np.r_[starts[1:], len(valued)] - 1
+            picked[vc[ends]] = values[valued[ends]]
         else:
-            value = (max if mode == "max" else min)(r[metric] for r in valued)
-        groups[tuple(reps[0][c] for c in cols)][tid] = value
-    if trials is not None and trials.num_rows:
+            reduce = np.maximum if mode == "max" else np.minimum
+            picked[vc[starts]] = reduce.reduceat(values[valued], starts)
+        has[vc] = True
+    take = pa.array(key_row)
+    out = pa.table(
+        {
+            "trial_id": names,
+            **{col: metrics[col].take(take) for col in cols},
+            "value": pa.array(picked, pa.float64(), mask=~has),
+        }
+    )
+    if trials is not None and trials.num_rows and "trial_id" in trials.column_names:
         # trials with no report yet (pending, failed before the first report) are group members too
-        tcols = [c for c in ("trial_id", *cols) if c in trials.column_names]
-        for r in trials.select(tcols).to_pylist():
-            if r["trial_id"] not in per_trial:
-                groups[tuple(r.get(c) for c in cols)].setdefault(r["trial_id"], None)
-    return Selection(cols, dict(groups))
+        t = trials.filter(pc.invert(pc.is_in(trials["trial_id"], value_set=names)))
+        if t.num_rows:
+            ids = pc.dictionary_encode(t["trial_id"].combine_chunks()).indices
+            first = np.unique(pc.fill_null(ids, -1).to_numpy(zero_copy_only=False), return_index=True)[1]
+            t = t.take(pa.array(np.sort(first)))  # one row per trial id (its first)
+            extra = {
+                "trial_id": t["trial_id"].cast(names.type),
+                **{
+                    col: t[col].cast(out.schema.field(col).type)
+                    if col in t.column_names
+                    else pa.nulls(t.num_rows, out.schema.field(col).type)
+                    for col in cols
+                },
+                "value": pa.nulls(t.num_rows, pa.float64()),
+            }
+            out = pa.concat_tables([out, pa.table(extra, schema=out.schema)])
+    return cols, out
+
+
+def select(
+    metrics: pa.Table, *, by: Sequence[str], metric: str, at: str = "last", mode: str = "max", trials=None
+) -> Selection:
+    """Pick one value per trial (see :func:`aggregate`) and group the trials by ``by``."""
+    cols, per = _selected(metrics, by, metric, at, mode, trials)
+    keys = zip(*(per[c].to_pylist() for c in cols), strict=True) if cols else [()] * per.num_rows
+    groups: dict[tuple, dict[str, float | None]] = {}
+    for tid, key, value in zip(per["trial_id"].to_pylist(), keys, per["value"].to_pylist(), strict=True):
+        groups.setdefault(tuple(key), {})[tid] = value
+    return Selection(cols, groups)
 
 
 def _sort_key(key: tuple) -> tuple:
@@ -193,41 +255,54 @@ def aggregate(
     (counts), and trials that never reported count as missing members."""
     from scipy import stats
 
-    sel = select(metrics, by=by, metric=metric, at=at, mode=mode, trials=trials)
-    info: dict[str, dict] = {}
-    if trials is not None and trials.num_rows:
-        keep = [c for c in ("trial_id", "status", "stop_reason", "rung_reached") if c in trials.column_names]
-        info = {r["trial_id"]: r for r in trials.select(keep).to_pylist()}
-    out: dict[str, list] = {c: [] for c in sel.by}
-    stat_cols = ["n", "n_missing", "mean", "std", "ci95_low", "ci95_high", "min", "max", "mean_pm_std"]
-    out.update({c: [] for c in stat_cols})
+    cols, per = _selected(metrics, by, metric, at, mode, trials)
+    keys = cols or ["__all"]
+    if not cols:
+        per = per.append_column("__all", pa.array(np.zeros(per.num_rows, dtype=np.int8)))
+    grouped = per.group_by(keys, use_threads=False).aggregate(
+        [
+            ("value", "count"),
+            ("trial_id", "count", pc.CountOptions(mode="all")),
+            ("value", "min"),
+            ("value", "max"),
+            ("value", "list"),
+            ("trial_id", "list"),
+        ]
+    )
+    key_rows = list(zip(*(grouped[c].to_pylist() for c in cols), strict=True)) if cols else [()]
+    order = sorted(range(grouped.num_rows), key=lambda i: _sort_key(key_rows[i]))
+    grouped = grouped.take(pa.array(order, pa.int64()))
+    n = grouped["value_count"].to_numpy()
+    # mean and std exactly as statistics.fmean / stdev (correctly rounded) over each group's values
+    values = [[v for v in vs if v is not None] for vs in grouped["value_list"].to_pylist()]
+    mean = [statistics.fmean(v) if v else None for v in values]
+    std = [statistics.stdev(v) if len(v) > 1 else None for v in values]
+    std_np = np.array([math.nan if s is None else s for s in std])
+    half = stats.t.ppf(0.975, np.maximum(n - 1, 1)) * std_np / np.sqrt(np.maximum(n, 1))
+    mean_np = np.array([math.nan if m is None else m for m in mean])
+    no_ci = np.isnan(std_np)
+    out: dict[str, pa.Array | pa.ChunkedArray] = {c: grouped[c] for c in cols}
+    out["n"] = grouped["value_count"]
+    out["n_missing"] = pc.subtract(grouped["trial_id_count"], grouped["value_count"])
+    out["mean"] = pa.array(mean, pa.float64())
+    out["std"] = pa.array(std, pa.float64())
+    out["ci95_low"] = pa.array(mean_np - half, pa.float64(), mask=no_ci)
+    out["ci95_high"] = pa.array(mean_np + half, pa.float64(), mask=no_ci)
+    out["min"] = grouped["value_min"]
+    out["max"] = grouped["value_max"]
+    out["mean_pm_std"] = pa.array([fmt_pm(m, s, digits) for m, s in zip(mean, std, strict=True)], pa.string())
     if trials is not None:
-        out.update(stopped=[], status=[])
-    for key in sorted(sel.values, key=_sort_key):
-        members = sel.values[key]
-        vals = [v for v in members.values() if v is not None]
-        n = len(vals)
-        mean = statistics.fmean(vals) if n else None
-        std = statistics.stdev(vals) if n > 1 else None
-        if std is not None:
-            half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
-            lo, hi = mean - half, mean + half
-        else:
-            lo = hi = None
-        for c, v in zip(sel.by, key, strict=True):
-            out[c].append(v)
-        row = [n, len(members) - n, mean, std, lo, hi, min(vals, default=None), max(vals, default=None)]
-        for c, v in zip(stat_cols, [*row, fmt_pm(mean, std, digits)], strict=True):
-            out[c].append(v)
-        if trials is not None:
-            rows = [info.get(tid, {"status": None}) for tid in members]
-            out["stopped"].append(_stopped(rows))
-            out["status"].append(_status_counts(rows) if info else "")
-    types = {c: metrics.schema.field(c).type for c in sel.by}
-    types.update(n=pa.int64(), n_missing=pa.int64(), mean_pm_std=pa.string(), stopped=pa.string())
-    types["status"] = pa.string()
-    arrays = [pa.array(v, types.get(c, pa.float64())) for c, v in out.items()]
-    return pa.Table.from_arrays(arrays, names=list(out))
+        info: dict[str, dict] = {}
+        if trials.num_rows:
+            keep = [
+                c for c in ("trial_id", "status", "stop_reason", "rung_reached") if c in trials.column_names
+            ]
+            info = {r["trial_id"]: r for r in trials.select(keep).to_pylist()}
+        members = [[info.get(t, {"status": None}) for t in ts] for ts in grouped["trial_id_list"].to_pylist()]
+        out["stopped"] = pa.array([_stopped(rows) for rows in members], pa.string())
+        out["status"] = pa.array([_status_counts(rows) if info else "" for rows in members], pa.string())
+    types = {c: metrics.schema.field(c).type for c in cols}
+    return pa.table({c: v.cast(types[c]) if c in types else v for c, v in out.items()})
 
 
 # ------------------------------------------------------------------------------------ formatting
