@@ -27,11 +27,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gapinit_ray.errors import GapinitError
+from gapinit_ray.spec import POPE_METRICS, VQA_METRICS
 
-#: Metric names of the ``vqa`` task: overall accuracy and per official answer type.
-VQA_METRICS = ("vqa_acc", "vqa_acc_yes_no", "vqa_acc_number", "vqa_acc_other")
-#: Metric names of the ``pope`` task ("yes" is the positive class).
-POPE_METRICS = ("pope_acc", "pope_precision", "pope_recall", "pope_f1", "pope_yes_ratio")
+__all__ = ["POPE_METRICS", "VQA_METRICS", "normalize_answer", "score_pope", "score_vqa", "vqa_accuracy"]
+
 #: VQA answer types (the annotation's ``answer_type``) and the metric that averages over each.
 ANSWER_TYPE_METRICS = {"yes/no": "vqa_acc_yes_no", "number": "vqa_acc_number", "other": "vqa_acc_other"}
 

@@ -28,8 +28,18 @@ from gapinit_ray.errors import SpecError
 
 INIT_METHODS = ("gap", "random", "gaussian", "pissa", "olora", "dora", "random-direction")
 SCHEDULERS = ("fifo", "asha", "seed-group-asha")
-TASKS = ("coco_caption",)
+TASKS = ("coco_caption", "vqa", "pope")
 CAPTION_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider", "spice")
+# Question answering reports all of its kind's metrics (gapinit_ray.qa_metrics computes them).
+VQA_METRICS = ("vqa_acc", "vqa_acc_yes_no", "vqa_acc_number", "vqa_acc_other")
+POPE_METRICS = ("pope_acc", "pope_precision", "pope_recall", "pope_f1", "pope_yes_ratio")
+# What each task trains on and evaluates on (a source's `kind`: caption, vqa or pope). POPE is an
+# evaluation set: a pope sweep fine-tunes on VQA questions (or captions) and evaluates on POPE.
+TASK_KINDS = {
+    "coco_caption": {"train": ("caption",), "eval": ("caption",)},
+    "vqa": {"train": ("vqa",), "eval": ("vqa",)},
+    "pope": {"train": ("vqa", "caption"), "eval": ("pope",)},
+}
 STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "az")
 PAPER_SEEDS = (42, 123, 2024, 999, 7)
 
@@ -110,12 +120,24 @@ class BackboneSpec(_Strict):
 
 
 class SourceSpec(_Strict):
-    """A caption data set: Karpathy json, COCO captions json + image dir, or the synthetic generator."""
+    """A data set: Karpathy json, COCO captions json + image dir, VQA questions + annotations json (VQAv2,
+    OK-VQA), POPE json lines, or the synthetic generator (captions, or VQA / POPE questions about them)."""
 
-    format: Literal["karpathy", "coco", "synthetic"]
-    annotations: str | None = Field(None, description="karpathy/coco: the annotation json")
-    images: str | None = Field(None, description="karpathy/coco: the image root directory")
-    split: str | None = Field(None, description="coco format: which split this file is")
+    format: Literal["karpathy", "coco", "vqa", "pope", "synthetic"]
+    annotations: str | None = Field(
+        None, description="karpathy/coco: the annotation json; vqa: the annotations json; pope: the .jsonl"
+    )
+    questions: str | None = Field(None, description="vqa: the questions json")
+    images: str | None = Field(None, description="karpathy/coco/vqa/pope: the image root directory")
+    image_template: str = Field(
+        "COCO_{data_subtype}_{image_id:012d}.jpg",
+        description="vqa: image file name under `images` ({image_id}, {data_subtype} of the questions "
+        "file, {split})",
+    )
+    split: str | None = Field(None, description="coco/vqa/pope formats: which split this file is")
+    content: Literal["caption", "vqa", "pope"] = Field(
+        "caption", description="synthetic only: captions, or VQA / POPE questions about the same images"
+    )
     variant: Literal["pretrain", "downstream"] = Field("downstream", description="synthetic only")
     num_images: int = Field(512, ge=8, description="synthetic only")
     image_size: int = Field(32, ge=32, le=1024, description="synthetic only")
@@ -123,13 +145,27 @@ class SourceSpec(_Strict):
 
     @model_validator(mode="after")
     def _paths(self) -> SourceSpec:
-        if self.format in ("karpathy", "coco"):
-            missing = [f for f in ("annotations", "images") if not getattr(self, f)]
+        if self.format != "synthetic":
+            needed = (
+                ("questions", "annotations", "images") if self.format == "vqa" else ("annotations", "images")
+            )
+            missing = [f for f in needed if not getattr(self, f)]
             if missing:
                 raise ValueError(f"format {self.format!r} needs {' and '.join(missing)}")
-        if self.format == "coco" and not self.split:
-            raise ValueError("format 'coco' needs `split` (train/val/test): one captions file is one split")
+        if self.format in ("coco", "vqa", "pope") and not self.split:
+            raise ValueError(
+                f"format {self.format!r} needs `split` (train/val/test): one annotation file is one split"
+            )
+        if self.format != "synthetic" and self.content != "caption":
+            raise ValueError("`content` is for synthetic sources; the format says what a file holds")
         return self
+
+    @property
+    def kind(self) -> str:
+        """What the source's records are: ``caption``, ``vqa`` or ``pope``."""
+        if self.format == "synthetic":
+            return self.content
+        return {"karpathy": "caption", "coco": "caption"}.get(self.format, self.format)
 
 
 class SplitRef(_Strict):
@@ -283,6 +319,25 @@ class TrainSpec(_Strict):
     )
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap for smoke runs")
     prompt: str | None = Field(None, description="text between image and caption; default: the family's")
+    question_prompt: str | None = Field(
+        None,
+        description="vqa/pope: prompt template with {question}, between image and answer; default: the "
+        "family's (BLIP-2: 'Question: {question} Short answer:')",
+    )
+
+    @field_validator("question_prompt")
+    @classmethod
+    def _has_question(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                text = v.format(question="Q")
+            except (KeyError, IndexError, ValueError) as e:
+                raise ValueError(
+                    f"question_prompt {v!r}: only the field {{question}} is allowed ({e})"
+                ) from None
+            if "Q" not in text:
+                raise ValueError(f"question_prompt {v!r} must contain {{question}}")
+        return v
 
 
 # ----------------------------------------------------------------------------------------- evaluate
@@ -302,6 +357,22 @@ class EvalSpec(_Strict):
     subset: int | None = Field(None, ge=1, description="evaluate a fixed subset of N images")
     batch_size: int = Field(16, ge=1)
     generation: GenerationSpec = GenerationSpec()
+    transfer: dict[str, SplitRef] = Field(
+        default_factory=dict,
+        description="zero-shot evaluations on other data, never trained on: name -> {source, split, limit}; "
+        "metrics reported as <name>_<metric> (e.g. flickr30k_cider)",
+    )
+
+    @field_validator("transfer")
+    @classmethod
+    def _transfer_names(cls, v: dict[str, SplitRef]) -> dict[str, SplitRef]:
+        for name in v:
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", name) or name in ("train", "val"):
+                raise ValueError(
+                    f"eval.transfer name {name!r}: use lower-case letters, digits and '_' (not 'train' or "
+                    "'val'); it prefixes the metric names"
+                )
+        return v
 
     @field_validator("metrics")
     @classmethod
@@ -471,6 +542,7 @@ class SweepSpec(_Strict):
                 )
         if len({b.key for b in self.backbones}) != len(self.backbones):
             raise ValueError("backbones: the same backbone is listed twice")
+        self._check_task_data()
         metric = self.scheduler.metric
         if metric not in self.reported_metrics():
             raise ValueError(
@@ -483,9 +555,51 @@ class SweepSpec(_Strict):
             )
         return self
 
+    def _check_task_data(self) -> None:
+        """Each stage reads the kind of data the task needs; transfer and calibration sources exist."""
+        kinds = TASK_KINDS[self.task]
+        for stage in ("train", "val", "test"):
+            ref = getattr(self.data, stage)
+            allowed = kinds["train" if stage == "train" else "eval"]
+            if ref is not None and self.data.sources[ref.source].kind not in allowed:
+                raise ValueError(
+                    f"data.{stage}.source {ref.source!r} holds {self.data.sources[ref.source].kind} data, "
+                    f"but task {self.task!r} {'trains' if stage == 'train' else 'evaluates'} on "
+                    f"{' or '.join(allowed)} data"
+                )
+        for name, ref in self.eval.transfer.items():
+            if ref.source not in self.data.sources:
+                raise ValueError(
+                    f"eval.transfer.{name}.source {ref.source!r} is not in data.sources "
+                    f"(defined: {', '.join(self.data.sources)})"
+                )
+        for i, ref in enumerate(self.calibration.sources):
+            if self.data.sources[ref.source].kind == "pope":
+                raise ValueError(
+                    f"calibration.sources[{i}].source {ref.source!r} is a POPE set; calibrate on captions "
+                    "or VQA questions (question + answer text)"
+                )
+
+    def eval_ref(self) -> SplitRef:
+        """The split the in-task evaluation (``val_*`` metrics) reads."""
+        return self.data.test if self.eval.split == "test" and self.data.test else self.data.val
+
+    def metrics_of_kind(self, kind: str) -> list[str]:
+        """Metric names an evaluation of ``kind`` data reports (captions: ``eval.metrics``)."""
+        if kind == "vqa":
+            return list(VQA_METRICS)
+        if kind == "pope":
+            return list(POPE_METRICS)
+        return list(self.eval.metrics)
+
     def reported_metrics(self) -> list[str]:
         """Metric names each trial report carries (the scheduler may only use these)."""
-        return ["train_loss", "val_loss", *(f"val_{m}" for m in self.eval.metrics)]
+        val_kind = self.data.sources[self.eval_ref().source].kind
+        out = ["train_loss", "val_loss", *(f"val_{m}" for m in self.metrics_of_kind(val_kind))]
+        for name, ref in self.eval.transfer.items():
+            if ref.source in self.data.sources:
+                out += [f"{name}_{m}" for m in self.metrics_of_kind(self.data.sources[ref.source].kind)]
+        return out
 
     @property
     def max_t(self) -> int:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
+import yaml
 
+from gapinit_ray.data import check_images, generate_synthetic, generate_synthetic_qa, load_pope, load_vqa
+from gapinit_ray.data.resolve import calibration_pairs
+from gapinit_ray.data.shapes import COLOURS
+from gapinit_ray.errors import DataError, SpecError
 from gapinit_ray.qa_metrics import (
     QAEvalError,
     normalize_answer,
@@ -15,6 +22,9 @@ from gapinit_ray.qa_metrics import (
     score_vqa,
     vqa_accuracy,
 )
+from gapinit_ray.spec import VQA_METRICS, spec_from_dict
+
+from .conftest import QUICKSTART
 
 # ------------------------------------------------------------------------------- VQA accuracy
 
@@ -140,3 +150,170 @@ def test_pope_metrics_match_a_hand_count() -> None:
     assert never["pope_acc"] == pytest.approx(4 / 9)
     with pytest.raises(QAEvalError, match="'maybe'"):
         score_pope({"q1": "yes"}, {"q1": "maybe"})
+
+
+# ------------------------------------------------------------------------------------- data sets
+
+
+def _write_json(path, data) -> str:
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_load_vqa_official_format_and_ok_vqa_without_multiple_choice_answer(tmp_path) -> None:
+    images = tmp_path / "val2014"
+    images.mkdir()
+    questions = {
+        "data_subtype": "val2014",
+        "questions": [
+            {"image_id": 42, "question": "What  is the man holding?", "question_id": 420},
+            {"image_id": 7, "question": "How many dogs?", "question_id": 70},
+        ],
+    }
+    humans = ["frisbee"] * 4 + ["disc"] * 6
+    annotations = {
+        "annotations": [
+            {
+                "question_id": 420, "image_id": 42, "answer_type": "other", "question_type": "what is the",
+                "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i} for i, a in enumerate(humans, 1)],
+            },  # OK-VQA style: no multiple_choice_answer -> the most frequent human answer
+            {
+                "question_id": 70, "image_id": 7, "answer_type": "number", "question_type": "how many",
+                "multiple_choice_answer": "2",
+                "answers": [{"answer": "2", "answer_confidence": "yes", "answer_id": i} for i in range(1, 11)],
+            },
+        ]
+    }  # fmt: skip
+    q = _write_json(tmp_path / "q.json", questions)
+    a = _write_json(tmp_path / "a.json", annotations)
+    records = load_vqa(q, a, str(images), "val")
+    assert [r.question_id for r in records] == ["70", "420"]  # question id order
+    dog, man = records
+    assert dog.answer == "2" and dog.answer_type == "number" and len(dog.answers) == 10
+    assert man.answer == "disc" and man.question == "What is the man holding?"
+    assert man.image_path == str(images / "COCO_val2014_000000000042.jpg")
+    del annotations["annotations"][1]
+    a = _write_json(tmp_path / "a.json", annotations)
+    with pytest.raises(DataError, match=r"question id 70 .* has no annotation"):
+        load_vqa(q, a, str(images), "val")
+
+
+def test_load_pope_jsonl(tmp_path) -> None:
+    lines = [
+        {"question_id": 1, "image": "COCO_val2014_000000310196.jpg", "text": "Is there a snowboard in the image?", "label": "yes"},
+        {"question_id": 2, "image": "COCO_val2014_000000310196.jpg", "text": "Is there a dog in the image?", "label": "no"},
+    ]  # fmt: skip
+    path = tmp_path / "coco_pope_random.json"
+    path.write_text("".join(json.dumps(row) + "\n" for row in lines))
+    records = load_pope(str(path), str(tmp_path), "test")
+    assert [(r.question_id, r.answer, r.answers) for r in records] == [
+        ("1", "yes", ("yes",)),
+        ("2", "no", ("no",)),
+    ]
+    path.write_text(json.dumps({**lines[0], "label": "maybe"}) + "\n")
+    with pytest.raises(DataError, match="label 'maybe'"):
+        load_pope(str(path), str(tmp_path), "test")
+
+
+def test_synthetic_qa_sets_answer_from_the_drawn_scene(tmp_path) -> None:
+    dataset = generate_synthetic(str(tmp_path / "set"), variant="downstream", num_images=20, seed=3)
+    scenes = {int(e["imgid"].rsplit("-", 1)[1]): e for e in json.loads(Path(dataset).read_text())["images"]}
+    qa_dir = Path(generate_synthetic_qa(dataset))
+    images = str(tmp_path / "set" / "images")
+    records = load_vqa(
+        str(qa_dir / "vqa_train_questions.json"),
+        str(qa_dir / "vqa_train_annotations.json"),
+        images,
+        "train",
+        "{data_subtype}-{image_id:06d}.png",
+    )
+    check_images(list({r.image_path: r for r in records}.values()))
+    kinds_seen = set()
+    for r in records:
+        shapes = scenes[int(r.image_id)]["scene"]["shapes"]
+        assert scenes[int(r.image_id)]["split"] == "train"
+        kinds_seen.add(r.answer_type)
+        if r.question == "how many shapes are there?":
+            assert r.answer == str(len(shapes))
+        elif r.question.startswith("what colour is the "):
+            kind = r.question.removeprefix("what colour is the ").rstrip("?")
+            assert [s["colour"] for s in shapes if s["shape"] == kind] == [r.answer]
+        else:
+            kind = r.question.removeprefix("is there a ").removesuffix(" in the image?")
+            assert r.answer == ("yes" if kind in {s["shape"] for s in shapes} else "no")
+    assert kinds_seen == {"number", "other", "yes/no"}
+    pope = load_pope(str(qa_dir / "pope_val.jsonl"), images, "val")
+    assert [r.answer for r in pope].count("yes") == [r.answer for r in pope].count("no") > 0
+    assert generate_synthetic_qa(dataset) == str(qa_dir)  # reused, not rewritten
+
+
+# ------------------------------------------------------------------------------------------ spec
+
+
+def qa_raw(tmp_path: Path, task: str = "vqa") -> dict:
+    raw = yaml.safe_load(QUICKSTART.read_text())
+    raw["storage"] = str(tmp_path / "store")
+    raw["task"] = task
+    raw["data"]["sources"] = {
+        "shapes": {"format": "synthetic", "variant": "downstream", "num_images": 48},
+        "shapes_vqa": {"format": "synthetic", "variant": "downstream", "num_images": 48, "content": "vqa"},
+        "shapes_pope": {"format": "synthetic", "variant": "downstream", "num_images": 48, "content": "pope"},
+    }
+    raw["data"]["train"] = {"source": "shapes_vqa", "split": "train"}
+    raw["data"]["val"] = {"source": "shapes_pope" if task == "pope" else "shapes_vqa", "split": "val"}
+    raw["calibration"]["sources"] = [{"source": "shapes_vqa", "split": "train"}]
+    raw["scheduler"]["metric"] = "val_pope_f1" if task == "pope" else "val_vqa_acc"
+    return raw
+
+
+def test_spec_tasks_metrics_and_transfer(tmp_path) -> None:
+    spec = spec_from_dict(qa_raw(tmp_path))
+    assert spec.reported_metrics() == ["train_loss", "val_loss", *(f"val_{m}" for m in VQA_METRICS)]
+    raw = qa_raw(tmp_path, "pope")
+    raw["eval"]["transfer"] = {"shapes": {"source": "shapes", "split": "test"}}
+    spec = spec_from_dict(raw)
+    assert "val_pope_f1" in spec.reported_metrics() and "val_vqa_acc" not in spec.reported_metrics()
+    assert [m for m in spec.reported_metrics() if m.startswith("shapes_")] == [
+        f"shapes_{m}" for m in spec.eval.metrics
+    ]
+    # a VQA sweep cannot evaluate on captions; POPE is not training data
+    raw = qa_raw(tmp_path)
+    raw["data"]["val"] = {"source": "shapes", "split": "val"}
+    with pytest.raises(
+        SpecError, match=r"data\.val\.source 'shapes' holds caption data, but task 'vqa' evaluates"
+    ):
+        spec_from_dict(raw)
+    raw = qa_raw(tmp_path, "pope")
+    raw["data"]["train"] = {"source": "shapes_pope", "split": "train"}
+    with pytest.raises(SpecError, match="trains on vqa or caption data"):
+        spec_from_dict(raw)
+    raw = qa_raw(tmp_path)
+    raw["eval"]["transfer"] = {"val": {"source": "shapes", "split": "test"}}
+    with pytest.raises(SpecError, match=r"eval\.transfer name 'val'"):
+        spec_from_dict(raw)
+    raw["eval"]["transfer"] = {"flickr": {"source": "flickr30k", "split": "test"}}
+    with pytest.raises(
+        SpecError, match=r"eval\.transfer\.flickr\.source 'flickr30k' is not in data\.sources"
+    ):
+        spec_from_dict(raw)
+    raw = qa_raw(tmp_path)
+    raw["train"]["question_prompt"] = "Q: {q} A:"
+    with pytest.raises(SpecError, match="only the field"):
+        spec_from_dict(raw)
+    raw = qa_raw(tmp_path)
+    raw["data"]["sources"]["vqa"] = {"format": "vqa", "annotations": "a.json", "images": "/x", "split": "val"}
+    with pytest.raises(SpecError, match="format 'vqa' needs questions"):
+        spec_from_dict(raw)
+
+
+def test_vqa_source_calibrates_on_question_plus_answer(tmp_path) -> None:
+    raw = qa_raw(tmp_path)
+    raw["calibration"]["num_samples"] = 16
+    spec = spec_from_dict(raw)
+    pairs = calibration_pairs(spec)
+    assert len(pairs) == spec.calibration.num_samples
+    questions = ("how many shapes are there? ", "is there a ", "what colour is the ")
+    for record, text in pairs:
+        assert text.startswith(questions) and text in record.captions
+        assert text.split("? ", 1)[1] in ("1", "2", "yes", "no", *COLOURS)  # the answer follows
+    assert len({r.image_path for r, _ in pairs}) == len(pairs)  # one text per image

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -141,6 +142,9 @@ class Backbone:
             Q-Former and projector: what LoRA must not touch.
         default_target_modules: LoRA targets of the paper for this family's LM.
         default_prompt: text placed between image and caption when ``prompt=None`` is passed.
+        default_question_prompt: the VQA / POPE prompt, a template with ``{question}``; the answer follows
+            it where a caption would. Chat families use the short-answer instruction of LLaVA-1.5 /
+            Qwen-VL's VQA evaluation; BLIP-2 overrides it with its own "Question: ... Short answer:".
     """
 
     family: ClassVar[str] = ""
@@ -149,6 +153,7 @@ class Backbone:
     vision_module_prefixes: ClassVar[tuple[str, ...]] = ()
     default_target_modules: ClassVar[tuple[str, ...]] = ()
     default_prompt: ClassVar[str | None] = None
+    default_question_prompt: ClassVar[str] = "{question}\nAnswer the question using a single word or phrase."
 
     def __init__(self, name: str, model: Any, tokenizer: Any, image_processor: Any, source_id: str) -> None:
         self.name = name
@@ -262,6 +267,22 @@ class Backbone:
                 )
         return prompt
 
+    def question_prompt(self, question: str, template: str | None = None) -> str:
+        """The prompt of a VQA / POPE sample: ``template`` (default :attr:`default_question_prompt`) with
+        ``{question}`` filled in (the question's whitespace collapsed)."""
+        return (template or self.default_question_prompt).format(question=" ".join(question.split()))
+
+    def _prompts(self, prompt: str | Sequence[str] | None, n: int) -> list[str]:
+        """One resolved prompt per sample: the same for all (``None`` / a string), or one each."""
+        if prompt is None or isinstance(prompt, str):
+            return [self.resolve_prompt(prompt)] * n
+        prompts = list(prompt)
+        if len(prompts) != n:
+            raise BackboneError(
+                f"got {len(prompts)} prompts for {n} samples: pass one prompt, or one per sample"
+            )
+        return [self.resolve_prompt(p) for p in prompts]
+
     def caption_token_ids(self, caption: str, prompt: str | None = None) -> list[int]:
         """The caption's own token ids, exactly as they appear in :meth:`build_batch` sequences.
 
@@ -302,7 +323,7 @@ class Backbone:
         captions: list[str],
         *,
         with_labels: bool = False,
-        prompt: str | None = None,
+        prompt: str | Sequence[str] | None = None,
     ) -> Batch:
         """A right-padded LM batch of (image, caption) pairs, tensors on the model's device.
 
@@ -310,8 +331,9 @@ class Backbone:
             images: B PIL images (any size/mode; converted to RGB and resized by the image processor).
             captions: B captions; each is stripped and must keep at least one token.
             with_labels: also return ``labels`` (caption ids + end token, -100 elsewhere).
-            prompt: text between image and caption; ``None`` → :attr:`default_prompt`, ``""`` → none.
-                Prompt tokens are in neither mask and never labelled.
+            prompt: text between image and caption; ``None`` → :attr:`default_prompt`, ``""`` → none;
+                or a list with one prompt per sample (VQA: each sample's question). Prompt tokens are in
+                neither mask and never labelled.
 
         Raises:
             BackboneError: lengths differ, a caption is empty after tokenization (names its index), or
@@ -323,20 +345,22 @@ class Backbone:
             )
         if not images:
             raise BackboneError("build_batch got no (image, caption) pairs: pass at least one")
-        prompt_text = self.resolve_prompt(prompt)
+        prompts = self._prompts(prompt, len(images))
         caption_ids = []
         for i, cap in enumerate(captions):
-            ids = self.caption_token_ids(cap, prompt_text)
+            ids = self.caption_token_ids(cap, prompts[i])
             if not ids:
                 raise BackboneError(
                     f"caption {i} ({cap!r}) is empty after tokenization: drop or fix that caption"
                 )
             caption_ids.append(ids)
         pixel_inputs, n_tokens = self._encode_images(self._check_images(images))
-        samples = [self._layout(n, prompt_text, ids) for n, ids in zip(n_tokens, caption_ids, strict=True)]
+        samples = [self._layout(n, p, ids) for n, p, ids in zip(n_tokens, prompts, caption_ids, strict=True)]
         return self._collate(samples, pixel_inputs, padding_side="right", with_labels=with_labels)
 
-    def build_generation_batch(self, images: list[Image.Image], prompt: str | None = None) -> Batch:
+    def build_generation_batch(
+        self, images: list[Image.Image], prompt: str | Sequence[str] | None = None
+    ) -> Batch:
         """Left-padded inputs for ``model.generate(**batch.inputs)``: image + prompt + the turn opener.
 
         ``caption_mask`` is all False and ``labels`` is None. ``generate`` returns the input ids followed
@@ -344,9 +368,9 @@ class Backbone:
         """
         if not images:
             raise BackboneError("build_generation_batch got no images: pass at least one")
-        prompt_text = self.resolve_prompt(prompt)
+        prompts = self._prompts(prompt, len(images))
         pixel_inputs, n_tokens = self._encode_images(self._check_images(images))
-        samples = [self._layout(n, prompt_text, None) for n in n_tokens]
+        samples = [self._layout(n, p, None) for n, p in zip(n_tokens, prompts, strict=True)]
         return self._collate(samples, pixel_inputs, padding_side="left", with_labels=False)
 
     def generated_ids(self, batch: Batch, sequences: torch.Tensor) -> torch.Tensor:

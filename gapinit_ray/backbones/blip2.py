@@ -40,6 +40,7 @@ class Blip2Backbone(Backbone):
     vision_module_prefixes = ("vision_model", "qformer", "language_projection")
     default_target_modules = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
     default_prompt = None
+    default_question_prompt = "Question: {question} Short answer:"
 
     @classmethod
     def model_class(cls) -> type:

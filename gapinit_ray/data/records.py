@@ -72,7 +72,7 @@ def load_caption_set(
 
 def _read_json(path: str, fmt: str) -> Any:
     if not os.path.isfile(path):
-        raise DataError(f"annotation file not found: {path}; check the path of the {fmt} caption file")
+        raise DataError(f"annotation file not found: {path}; check the path of the {fmt} file")
     try:
         with open(path, "rb") as f:
             return json.loads(f.read())
@@ -121,13 +121,13 @@ def _expect_list(path: str, value: Any, key: str, fmt: str) -> list:
     return value
 
 
-def _image_id(path: str, value: Any, where: str) -> str:
+def _image_id(path: str, value: Any, where: str, what: str = "image id") -> str:
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, str))
         or (isinstance(value, str) and not value.strip())
     ):
-        raise DataError(f"{path}: {where} has image id {value!r}; ids must be integers or non-empty strings")
+        raise DataError(f"{path}: {where} has {what} {value!r}; ids must be integers or non-empty strings")
     return str(value)
 
 

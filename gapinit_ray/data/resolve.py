@@ -11,6 +11,7 @@ from pathlib import Path
 
 from gapinit_ray.data.calibration import sample_calibration
 from gapinit_ray.data.images import check_images
+from gapinit_ray.data.qa import QARecord, calibration_records, generate_synthetic_qa, load_pope, load_vqa
 from gapinit_ray.data.records import CaptionRecord, load_caption_set
 from gapinit_ray.data.synthetic import generate_synthetic
 from gapinit_ray.errors import DataError
@@ -27,20 +28,17 @@ def cache_dir(storage: str) -> Path:
 
 
 def source_records(name: str, source, split: str, storage: str) -> list[CaptionRecord]:
-    """All records of one split of a named source (``source`` is a ``spec.SourceSpec``)."""
+    """All caption records of one split of a named source (``source`` is a ``spec.SourceSpec``).
+
+    A VQA source gives one record per image whose "captions" are its "question answer" texts (what
+    calibration pools on the text side, see :func:`~gapinit_ray.data.qa.calibration_records`).
+    """
+    if source.kind == "vqa":
+        return calibration_records(source_qa_records(name, source, split, storage))
+    if source.kind != "caption":
+        raise DataError(f"data.sources.{name} holds {source.kind} questions, not image-text pairs")
     if source.format == "synthetic":
-        out = (
-            cache_dir(storage)
-            / "data"
-            / (f"shapes-{source.variant}-s{source.seed}-n{source.num_images}-px{source.image_size}")
-        )
-        dataset = generate_synthetic(
-            str(out),
-            variant=source.variant,
-            num_images=source.num_images,
-            seed=source.seed,
-            image_size=source.image_size,
-        )
+        dataset = _synthetic(source, storage)
         return load_caption_set("karpathy", dataset, os.path.dirname(dataset), split)
     if source.format == "coco" and source.split != split:
         raise DataError(
@@ -50,9 +48,50 @@ def source_records(name: str, source, split: str, storage: str) -> list[CaptionR
     return load_caption_set(source.format, source.annotations, source.images, split)
 
 
-def split_records(data, ref, storage: str) -> list[CaptionRecord]:
-    """Records a stage reads (``ref`` is a ``spec.SplitRef``), limited to the first ``limit``."""
-    records = source_records(ref.source, data.sources[ref.source], ref.split, storage)
+def source_qa_records(name: str, source, split: str, storage: str) -> list[QARecord]:
+    """All question records of one split of a ``vqa`` / ``pope`` (or synthetic) source."""
+    if source.format == "synthetic":
+        dataset = _synthetic(source, storage)
+        qa_dir, images = generate_synthetic_qa(dataset), os.path.join(os.path.dirname(dataset), "images")
+        if source.kind == "pope":
+            return load_pope(os.path.join(qa_dir, f"pope_{split}.jsonl"), images, split)
+        q, a = (os.path.join(qa_dir, f"vqa_{split}_{part}.json") for part in ("questions", "annotations"))
+        return load_vqa(q, a, images, split, "{data_subtype}-{image_id:06d}.png")
+    if source.split != split:
+        raise DataError(
+            f"data.sources.{name}: this {source.format} file is the {source.split!r} split, "
+            f"but the spec reads its {split!r} split; add a source for that split"
+        )
+    if source.format == "pope":
+        return load_pope(source.annotations, source.images, split)
+    return load_vqa(source.questions, source.annotations, source.images, split, source.image_template)
+
+
+def _synthetic(source, storage: str) -> str:
+    """The synthetic set's ``dataset.json``, generated under the storage cache on first use."""
+    out = (
+        cache_dir(storage)
+        / "data"
+        / (f"shapes-{source.variant}-s{source.seed}-n{source.num_images}-px{source.image_size}")
+    )
+    return generate_synthetic(
+        str(out),
+        variant=source.variant,
+        num_images=source.num_images,
+        seed=source.seed,
+        image_size=source.image_size,
+    )
+
+
+def split_records(data, ref, storage: str) -> list[CaptionRecord] | list[QARecord]:
+    """Records a stage reads (``ref`` is a ``spec.SplitRef``), limited to the first ``limit``: caption
+    records (``limit`` images) from caption sources, question records (``limit`` questions, in question id
+    order) from vqa / pope sources."""
+    source = data.sources[ref.source]
+    if source.kind == "caption":
+        records = source_records(ref.source, source, ref.split, storage)
+    else:
+        records = source_qa_records(ref.source, source, ref.split, storage)
     return records[: ref.limit] if ref.limit else records
 
 
@@ -70,16 +109,18 @@ def check_spec_data(spec) -> list[str]:
     """`validate --check-data`: every split the spec reads loads and decodes; D_cal can be drawn."""
     lines = []
     seen = set()
-    for stage in ("train", "val", "test"):
-        ref = getattr(spec.data, stage)
+    stages = [(f"data.{s}", getattr(spec.data, s)) for s in ("train", "val", "test")]
+    stages += [(f"eval.transfer.{name}", ref) for name, ref in spec.eval.transfer.items()]
+    for stage, ref in stages:
         if ref is None:
             continue
         records = split_records(spec.data, ref, spec.storage)
         key = (ref.source, ref.split, ref.limit)
         if key not in seen:
-            check_images(records)
+            check_images(list({r.image_path: r for r in records}.values()))
             seen.add(key)
-        lines.append(f"data.{stage}: {len(records)} images from {ref.source}/{ref.split}, all readable")
+        what = "images" if spec.data.sources[ref.source].kind == "caption" else "questions"
+        lines.append(f"{stage}: {len(records)} {what} from {ref.source}/{ref.split}, all readable")
     pairs = calibration_pairs(spec)
     check_images([p[0] for p in pairs])
     lines.append(f"calibration: {len(pairs)} pairs drawn (seed {spec.calibration.seed}), all images readable")
