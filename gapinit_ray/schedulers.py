@@ -42,6 +42,16 @@ writes that file after every change and reads it back on first use after a resto
 PAUSED trials to PENDING and Tune starts them, so a member that was waiting at a rung trains one more
 step, whose result is ignored, and is paused again (checked with a real ``Tuner.restore``).
 
+Waiting inside the trainable (``wait="in_trial"``)
+-------------------------------------------------
+Pausing makes Tune kill the member's actor and start a new one later. A trainable that launches a Ray
+Train job (Train inside Tune) loses its Train controller and placement group with it, and on Ray 2.60
+that hand-over has been seen to stall with placement groups reserved but no Train workers. With
+``wait="in_trial"`` the scheduler never pauses: a member whose group is undecided gets ``CONTINUE``,
+and the trainable itself ends its Train run at the rung and waits, holding no CPU/GPU, until
+:func:`member_plan` (which reads the ``state_path`` file, written after every change) says the group
+was promoted; a stopped group's members are stopped by Tune as usual. The sweep driver uses this mode.
+
 Checkpoints: a paused function trainable is resumed from its latest reported checkpoint; one that reports
 none starts again from scratch on every resume (its re-reported rungs are not recorded twice), so the
 trainable should report a checkpoint with each result and resume from ``tune.get_checkpoint()``.
@@ -67,11 +77,12 @@ from gapinit_ray.atomic import write_atomic
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
 
-__all__ = ["SCHEDULER_KINDS", "SeedGroupASHA", "make_scheduler"]
+__all__ = ["SCHEDULER_KINDS", "WAIT_MODES", "MemberPlan", "SeedGroupASHA", "make_scheduler", "member_plan"]
 
 logger = logging.getLogger(__name__)
 
 SCHEDULER_KINDS = ("fifo", "asha", "seed-group-asha")
+WAIT_MODES = ("pause", "in_trial")
 STATE_VERSION = 1
 
 # Member status. "active" members may still report and are waited for at a rung; the others are not.
@@ -119,12 +130,13 @@ def make_scheduler(
     group_size: int | None = None,
     seed_key: str = "seed",
     state_path: str | os.PathLike[str] | None = None,
+    wait: str = "pause",
 ) -> TrialScheduler:
     """Build the scheduler a sweep spec names.
 
     ``"fifo"`` runs every trial to the end; ``"asha"`` is Ray's per-trial ``AsyncHyperBandScheduler``
     (one bracket, so its rungs are the ones seed-group ASHA uses); ``"seed-group-asha"`` is
-    :class:`SeedGroupASHA`. ``group_size``, ``seed_key`` and ``state_path`` only concern the latter and
+    :class:`SeedGroupASHA`. ``group_size``, ``seed_key``, ``state_path`` and ``wait`` only concern the latter and
     are ignored by the other two, so a caller can pass them unconditionally.
     """
     if kind not in SCHEDULER_KINDS:
@@ -158,6 +170,7 @@ def make_scheduler(
         group_size=group_size,
         seed_key=seed_key,
         state_path=state_path,
+        wait=wait,
     )
 
 
@@ -228,6 +241,9 @@ class SeedGroupASHA(TrialScheduler):
             trial added is one it knows, so a ``Tuner.restore`` (which unpickles the scheduler as it was
             when the run started, and never calls ``restore``) continues with the rungs of the
             interrupted run. Put it inside the experiment directory (a local or shared path).
+        wait: ``"pause"``: a member that reaches a rung before the rest of its group is PAUSEd by
+            Tune. ``"in_trial"``: it gets ``CONTINUE`` and its trainable waits by itself (see the
+            module docstring and :func:`member_plan`); needs ``state_path``.
     """
 
     # Group decisions pause and stop other trials; buffered results would let a trial run past a rung.
@@ -244,6 +260,7 @@ class SeedGroupASHA(TrialScheduler):
         group_size: int | None = None,
         seed_key: str = "seed",
         state_path: str | os.PathLike[str] | None = None,
+        wait: str = "pause",
     ):
         _check_schedule(
             mode=mode,
@@ -258,7 +275,12 @@ class SeedGroupASHA(TrialScheduler):
             raise ValueError(f"group_size must be a positive int or None, got {group_size!r}")
         if not isinstance(seed_key, str) or not seed_key:
             raise ValueError(f"seed_key must be a non-empty string, got {seed_key!r}")
+        if wait not in WAIT_MODES:
+            raise ValueError(f"wait must be one of {WAIT_MODES}, got {wait!r}")
+        if wait == "in_trial" and state_path is None:
+            raise ValueError('wait="in_trial" needs a state_path: the trainables read decisions there')
         super().__init__()
+        self._wait = wait
         self._time_attr = time_attr
         self._metric = metric
         self._mode = mode
@@ -755,7 +777,7 @@ class SeedGroupASHA(TrialScheduler):
             member.status = _ACTIVE  # it reports, so it runs (e.g. re-added without our noticing)
         if member.waiting is not None:
             # still waiting for its group at that rung (e.g. Tune restarted it after a restore)
-            return TrialScheduler.PAUSE
+            return self._wait_answer
         t, value = result.get(self._time_attr), result.get(self._metric)
         if t is None or value is None:
             return TrialScheduler.CONTINUE  # Ray's ASHA: no decision without both
@@ -769,8 +791,12 @@ class SeedGroupASHA(TrialScheduler):
         decision = self._try_decide(member.group, rung, allow_partial=allow_partial)
         if decision is None:
             member.waiting = rung
-            return TrialScheduler.PAUSE
+            return self._wait_answer
         return decision
+
+    @property
+    def _wait_answer(self) -> str:
+        return TrialScheduler.PAUSE if self._wait == "pause" else TrialScheduler.CONTINUE
 
     def _sync(self, controller: Any) -> None:
         """Mark saved members the restored experiment lacks as lost; catch finishes we were not told."""
@@ -835,8 +861,14 @@ class SeedGroupASHA(TrialScheduler):
 
     def _stalled(self, controller: Any) -> bool:
         trials = list(controller.get_trials())
-        if any(t.status in (Trial.PENDING, Trial.RUNNING) for t in trials):
-            return False
+        for t in trials:
+            if t.status == Trial.PENDING:
+                return False
+            if t.status == Trial.RUNNING:
+                m = self._members.get(t.trial_id)
+                # in_trial: a RUNNING member waiting at a rung trains nothing until its group is decided
+                if self._wait == "pause" or m is None or m.waiting is None:
+                    return False
         return any(m.waiting is not None and m.status == _ACTIVE for m in self._members.values())
 
     @staticmethod
@@ -858,3 +890,52 @@ class SeedGroupASHA(TrialScheduler):
         if members and all(m.status != _ACTIVE for m in members):
             return "finished"
         return "running"
+
+
+# ----------------------------------------------------------------------------- waiting in the trial
+
+
+@dataclass(frozen=True)
+class MemberPlan:
+    """What a member's trainable does next under ``wait="in_trial"`` (see :func:`member_plan`).
+
+    ``action``: ``"train"`` (until epoch ``stop_at``, the milestone of rung ``rung``; ``stop_at`` None:
+    to the end), ``"wait"`` (its value at ``rung`` is recorded, the group is not decided yet),
+    ``"stop"`` (its group was stopped) or ``"unknown"`` (the state does not know the trial yet).
+    """
+
+    action: str
+    rung: int | None = None
+    stop_at: float | None = None
+
+
+def member_plan(state_path: str | os.PathLike[str], trial_id: str) -> MemberPlan:
+    """Read the scheduler's state file and tell trial ``trial_id`` whether to train, wait or stop.
+
+    Rungs are walked in order: the first rung its group has not decided is the one that matters. If
+    the member already recorded a value there it waits; else it trains up to that rung's milestone.
+    Past the last rung it trains to the end. The file is written atomically, so a read never sees half
+    a state; a missing or unreadable file reads as ``"unknown"``.
+    """
+    try:
+        with open(os.fspath(state_path), encoding="utf-8") as f:
+            state = json.load(f)
+        member = state["trials"][trial_id]
+        group = state["groups"][member["group"]]
+        milestones = [float(m) for m in state["settings"]["milestones"]]
+        decisions = {int(r): d for r, d in group["decisions"].items()}
+        recorded = {int(r) for r in member["values"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return MemberPlan("unknown")
+    if group.get("stopped_at") is not None or member.get("status") == _STOPPED:
+        return MemberPlan("stop", group.get("stopped_at"))
+    rung = 0
+    while rung in decisions:
+        if decisions[rung] == TrialScheduler.STOP:
+            return MemberPlan("stop", rung)
+        rung += 1
+    if rung >= len(milestones):
+        return MemberPlan("train", None, None)
+    if rung in recorded:
+        return MemberPlan("wait", rung, milestones[rung])
+    return MemberPlan("train", rung, milestones[rung])

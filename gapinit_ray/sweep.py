@@ -113,15 +113,32 @@ class ResultsCallback:
 
         class _Writer(UserCallback):
             def after_report(self, run_context, metrics, checkpoint):
+                row = dict(metrics[0])  # rank 0's report names the node it ran on
                 ResultsStore(storage, sweep).write_report(
-                    tid, params, dict(metrics[0]), host=socket.gethostname()
+                    tid, params, row, host=str(row.get("worker_host") or socket.gethostname())
                 )
 
         return _Writer()
 
 
-def trainable(config: dict[str, Any], spec_dict: dict, backbone_paths: dict[str, str | None]) -> None:
-    """Tune function trainable: one trial = one TorchTrainer run (restored by name when restarted)."""
+#: How often a member waiting at a rung reads the scheduler state, and how long a rung report may take
+#: to be recorded by the scheduler before the trial gives up with an error.
+RUNG_POLL_S = 1.0
+RUNG_RECORD_TIMEOUT_S = 900.0
+
+
+def trainable(
+    config: dict[str, Any],
+    spec_dict: dict,
+    backbone_paths: dict[str, str | None],
+    state_path: str | None = None,
+) -> None:
+    """Tune function trainable: one trial = one TorchTrainer run (restored by name when restarted).
+
+    With seed-group ASHA (``state_path`` given) the trial runs one TorchTrainer per rung segment: it
+    trains up to the next rung, ends the Train run (freeing its workers), waits for the group's
+    decision in the scheduler state and, when promoted, starts the next segment from the checkpoint.
+    """
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from gapinit_ray.trial import build_trainer
@@ -130,17 +147,57 @@ def trainable(config: dict[str, Any], spec_dict: dict, backbone_paths: dict[str,
     params = params_of(config, spec)
     tid = trial_id(params)
     _, bspec = trial_spec(spec, params)
-    # the row is on disk before Tune (and its scheduler) sees the report
-    callbacks = [
-        ResultsCallback(spec.storage, spec.name, tid, result_config(spec, params)),
-        TuneReportCallback(),
-    ]
-    trainer = build_trainer(
-        spec, params, callbacks=callbacks, backbone_path=backbone_paths[bspec.key], progress=False
-    )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
+
+    def fit(stop_at: float | None) -> None:
+        # the row is on disk before Tune (and its scheduler) sees the report
+        callbacks = [
+            ResultsCallback(spec.storage, spec.name, tid, result_config(spec, params)),
+            TuneReportCallback(),
+        ]
+        trainer = build_trainer(
+            spec,
+            params,
+            callbacks=callbacks,
+            backbone_path=backbone_paths[bspec.key],
+            progress=False,
+            stop_at=stop_at,
+        )
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+
+    if state_path is None:
+        fit(None)
+        return
+    _run_segments(fit, state_path)
+
+
+def _run_segments(fit, state_path: str) -> None:
+    """Seed-group ASHA in the trial: train to a rung, wait for the group, go on or stop."""
+    from ray import tune
+
+    from gapinit_ray.schedulers import member_plan
+
+    me = tune.get_context().get_trial_id()
+    trained_to: int | None = -1  # the rung the last segment ended at (-1: none yet)
+    since = time.monotonic()
+    while True:
+        plan = member_plan(state_path, me)
+        if plan.action == "stop":
+            return
+        if plan.action == "train" and plan.rung != trained_to:
+            fit(plan.stop_at)
+            if plan.stop_at is None:
+                return
+            trained_to, since = plan.rung, time.monotonic()
+            continue
+        # "wait" (group undecided), "unknown", or the last segment's rung report not recorded yet
+        if plan.action != "wait" and time.monotonic() - since > RUNG_RECORD_TIMEOUT_S:
+            raise GapinitError(
+                f"trial {me}: the scheduler has not recorded its result at rung {trained_to} after "
+                f"{RUNG_RECORD_TIMEOUT_S:g} s ({state_path}); is the metric reported?"
+            )
+        time.sleep(RUNG_POLL_S)
 
 
 # -------------------------------------------------------------------------- driver-side callback
@@ -251,10 +308,10 @@ def _rung_reached(scheduler, trial) -> int | None:
 def _max_concurrent(spec: SweepSpec) -> int:
     """Trials Tune keeps alive at once: the spec's limit, else what the cluster's CPUs (or GPUs) fit.
 
-    Tune counts PAUSED trials against this limit, and seed-group ASHA pauses the members of a group
-    that reach a rung first until the last one gets there; so with seed groups the limit is the slots
-    times the group size, or a group's last members would never be created (a created trial whose
-    Train job finds no free CPU/GPU simply waits for one)."""
+    With seed groups, members that reach a rung first wait there (inside their trainable, holding no
+    CPU/GPU) until the last one gets there, and Tune counts them against this limit; so the limit is
+    the slots times the group size, or a group's last members would never be created (a created trial
+    whose Train job finds no free CPU/GPU simply waits for one)."""
     import ray
 
     seeds = spec.search.axes.get("seed")
@@ -308,6 +365,8 @@ def make_scheduler(spec: SweepSpec):
         group_size=len(seeds) if isinstance(seeds, list) else 1,
         seed_key=SEED_KEY,
         state_path=str(sweep_dir(spec) / "scheduler_state.json"),
+        # members wait at rungs inside their trainable, not PAUSEd by Tune (see schedulers.py)
+        wait="in_trial",
     )
 
 
@@ -322,9 +381,13 @@ def run_sweep(spec: SweepSpec, *, quiet: bool = False):
     # The trial function only waits on its TorchTrainer. A fractional CPU for it would leave, e.g., 2 CPUs
     # able to hold one 1-CPU Train worker group and the trial functions but never a second group
     # (2 - 1 - 0.03 < 1), so it asks for a sliver of memory (a logical resource every node has) instead.
+    seed_groups = spec.scheduler.type == "seed-group-asha"
     fn = tune.with_resources(
         tune.with_parameters(
-            trainable, spec_dict=spec.model_dump(mode="json"), backbone_paths=backbone_paths
+            trainable,
+            spec_dict=spec.model_dump(mode="json"),
+            backbone_paths=backbone_paths,
+            state_path=str(root / "scheduler_state.json") if seed_groups else None,
         ),
         {"CPU": 0, "memory": 2**20},
     )

@@ -130,6 +130,9 @@ class TrialContext:
     artifact_path: str | None  # GapArtifact dir (None when the init does not need one)
     trial_id: str
     out_dir: str  # where eval captions are written
+    # End this run after the report at epoch >= stop_at (a seed-group rung); the next run of the same
+    # trial continues from its checkpoint. None: train to the end.
+    stop_at: float | None = None
 
 
 def _distributed_setup() -> tuple[int, int]:
@@ -227,6 +230,12 @@ class TrialWorker:
         # same seed => same dropout stream whatever the init consumed from the RNG
         torch.manual_seed(self.spec.seed * 1000 + self.rank + 7919 * start_epoch + start_step)
         every = train.report_every if isinstance(train.report_every, int) else None
+        stop_at = self.ctx.stop_at
+        if stop_at is not None and start_step == 0 and start_epoch >= stop_at:
+            # the checkpoint is already at the rung (its report was lost, e.g. the driver died right
+            # after it): report it again rather than train past the rung
+            self.report(start_epoch, start_epoch, 0)
+            return
         for epoch in range(start_epoch, train.epochs):
             self.sampler.set_epoch(epoch)
             self.engine.train()
@@ -244,8 +253,13 @@ class TrialWorker:
                     and done < self.steps_per_epoch
                     and self.micro_steps % (every * train.grad_accum) == 0
                 ):
-                    self.report(epoch + done / self.steps_per_epoch, epoch, done)
+                    value = epoch + done / self.steps_per_epoch
+                    self.report(value, epoch, done)
+                    if stop_at is not None and value >= stop_at:
+                        return
             self.report(epoch + 1, epoch + 1, 0)
+            if stop_at is not None and epoch + 1 >= stop_at:
+                return
 
     def _reset_meters(self) -> None:
         self.t0, self.losses, self.samples, self.tokens = time.perf_counter(), [], 0, 0
@@ -278,6 +292,7 @@ class TrialWorker:
             "samples_per_s": self.samples * world / elapsed,
             "tokens_per_s": self.tokens * world / elapsed,
             "peak_memory_mb": peak_memory_mb(),
+            "worker_host": _worker_host(),
             "optimizer_steps": self.micro_steps // spec.train.grad_accum,
         }
         scores = evaluate_split(
@@ -302,6 +317,16 @@ class TrialWorker:
                 (Path(tmp) / TRAINER_STATE).write_text(json.dumps(state))
             self._report(metrics, checkpoint=Checkpoint.from_directory(tmp))
         self._reset_meters()
+
+
+def _worker_host() -> str:
+    """``hostname/node id`` of this (rank 0) worker: which node of the cluster ran the trial."""
+    import socket
+
+    import ray
+
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    return f"{socket.gethostname()}/{node[:12]}" if node else socket.gethostname()
 
 
 def _mean_all(values: list[float], world: int) -> float:

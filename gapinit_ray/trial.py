@@ -97,8 +97,12 @@ def build_trainer(
     artifact_path: str | None = None,
     backbone_path: str | None = None,
     progress: bool = True,
+    stop_at: float | None = None,
 ):
-    """The TorchTrainer of one trial. Pretraining and calibration run here (cached) if not given."""
+    """The TorchTrainer of one trial. Pretraining and calibration run here (cached) if not given.
+
+    ``stop_at``: end the run after its report at epoch >= ``stop_at``; a later TorchTrainer of the same
+    trial (same name and storage) continues from that checkpoint (seed-group rungs)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -118,6 +122,7 @@ def build_trainer(
         artifact_path=artifact_path,
         trial_id=tid,
         out_dir=str(root / "captions" / tid),
+        stop_at=stop_at,
     )
     r = spec.resources
     use_gpu = r.gpus_per_worker > 0

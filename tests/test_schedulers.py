@@ -632,3 +632,61 @@ def test_missing_metric_is_reported_on_add():
     assert s.set_search_properties(M, "max")
     s.on_trial_add(None, trial("a", seed=1))
     assert "SeedGroupASHA" in s.debug_string()
+
+
+# ----------------------------------------------------------------------------- waiting in the trial
+
+
+def test_in_trial_waiting_never_pauses_and_the_state_file_tells_members_what_to_do(tmp_path):
+    from gapinit_ray.schedulers import MemberPlan, member_plan
+
+    path = tmp_path / "state.json"
+    sched = sgasha(wait="in_trial", state_path=path, group_size=2)
+    ctrl = FakeController(sched)
+    a = [ctrl.add(trial(f"a{i}", init="gap", seed=i)) for i in range(2)]
+    b = [ctrl.add(trial(f"b{i}", init="random", seed=i)) for i in range(2)]
+    # milestones 1, 3 (max_t 9, eta 3): before any report every member trains to epoch 1
+    assert member_plan(path, "a0") == MemberPlan("train", 0, 1.0)
+    assert member_plan(path, "nope") == MemberPlan("unknown")
+    assert ctrl.report(a[0], 1, 5.0) == CONTINUE  # not PAUSE: the trainable waits itself
+    assert a[0].status == Trial.RUNNING
+    assert member_plan(path, "a0") == MemberPlan("wait", 0, 1.0)
+    assert member_plan(path, "a1") == MemberPlan("train", 0, 1.0)
+    assert ctrl.report(a[1], 1, 7.0) == CONTINUE
+    assert member_plan(path, "a0") == MemberPlan("train", 1, 3.0)
+    # b's mean (1.0) is below a's (6.0): with eta 3 the cutoff of one earlier mean is that mean
+    assert ctrl.report(b[0], 1, 0.0) == CONTINUE
+    assert ctrl.report(b[1], 1, 2.0) == STOP
+    assert member_plan(path, "b0") == MemberPlan("stop", 0)
+    assert "b0" in ctrl.stop_calls  # the waiting member is stopped by Tune, as a running trial
+    # past the last rung: train to the end
+    ctrl.report(a[0], 3, 6.0)
+    assert member_plan(path, "a0") == MemberPlan("wait", 1, 3.0)
+    ctrl.report(a[1], 3, 6.0)
+    assert member_plan(path, "a0") == MemberPlan("train", None, None)
+
+
+def test_in_trial_stall_check_counts_waiting_running_members_as_idle(tmp_path):
+    sched = sgasha(wait="in_trial", state_path=tmp_path / "s.json", group_size=3)
+    ctrl = FakeController(sched)
+    a = [ctrl.add(trial(f"a{i}", init="gap", seed=i)) for i in range(2)]  # the third seed never comes
+    ctrl.report(a[0], 1, 5.0)
+    ctrl.report(a[1], 1, 6.0)
+    assert sched.rung_state()["groups"][sched.group_of(a[0])]["decision"] == "waiting"
+    sched.choose_trial_to_run(ctrl)  # nothing pending; both RUNNING members only wait
+    assert sched.rung_state()["groups"][sched.group_of(a[0])]["decisions"] == {1: CONTINUE}
+
+
+def test_member_plan_reads_a_corrupt_or_missing_file_as_unknown(tmp_path):
+    from gapinit_ray.schedulers import MemberPlan, member_plan
+
+    assert member_plan(tmp_path / "missing.json", "a0") == MemberPlan("unknown")
+    (tmp_path / "bad.json").write_text("{not json")
+    assert member_plan(tmp_path / "bad.json", "a0") == MemberPlan("unknown")
+
+
+def test_in_trial_needs_a_state_path():
+    with pytest.raises(ValueError, match="state_path"):
+        sgasha(wait="in_trial")
+    with pytest.raises(ValueError, match="wait must be"):
+        sgasha(wait="sometimes")
