@@ -174,9 +174,28 @@ def _sweep_location(arg: str, storage: str | None) -> tuple[str, str]:
 def cmd_results(args: argparse.Namespace) -> int:
     storage, name = _sweep_location(args.sweep, None)
     by = [b.strip() for b in args.by.split(",") if b.strip()]
+    if args.compare:
+        return _print_comparison(storage, name, args, by)
     return _print_results(
         storage, name, by=by, metric=args.metric, at=args.at, mode=args.mode, fmt=args.format
     )
+
+
+def _print_comparison(storage: str, sweep: str, args: argparse.Namespace, by: list[str]) -> int:
+    """`results --compare`: the first arm against each other, per stratum of the --by axes that
+    the arms do not vary (so the default --by init,rank,backbone compares inits at each rank)."""
+    from gapinit_ray.results import ResultsStore
+    from gapinit_ray.results.aggregate import resolve_by
+    from gapinit_ray.results.compare import compare, format_comparison, parse_arms
+
+    metrics = ResultsStore(storage, sweep).metrics()
+    arm_cols = {a.column for a in parse_arms(metrics, args.compare)}
+    strata = [c for c in resolve_by(metrics, by) if c not in arm_cols]
+    table = compare(
+        metrics, args.compare, metric=args.metric, at=args.at, mode=args.mode, by=strata, n_boot=args.n_boot
+    )
+    print(format_comparison(table, args.format))
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -185,7 +204,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     storage, name = _sweep_location(args.sweep, None)
     by = [b.strip() for b in args.by.split(",") if b.strip()]
     out = args.out or str(__import__("pathlib").Path(storage) / name / "report")
-    for path in write_report(ResultsStore(storage, name), out, by=by, metric=args.metric, mode=args.mode):
+    compare = None if args.compare is None else [] if args.compare == "none" else args.compare
+    for path in write_report(
+        ResultsStore(storage, name), out, by=by, metric=args.metric, mode=args.mode, compare=compare
+    ):
         print(path)
     return 0
 
@@ -250,8 +272,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--by", default="init,rank,backbone", help="group-by config columns / axes")
         p.add_argument("--metric", default="val_cider")
         p.add_argument("--mode", choices=["max", "min"], default="max", help="what 'best' means")
+        compare_help = (
+            "compare arms over seeds, the first against each other: e.g. init=gap,init=random,"
+            "init=random-direction (bootstrap CI of the difference, effect size, t-tests, verdict)"
+        )
+        if name == "report":
+            compare_help += "; default: the first init (gap if present) vs each other one; 'none': no section"
+        p.add_argument("--compare", metavar="ARMS", help=compare_help)
         if name == "results":
-            p.add_argument("--at", default="last", help="best | last | epoch=N")
+            p.add_argument("--at", default="last", help="best | last | epoch=N (--compare: also curve)")
+            p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples of --compare")
             p.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table")
             p.set_defaults(func=cmd_results)
         else:

@@ -63,6 +63,17 @@ class Collate:
         return self.backbone.build_batch(images, [c for *_, c in items], with_labels=True, prompt=self.prompt)
 
 
+def train_loader(dataset, collate, batch_size: int, seed: int, world: int, rank: int):
+    """(sampler, loader) of one worker's training data: a ``DistributedSampler`` seeded by the trial
+    seed alone, so the same seed gives the same batches whatever the init (paired seed comparisons);
+    call ``sampler.set_epoch(epoch)`` before each epoch."""
+    sampler = torch.utils.data.DistributedSampler(
+        dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed
+    )
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate)
+    return sampler, loader
+
+
 def lr_lambda(total_steps: int, warmup_steps: int, schedule: str):
     """LR multiplier per optimizer step: linear warm-up, then cosine / linear decay or constant."""
 
@@ -167,7 +178,7 @@ class TrialWorker:
         from gapinit_ray.data.resolve import split_records
         from gapinit_ray.evaluate import eval_records
         from gapinit_ray.gap import GapArtifact
-        from gapinit_ray.lora_init import apply_lora, init_checks
+        from gapinit_ray.lora_init import apply_lora, init_checks, reference_gaps
 
         spec, train, seed = self.spec, self.spec.train, self.spec.seed
         on_gpu = torch.cuda.is_available()
@@ -182,17 +193,17 @@ class TrialWorker:
         self.backbone.model.to(self.device)
         artifact = GapArtifact.load(self.ctx.artifact_path) if self.ctx.artifact_path else None
         model, init_report = apply_lora(self.backbone, spec.lora, artifact, seed)
+        self.artifact = artifact
+        # per-module reference gaps for the alignment tracked at every report (before ZeRO partitions)
+        self.gaps = reference_gaps(self.backbone, spec.lora, artifact, model)
 
         self.train_set = CaptionPairs(split_records(spec.data, spec.data.train, spec.storage))
         eval_ref = spec.data.test if spec.eval.split == "test" and spec.data.test else spec.data.val
         self.val_records = eval_records(split_records(spec.data, eval_ref, spec.storage), spec.eval.subset)
         self.val_set = CaptionPairs(self.val_records)
         self.collate = Collate(self.backbone, train.prompt)
-        self.sampler = torch.utils.data.DistributedSampler(
-            self.train_set, num_replicas=self.world, rank=self.rank, shuffle=True, seed=seed
-        )
-        self.loader = torch.utils.data.DataLoader(
-            self.train_set, batch_size=train.batch_size, sampler=self.sampler, collate_fn=self.collate
+        self.sampler, self.loader = train_loader(
+            self.train_set, self.collate, train.batch_size, seed, self.world, self.rank
         )
         first = self.collate([self.train_set[i] for i in range(min(len(self.train_set), train.batch_size))])
         init_checks(self.backbone, model, init_report, first.to(self.device), artifact)
@@ -279,6 +290,7 @@ class TrialWorker:
         from ray.train import Checkpoint
 
         from gapinit_ray.evaluate import evaluate_split
+        from gapinit_ray.lora_init import adapter_stats
 
         spec, rank, world = self.spec, self.rank, self.world
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
@@ -294,6 +306,8 @@ class TrialWorker:
             "peak_memory_mb": peak_memory_mb(),
             "worker_host": _worker_host(),
             "optimizer_steps": self.micro_steps // spec.train.grad_accum,
+            # cos(B[:,0], g) over the gap-carrying modules, mean ‖A‖_F / ‖B‖_F (every rank: ZeRO-3 gathers)
+            **adapter_stats(self.engine.module, self.gaps),
         }
         scores = evaluate_split(
             self.engine.module,

@@ -39,7 +39,7 @@ def test_validate_rejects_with_exit_2_and_one_line(tmp_path: Path) -> None:
 
 def test_overrides_on_the_command_line(tmp_path: Path) -> None:
     r = gapinit("validate", str(ROOT / "sweeps" / "quickstart.yaml"), "search.seed=[1,2,3,4]")
-    assert r.returncode == 0 and "8 trial(s)" in r.stdout
+    assert r.returncode == 0 and "12 trial(s)" in r.stdout  # 3 inits × 4 seeds
     r = gapinit("validate", str(ROOT / "sweeps" / "quickstart.yaml"), "train.lr=-1")
     assert r.returncode == 2 and "train.lr" in r.stderr and "Traceback" not in r.stderr
 

@@ -21,6 +21,7 @@ from gapinit_ray.lora_init import (
     REPORT_FILE,
     InitCheckError,
     LoraInitError,
+    adapter_stats,
     apply_lora,
     get_init_method,
     init_checks,
@@ -28,6 +29,7 @@ from gapinit_ray.lora_init import (
     module_generator,
     perturb,
     random_unit,
+    reference_gaps,
     save_adapter,
     select_layers,
 )
@@ -251,6 +253,35 @@ def test_norm_options(method, artifacts):
         assert abs(float(weights(pm, name)[1][:, 0].norm()) - expected) < 1e-5
     with pytest.raises(LoraInitError, match="norm must be > 0"):
         build("tiny-blip2", art, init=method, init_options={"norm": -1.0})
+
+
+# ----------------------------------------------------------------- tracking during training
+
+
+def test_adapter_stats_per_init(artifacts):
+    art = artifacts("tiny-blip2")
+    bb, pm, report = build("tiny-blip2", art, seed=2, init="gap")
+    gaps = reference_gaps(bb, LoraSpec(init="gap"), art, pm)
+    assert sorted(gaps) == sorted(report.modules) and len(gaps) > 1
+    st = adapter_stats(pm, gaps)
+    assert st["align_cos_min"] == pytest.approx(report.alignment_summary["min"]) == pytest.approx(1.0)
+    assert st["lora_A_norm"] == 0.0 and st["lora_B_norm"] == pytest.approx(1.0)  # rank 1, unit column
+    # training moves B: the cosine is recomputed from the live weights, not copied from the init report
+    name = report.modules[0]
+    with torch.no_grad():
+        b = lora_modules(pm)[name].lora_B["default"].weight
+        b[:, 0] = b[:, 0] - 2 * (b[:, 0] @ gaps[name].float()) * gaps[name].float() / gaps[name].norm() ** 2
+    moved = adapter_stats(pm, gaps)
+    assert moved["align_cos_min"] == pytest.approx(-1.0, abs=1e-5) and moved["align_cos_max"] > 0.99
+    _, pm, _ = build("tiny-blip2", art, seed=2, init="random")  # peft default: B = 0, cos undefined
+    st = adapter_stats(pm, gaps)
+    assert math.isnan(st["align_cos_mean"]) and st["lora_B_norm"] == 0.0 and st["lora_A_norm"] > 0
+    _, pm, report = build("tiny-blip2", art, seed=2, init="random-direction")
+    st = adapter_stats(pm, gaps)
+    assert st["align_cos_mean"] == pytest.approx(sum(report.alignment.values()) / len(report.alignment))
+    assert abs(st["align_cos_mean"]) < 0.5
+    assert math.isnan(adapter_stats(pm, {})["align_cos_max"])  # no artifact, no alignment
+    assert reference_gaps(bb, LoraSpec(init="gap"), None, pm) == {}
 
 
 # ------------------------------------------------------------------------- train one step

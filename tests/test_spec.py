@@ -36,9 +36,10 @@ def test_shipped_specs_cover_the_paper_tables() -> None:
         assert table in names
 
 
-def test_quickstart_expands_to_gap_vs_random_times_three_seeds() -> None:
+def test_quickstart_expands_to_gap_random_and_control_times_three_seeds() -> None:
     spec = load_spec(QUICKSTART)
-    assert grid_size(spec) == 6
+    assert spec.search.axes["init"] == ["gap", "random", "random-direction"]
+    assert grid_size(spec) == 9
     assert spec.scheduler.type == "seed-group-asha"
     assert spec.backbones[0].name == "tiny-blip2"
 
@@ -194,7 +195,7 @@ def test_dotted_overrides() -> None:
     assert spec.search.axes["seed"] == [1, 2]
     assert spec.search.axes["train.lr"] == [1e-4, 1e-3]
     assert spec.lora.rank == 8
-    assert grid_size(spec) == 2 * 2 * 2
+    assert grid_size(spec) == 3 * 2 * 2  # init × seed × lr
 
 
 def test_bad_overrides() -> None:
@@ -212,7 +213,7 @@ def test_sampled_axes() -> None:
     raw["search"]["num_samples"] = 4
     spec = spec_from_dict(copy.deepcopy(raw))
     assert isinstance(spec.search.axes["train.lr"], S.LogUniform)
-    assert grid_size(spec) == 6 * 4
+    assert grid_size(spec) == 9 * 4  # (3 inits × 3 seeds) × 4 samples
 
 
 def test_spec_backbone_names_come_from_the_registry() -> None:

@@ -4,6 +4,8 @@
   :func:`group_key`, :func:`config_columns`;
 * :mod:`~gapinit_ray.results.aggregate` — :func:`aggregate` (mean ± std / 95 % CI over seeds) and
   :func:`format_table`;
+* :mod:`~gapinit_ray.results.compare` — :func:`compare` (arm vs arm over seeds: bootstrap CI of the
+  difference, effect size, t-tests, verdict);
 * :mod:`~gapinit_ray.results.report` — :func:`write_report` (learning curves, final comparison, md/html).
 
 Split in modules so that the trainer / scheduler, which only write, import neither scipy nor
@@ -12,6 +14,7 @@ matplotlib: those are imported when an aggregate or a report is computed.
 
 from gapinit_ray.results._fs import ResultsError, temp_path
 from gapinit_ray.results.aggregate import aggregate, format_table
+from gapinit_ray.results.compare import CompareError, compare, format_comparison
 from gapinit_ray.results.report import write_report
 from gapinit_ray.results.store import (
     METRICS,
@@ -25,11 +28,14 @@ from gapinit_ray.results.store import (
 __all__ = [
     "METRICS",
     "TRIAL_STATUSES",
+    "CompareError",
     "ResultsError",
     "ResultsStore",
     "aggregate",
     "axis_column",
+    "compare",
     "config_columns",
+    "format_comparison",
     "format_table",
     "group_key",
     "temp_path",

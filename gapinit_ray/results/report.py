@@ -1,4 +1,5 @@
-"""A sweep's report: learning curves, the final comparison, and the aggregate tables (PNG + md + html).
+"""A sweep's report: learning curves, the final comparison, the aggregate tables, the init comparison
+(bootstrap CI, effect size, verdict) and the gap-alignment curves (PNG + md + html).
 
 Plots use matplotlib's object API (``Figure`` + the Agg canvas), never pyplot, so writing a report
 from a server or a thread touches no global state and needs no display.
@@ -15,12 +16,20 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from gapinit_ray.results._fs import ResultsError, resolve, write_bytes
 from gapinit_ray.results.aggregate import aggregate, check_metric, format_table, resolve_by, select
+from gapinit_ray.results.compare import COLUMNS as COMPARE_COLUMNS
+from gapinit_ray.results.compare import compare as compare_arms
+from gapinit_ray.results.compare import describe_arms, parse_arms
 from gapinit_ray.results.store import ResultsStore, column_axis
 
 _SHOWN = ["n", "n_missing", "mean_pm_std", "ci95_low", "ci95_high", "min", "max", "stopped", "status"]
+# the comparison table in a report: everything but the per-arm std (sd_ratio and its CI carry it)
+_COMPARE_SHOWN = [c for c in COMPARE_COLUMNS if c not in ("std1", "std2")]
+#: the per-report alignment metric (cos(B[:,0], g), mean over modules) the report plots when present
+ALIGNMENT = "align_cos_mean"
 BANDS = ("std", "minmax")
 
 
@@ -55,7 +64,9 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def plot_curves(metrics: pa.Table, by: list[str], metric: str, band: str = "std") -> bytes:
+def plot_curves(
+    metrics: pa.Table, by: list[str], metric: str, band: str = "std", ylabel: str | None = None
+) -> bytes:
     """Mean over seeds of ``metric`` vs epoch per group, with a mean ± std (or min-max) band."""
     from matplotlib.figure import Figure
 
@@ -78,7 +89,7 @@ def plot_curves(metrics: pa.Table, by: list[str], metric: str, band: str = "std"
         (line,) = ax.plot(epochs, mean, marker="o", ms=3, label=f"{_label(by, key)} (n={n})")
         ax.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(ylabel or metric)
     ax.set_title(f"{metric}: mean over seeds, band = {'min-max' if band == 'minmax' else 'mean ± std'}")
     ax.grid(alpha=0.3)
     if curves:
@@ -141,6 +152,31 @@ def _html_table(table: pa.Table) -> str:
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>"
 
 
+def default_arms(metrics: pa.Table) -> list[str]:
+    """``init=<first>`` then ``init=<each other>`` for a sweep of ≥ 2 inits (first: ``gap`` when the
+    sweep ran it, else the first name in order); ``[]`` when there is nothing to compare."""
+    if "init" not in metrics.column_names:
+        return []
+    inits = sorted(v for v in pc.unique(metrics.column("init")).to_pylist() if v is not None)
+    if len(inits) < 2:
+        return []
+    first = "gap" if "gap" in inits else inits[0]
+    return [f"init={first}", *(f"init={i}" for i in inits if i != first)]
+
+
+def _has_values(metrics: pa.Table, column: str) -> bool:
+    return column in metrics.column_names and metrics.column(column).null_count < metrics.num_rows
+
+
+def _comparison_text(table: pa.Table, strata: list[str]) -> list[str]:
+    """One line per compared pair: ``rank=1: gap higher than random by ...``."""
+    lines = []
+    for r in table.to_pylist():
+        where = _label(strata, tuple(r[c] for c in strata)) if strata else ""
+        lines.append((f"{where}: " if where else "") + f"{r['arm1']} vs {r['arm2']}: {r['verdict']}")
+    return lines
+
+
 def write_report(
     store: ResultsStore,
     out_dir: str,
@@ -149,12 +185,18 @@ def write_report(
     metric: str,
     mode: str = "max",
     band: str = "std",
+    compare: Sequence[str] | str | None = None,
+    n_boot: int = 10000,
 ) -> list[str]:
-    """Write ``curves.png``, ``final.png``, ``report.md`` and ``report.html`` into ``out_dir`` (a local
-    dir or URI; every file written atomically) and return their paths.
+    """Write ``curves.png``, ``final.png``, ``alignment.png`` (when trials reported
+    :data:`ALIGNMENT`), ``report.md`` and ``report.html`` into ``out_dir`` (a local dir or URI; every
+    file written atomically) and return their paths.
 
     The final comparison is at each trial's last reported epoch (what the run ended with, ASHA-stopped
-    trials included and flagged in the ``stopped`` column); the best-over-epochs table follows it."""
+    trials included and flagged in the ``stopped`` column); the best-over-epochs table follows it. Then
+    the arms of ``compare`` (``["init=gap", "init=random"]``; ``None`` = :func:`default_arms`, empty =
+    none) are compared at the last epoch with :func:`~gapinit_ray.results.compare.compare`, within each
+    group of the ``by`` axes the arms do not vary."""
     if band not in BANDS:
         raise ResultsError(f"band {band!r}: expected one of {', '.join(BANDS)}")
     metrics = store.metrics()
@@ -168,6 +210,22 @@ def write_report(
     values = select(metrics, by=cols, metric=metric, at="last", mode=mode).values
     curves_png = plot_curves(metrics, cols, metric, band)
     final_png = plot_final(last, values, cols, metric, "the last epoch")
+    arms = default_arms(metrics) if compare is None else compare
+    comparison = strata = None
+    if arms:
+        arm_cols = {a.column for a in parse_arms(metrics, arms)}
+        strata = [c for c in cols if c not in arm_cols]
+        comparison = compare_arms(
+            metrics, arms, metric=metric, at="last", mode=mode, by=strata, n_boot=n_boot
+        )
+        comparison = comparison.select(
+            [c for c in [*strata, *_COMPARE_SHOWN] if c in comparison.column_names]
+        )
+        if not any(comparison.column("note").to_pylist()):
+            comparison = comparison.drop_columns(["note"])
+    align_png = None
+    if _has_values(metrics, ALIGNMENT):
+        align_png = plot_curves(metrics, cols, ALIGNMENT, band, ylabel="cos(B[:,0], g), mean over modules")
 
     n_trials = len(set(metrics.column("trial_id").to_pylist()) | set(trials.column("trial_id").to_pylist()))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -178,6 +236,38 @@ def write_report(
         f"mean ± std over seeds (std with ddof=1), 95 % CI from the t distribution. Generated {stamp}."
     )
     band_text = "min-max" if band == "minmax" else "mean ± std"
+    compare_intro = (
+        f"{metric} at each trial's last epoch, first arm minus each other arm. Paired by seed when both "
+        "arms ran the same seeds (paired bootstrap, effect size d_z, paired t-test), else independent "
+        f"resampling, Cohen's d and Welch's t-test; 95 % CI from {n_boot} bootstrap resamples; "
+        "sd_ratio = std1 / std2 with its bootstrap CI. A CI that contains 0 means the seeds cannot tell "
+        "the arms apart."
+    )
+    align_intro = (
+        "cos(B[:,0], g) between each LoRA module's first B column and its calibration gap, mean over "
+        "modules, per report. Gap-Init starts at 1; peft's default init has B = 0 at step 0 "
+        "(undefined, not plotted); the random-direction control starts near 0."
+    )
+    md_extra: list[str] = []
+    html_extra: list[str] = []
+    if comparison is not None:
+        heading = f"Init comparison ({describe_arms(parse_arms(metrics, arms))})"
+        verdicts = _comparison_text(comparison, strata)
+        md_extra += [f"## {heading}", "", compare_intro, "", *(f"- {v}" for v in verdicts), ""]
+        md_extra += [format_table(comparison, "markdown")]
+        html_extra += [
+            f"<h2>{html.escape(heading)}</h2>",
+            f"<p>{html.escape(compare_intro)}</p>",
+            "<ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in verdicts) + "</ul>",
+            _html_table(comparison),
+        ]
+    if align_png is not None:
+        md_extra += ["## Alignment with the gap", "", align_intro, "", "![Alignment](alignment.png)", ""]
+        html_extra += [
+            "<h2>Alignment with the gap</h2>",
+            f"<p>{html.escape(align_intro)}</p>",
+            '<a href="alignment.png"><img src="alignment.png" alt="Alignment"></a>',
+        ]
     md = "\n".join(
         [
             f"# Sweep `{store.sweep}`: {metric}",
@@ -196,6 +286,7 @@ def write_report(
             f"## Best over epochs ({mode})",
             "",
             format_table(_shown(best, cols), "markdown"),
+            *md_extra,
         ]
     )
     title = html.escape(f"Sweep {store.sweep}: {metric}")
@@ -221,17 +312,16 @@ img {{ max-width: 100%; }}
 {_html_table(_shown(last, cols))}
 <h2>Best over epochs ({html.escape(mode)})</h2>
 {_html_table(_shown(best, cols))}
+{chr(10).join(html_extra)}
 </body>
 </html>
 """
     loc = resolve(out_dir)
     written = []
-    for name, data in (
-        ("curves.png", curves_png),
-        ("final.png", final_png),
-        ("report.md", md.encode()),
-        ("report.html", page.encode()),
-    ):
+    files = [("curves.png", curves_png), ("final.png", final_png)]
+    if align_png is not None:
+        files.append(("alignment.png", align_png))
+    for name, data in (*files, ("report.md", md.encode()), ("report.html", page.encode())):
         path = loc.join(name)
         write_bytes(loc, path, data)
         written.append(path if loc.local and "://" not in out_dir else f"{out_dir.rstrip('/')}/{name}")

@@ -101,11 +101,11 @@ METRICS = (
     "samples_per_s",
     "tokens_per_s",
     "peak_memory_mb",
-    "align_mean",
-    "align_min",
-    "align_max",
-    "norm_A",
-    "norm_B",
+    "align_cos_mean",
+    "align_cos_min",
+    "align_cos_max",
+    "lora_A_norm",
+    "lora_B_norm",
 )
 TRIAL_STATUSES = ("PENDING", "RUNNING", "PAUSED", "TERMINATED", "STOPPED", "ERROR")
 # trials that report no more: compact() without a trial id folds these
