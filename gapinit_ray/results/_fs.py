@@ -145,7 +145,7 @@ def list_files(loc: Location, base: str, suffix: str, depth: int) -> list[str]:
                     if level < depth and e.is_dir():
                         walk(e.path, level + 1)
                     elif level == depth and e.name.endswith(suffix) and e.is_file():
-                        out.append(Path(e.path).as_posix())
+                        out.append(e.path if os.sep == "/" else Path(e.path).as_posix())
                 except FileNotFoundError:
                     continue
 

@@ -4,6 +4,7 @@ Layout under ``<root>/<sweep>/results/``::
 
     metrics/trial_id=<tid>/epoch=<epoch:g>.parquet   one file per report (one row)
     metrics/trial_id=<tid>/compacted.parquet         all reports of a finished trial (after compact())
+    metrics/_sweep.parquet                           every report of the sweep at the last compact()
     trials/<tid>.parquet                             one row per trial, overwritten as its status changes
 
 One small file per report keeps writes independent and idempotent: a report retried for the same
@@ -23,6 +24,21 @@ the per-epoch file's row: it is the same report or a newer one), so no report is
 original writer's. A :meth:`ResultsStore.metrics` running while a trial is compacted re-reads that
 trial's directory if it saw it half-way (see ``_read``). Readers that list the files themselves (plain
 pandas / DuckDB on the directory) see both copies of a report in a directory that holds both.
+
+Sweep-level file. Even one file per trial costs a file open and a footer per trial. ``compact()``
+without a trial id (the sweep driver runs it when the sweep ends) also writes every row of the sweep,
+de-duplicated and sorted by ``(trial_id, epoch)``, with ``trial_id`` as a plain column, to one
+``metrics/_sweep.parquet`` (:meth:`ResultsStore.compact_sweep`): temp + rename, so a reader sees the
+previous file or the new one. Its manifest (in the file's own metadata, key :data:`MANIFEST_KEY`) lists
+each trial directory's files and their identities when it was made. :meth:`ResultsStore.metrics` reads
+it, lists the trial directories, and takes from it the rows of every directory that still holds exactly
+those files, unchanged; every other directory (reports written after the compaction, e.g. by a resumed
+sweep; a retried report; a trial compacted again; a new trial) is read from its own files, so the newest
+rows win and none is counted twice. The trial files are never deleted for it: they stay the complete
+store. Plain readers: read the hive directory (``pd.read_parquet("metrics/")``,
+``ds.dataset("metrics/", partitioning="hive")``, DuckDB / Polars on ``metrics/trial_id=*/*.parquet``),
+which skip ``_sweep.parquet`` by its ``_`` prefix or glob, *or* read ``metrics/_sweep.parquet`` alone:
+the sweep as of its last compaction (later reports are only in the trial files). Never both.
 
 Metric rows are *wide* (one column per metric): a sweep reports a fixed metric set, so the schema is
 known, every metric gets a real float64 column, and ``pd.read_parquet(dir)`` / DuckDB / Polars queries
@@ -74,6 +90,7 @@ import socket
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -111,6 +128,10 @@ TRIAL_STATUSES = ("PENDING", "RUNNING", "PAUSED", "TERMINATED", "STOPPED", "ERRO
 # trials that report no more: compact() without a trial id folds these
 TERMINAL_STATUSES = ("TERMINATED", "STOPPED", "ERROR")
 COMPACTED = "compacted.parquet"  # all rows of one trial, in its metrics/trial_id=<tid>/ directory
+# every metric row of the sweep at its last sweep-level compaction, in metrics/ (hive readers skip "_")
+SWEEP_FILE = "_sweep.parquet"
+# key of the sweep file's Parquet/Arrow metadata holding its manifest (JSON, see compact_sweep)
+MANIFEST_KEY = b"gapinit.manifest"
 # rounds of metrics(): trial directories a compaction changed during a round are read again (_read)
 _READ_ATTEMPTS = 10
 TS = pa.timestamp("ms", tz="UTC")
@@ -334,6 +355,10 @@ def _latest_rows(table: pa.Table, keys: list[str], preferred: np.ndarray) -> pa.
     return table if len(keep) == n else table.take(pa.array(keep))
 
 
+def _unify(schema: pa.Schema | None, other: pa.Schema) -> pa.Schema:
+    return other if schema is None else pa.unify_schemas([schema, other], promote_options="permissive")
+
+
 def _is_compacted(path: str) -> bool:
     return path.rpartition("/")[2] == COMPACTED
 
@@ -346,8 +371,40 @@ def _without_dirs(table: pa.Table | None, dirs: set[str]) -> pa.Table | None:
     """``table`` without the rows of the ``trial_id=<tid>`` directories ``dirs``."""
     if table is None or not dirs:
         return table
-    tids = [unquote(d.rpartition("/")[2].removeprefix("trial_id=")) for d in dirs]
+    tids = [_dir_trial_id(d) for d in dirs]
     return table.filter(pc.invert(pc.is_in(table["trial_id"], value_set=pa.array(tids, pa.string()))))
+
+
+@dataclass
+class _Snapshot:
+    """The sweep file's rows and manifest: ``{"trial_id=<tid>": {file name: identity}}``, the files of
+    each trial directory (and what told them apart, :meth:`ResultsStore._identities`) when it was made."""
+
+    table: pa.Table
+    manifest: dict[str, dict[str, tuple]]
+
+    def covered(self, paths: list[str], identities: list[tuple | None]) -> set[str]:
+        """The trial directories of ``paths`` whose listed files are exactly those of the manifest, each
+        unchanged: the snapshot's rows of these trials are theirs. Any other directory (a report
+        added, retried or deleted since, a trial compacted again) is read from its files."""
+        listed: dict[str, dict[str, tuple | None]] = {}
+        for path, identity in zip(paths, identities, strict=True):
+            head, _, name = path.rpartition("/")
+            listed.setdefault(head, {})[name] = identity
+        return {d for d, files in listed.items() if self.manifest.get(d.rpartition("/")[2]) == files}
+
+    def rows(self, dirs: set[str]) -> pa.Table:
+        """The snapshot's rows of the trial directories ``dirs`` (all of them: no filtering)."""
+        names = {d.rpartition("/")[2] for d in dirs}
+        if names == self.manifest.keys():
+            return self.table
+        tids = pa.array([_dir_trial_id(n) for n in names], pa.string())
+        return self.table.filter(pc.is_in(self.table["trial_id"], value_set=tids))
+
+
+def _dir_trial_id(name: str) -> str:
+    """``trial_id=<escaped id>`` -> the id (the hive partition value, URI-decoded)."""
+    return unquote(name.rpartition("/")[2].removeprefix("trial_id="))
 
 
 def _mixed(paths: list[str]) -> bool:
@@ -399,6 +456,11 @@ class ResultsStore:
         if float(name) != epoch:
             name = repr(float(epoch))
         return f"{self.trial_metrics_dir(trial_id)}/epoch={name}.parquet"
+
+    @property
+    def sweep_path(self) -> str:
+        """``metrics/_sweep.parquet``: every metric row at the last :meth:`compact_sweep`."""
+        return f"{self.metrics_dir}/{SWEEP_FILE}"
 
     def compacted_path(self, trial_id: str) -> str:
         """``metrics/trial_id=<tid>/compacted.parquet``: the trial's rows after :meth:`compact`."""
@@ -666,7 +728,7 @@ class ResultsStore:
                 if _is_compacted(path):
                     raise
                 return None
-            tid = unquote(_parent(path).rpartition("/")[2].removeprefix("trial_id="))
+            tid = _dir_trial_id(_parent(path))
             return table.append_column(
                 pa.field("trial_id", pa.string()), pa.array([tid] * table.num_rows, pa.string())
             )
@@ -693,6 +755,7 @@ class ResultsStore:
         between the listing and the end of the read, or whose listed files were deleted before they
         were read, may have been seen half-way: its rows are dropped and it is read again, alone."""
         listing = list_files(self.loc, base, ".parquet", depth)
+        snapshot = self._snapshot() if keys else None
         schema, parts = None, []
         todo: set[str] | None = None  # trial directories still to read; None: all listed
         for _ in range(_READ_ATTEMPTS):
@@ -700,8 +763,24 @@ class ResultsStore:
             if not paths:
                 todo = set()
                 break
-            schema, table, gone = self._read_round(paths, base, partitioning, schema, where, what, keys)
-            if not keys:
+            files, covered = paths, None
+            if snapshot is not None:
+                dirs = snapshot.covered(paths, self._identities(paths))
+                if dirs:  # their rows come from the sweep file; only the other files are read
+                    files = [p for p in paths if _parent(p) not in dirs]
+                    covered = snapshot.rows(dirs)
+                    schema = _unify(schema, covered.schema)
+            table, gone = None, set()
+            if files:
+                schema, table, gone = self._read_round(files, base, partitioning, schema, where, what, keys)
+            if covered is not None:
+                covered = pa.concat_tables([schema.empty_table(), covered], promote_options="permissive")
+                expr = self._filter(where, schema, what)
+                covered = covered if expr is None else covered.filter(expr)
+                table = covered if table is None else pa.concat_tables([table, covered])
+            if not keys or not files:
+                # a directory taken from the sweep file had, when listed, exactly the files the
+                # sweep file was made from (see _Snapshot.covered): no half-compacted view to re-check
                 parts.append(table)
                 todo = set()
                 break
@@ -752,6 +831,18 @@ class ResultsStore:
             keys=["trial_id", "epoch"],
         )
 
+    def _snapshot(self) -> _Snapshot | None:
+        """The sweep file (None when there is none, or it cannot be read: the trial files are the
+        truth, the sweep file only a faster copy of them)."""
+        try:
+            with self.loc.fs.open_input_file(self.sweep_path) as f:
+                table = pq.read_table(f)
+            raw = json.loads((table.schema.metadata or {})[MANIFEST_KEY])
+            manifest = {d: {n: tuple(i) for n, i in files.items()} for d, files in raw["files"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return _Snapshot(table.replace_schema_metadata(None), manifest)
+
     def trials(self) -> pa.Table:
         """One row per trial that has a trial row (see the module docstring for the columns)."""
         return self._read(
@@ -768,6 +859,9 @@ class ResultsStore:
         row has a terminal status (:data:`TERMINAL_STATUSES`: TERMINATED, STOPPED, ERROR) is
         compacted; trials without a trial row are left alone.
 
+        Without ``trial_id`` it then writes the sweep-level file (:meth:`compact_sweep`), which is
+        what makes a finished sweep fast to query.
+
         Per trial: its per-epoch files and its compacted file (if any) are read, de-duplicated by
         epoch as :meth:`metrics` does (latest ``timestamp`` wins), written to ``compacted.parquet``
         atomically (the same temp + rename as every write), and only then are the per-epoch files
@@ -782,7 +876,40 @@ class ResultsStore:
         else:
             rows = self.trials().select(["trial_id", "status"]).to_pylist()
             ids = [r["trial_id"] for r in rows if r["status"] in TERMINAL_STATUSES]
-        return [tid for tid in ids if self._compact_trial(tid)]
+        done = [tid for tid in ids if self._compact_trial(tid)]
+        if trial_id is None:
+            self.compact_sweep()
+        return done
+
+    def compact_sweep(self) -> bool:
+        """Write every metric row of the sweep (:meth:`metrics`, sorted by trial and epoch) to one
+        ``metrics/_sweep.parquet``, with a manifest of the trial files it holds; returns whether it
+        was written (False: it is already current, or there are no reports).
+
+        The manifest (JSON in the file's metadata under :data:`MANIFEST_KEY`, so file and manifest are
+        replaced together, atomically, by the usual temp + rename) maps each ``trial_id=<tid>``
+        directory to its files and their identities (inode, mtime, size locally; mtime, size
+        elsewhere), taken *before* the rows were read. :meth:`metrics` takes a trial's rows from the
+        sweep file only while that directory holds exactly those files, unchanged; a directory that
+        changed since (a report added or retried, e.g. by a resumed sweep, a trial compacted again) is
+        read from its own files instead, so its newer rows win and nothing is counted twice. The trial
+        files are kept: they stay the complete store for readers that do not use this class."""
+        listing = list_files(self.loc, self.metrics_dir, ".parquet", 2)
+        manifest: dict[str, dict[str, tuple]] = {}
+        for path, identity in zip(listing, self._identities(listing), strict=True):
+            if identity is not None:
+                head, _, name = path.rpartition("/")
+                manifest.setdefault(head.rpartition("/")[2], {})[name] = identity
+        if not manifest:
+            return False
+        current = self._snapshot()
+        if current is not None and current.manifest == manifest:
+            return False
+        table = self.metrics().sort_by([("trial_id", "ascending"), ("epoch", "ascending")])
+        body = json.dumps({"version": 1, "files": manifest}, sort_keys=True, separators=(",", ":"))
+        table = table.replace_schema_metadata({MANIFEST_KEY: body.encode()})
+        write_bytes(self.loc, self.sweep_path, _serialize(table, **_COMPACTED_OPTIONS))
+        return True
 
     def _compact_trial(self, trial_id: str) -> bool:
         trial_dir = self.trial_metrics_dir(trial_id)
