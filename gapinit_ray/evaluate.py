@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gapinit_ray.atomic import write_atomic
-from gapinit_ray.data import CaptionRecord, load_image
+from gapinit_ray.data import CaptionRecord, QARecord, load_image
 from gapinit_ray.errors import DataError, GapinitError, SpecError
 from gapinit_ray.spec import CAPTION_METRICS
 
@@ -44,18 +44,22 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from gapinit_ray.spec import EvalSpec, GenerationSpec
 
 __all__ = [
+    "ANSWERS_FILE",
     "CAPTIONS_FILE",
     "EvalError",
     "MetricUnavailableWarning",
     "eval_records",
     "evaluate_split",
     "generate_captions",
+    "score_answers",
     "score_captions",
     "unavailable_metrics",
 ]
 
 #: File rank 0 writes into ``out_dir``: ``{image_id: {"prediction": str, "references": [str, ...]}}``.
 CAPTIONS_FILE = "captions.json"
+#: Its question-answering counterpart: ``{question_id: {"question", "prediction", "answer", "answers"}}``.
+ANSWERS_FILE = "answers.json"
 
 _BLEU = ("bleu1", "bleu2", "bleu3", "bleu4")
 _SHOWN = 5  # offending ids spelled out in an error message; the rest are only counted
@@ -399,6 +403,9 @@ def _some(ids: Sequence[Any]) -> str:
 def eval_records(records: Iterable[CaptionRecord], subset: int | None) -> list[CaptionRecord]:
     """The records to evaluate, in natural image-id order: all of them, or the first ``subset``.
 
+    Question records (:class:`~gapinit_ray.data.QARecord`, VQA / POPE) are ordered, counted and keyed by
+    question id instead: ``subset`` is then the first N questions.
+
     The subset is the first N in id order, not a random sample, so it is the same for every trial,
     seed and worker count: every trial of a sweep is scored on the same images. A ``subset`` larger
     than the split gives the whole split. Applying it twice changes nothing.
@@ -413,8 +420,13 @@ def eval_records(records: Iterable[CaptionRecord], subset: int | None) -> list[C
     if not records:
         raise DataError("no records to evaluate: the eval split is empty; check eval.split and the data set")
     _check_unique(records)
-    ordered = sorted(records, key=lambda r: _id_key(r.image_id))
+    ordered = sorted(records, key=lambda r: _id_key(_record_key(r)))
     return ordered if subset is None else ordered[:subset]
+
+
+def _record_key(record: CaptionRecord | QARecord) -> str:
+    """What predictions are keyed by: the image id of a caption record, the question id of a question."""
+    return record.question_id if isinstance(record, QARecord) else record.image_id
 
 
 def generate_captions(
@@ -442,7 +454,8 @@ def generate_captions(
         records: the *full* evaluation list, identical on every rank.
         batch_size: images per ``generate`` call.
         generation: decoding settings.
-        prompt: text after the image (``None``: the family's default prompt).
+        prompt: text after the image (``None``: the family's default prompt); for question records, the
+            question template (``None``: the family's :attr:`~Backbone.default_question_prompt`).
         rank, world_size: this worker's place among the data-parallel workers.
         synced_gpus: ZeRO-3 / FSDP shard the weights, so every ``generate`` step is a collective: then
             each rank must make the same number of ``generate`` calls (short shards run a discarded
@@ -451,7 +464,8 @@ def generate_captions(
             set up ZeRO-3 without transformers' DeepSpeed integration.
 
     Returns:
-        image id -> generated caption (stripped, may be empty) for this rank's shard.
+        image id -> generated caption (stripped, may be empty) for this rank's shard; question id ->
+        generated answer for question records.
     """
     import torch
 
@@ -478,12 +492,13 @@ def generate_captions(
                 filler = not chunk
                 if filler:  # a short shard under synced_gpus: keep the collective in step, discard
                     chunk = [shard[0] if shard else records[0]]
-                batch = backbone.build_generation_batch([load_image(r) for r in chunk], prompt)
+                images = [load_image(r.image_path, r.image_id) for r in chunk]
+                batch = backbone.build_generation_batch(images, _chunk_prompt(backbone, prompt, chunk))
                 sequences = model.generate(**batch.inputs, **kwargs)
                 if filler:
                     continue
                 texts = backbone.decode(backbone.generated_ids(batch, sequences))
-                out.update(zip((r.image_id for r in chunk), texts, strict=True))
+                out.update(zip((_record_key(r) for r in chunk), texts, strict=True))
     finally:
         for module, mode in modes:
             module.training = mode
@@ -502,8 +517,12 @@ def evaluate_split(
     gather: Callable[[dict[str, str]], list[dict[str, str]] | None] | None = None,
     out_dir: str | os.PathLike | None = None,
     synced_gpus: bool | None = None,
+    question_prompt: str | None = None,
 ) -> dict[str, float] | None:
     """Generate captions for an eval split on all ranks and score them on rank 0.
+
+    Question records (VQA / POPE) are answered instead, each with ``question_prompt`` (a template with
+    ``{question}``; ``None``: the family's), and scored with :func:`score_answers` (``answers.json``).
 
     ``records`` go through :func:`eval_records` with ``eval_spec.subset`` first (idempotent, so passing
     an already reduced list is fine), then each rank captions its shard (:func:`generate_captions`).
@@ -526,6 +545,8 @@ def evaluate_split(
             f"world_size is {world_size}: pass a gather callable that collects every rank's dict"
         )
     records = eval_records(records, eval_spec.subset)
+    if isinstance(records[0], QARecord):
+        prompt = question_prompt
     local = generate_captions(
         model,
         backbone,
@@ -554,6 +575,8 @@ def evaluate_split(
             f"image id(s) {_some(sorted(set(twice), key=_id_key))} were captioned by more than one rank: "
             "every rank must shard the same record list"
         )
+    if isinstance(records[0], QARecord):
+        return score_answers(records, merged, out_dir)
     references = {r.image_id: list(r.captions) for r in records}
     _check_inputs(references, merged)  # a lost or foreign id fails here, before a misleading file is written
     if out_dir is not None:
@@ -597,14 +620,54 @@ def _check_unique(records: Sequence[CaptionRecord]) -> None:
     seen: set[str] = set()
     dup = []
     for r in records:
-        if r.image_id in seen:
-            dup.append(r.image_id)
-        seen.add(r.image_id)
+        if _record_key(r) in seen:
+            dup.append(_record_key(r))
+        seen.add(_record_key(r))
     if dup:
         raise DataError(
             f"image id(s) {_some(sorted(set(dup), key=_id_key))} appear more than once in the eval records: "
             "captions are keyed by image id, evaluate one caption set at a time"
         )
+
+
+def _chunk_prompt(backbone: Backbone, prompt: str | None, chunk: Sequence[CaptionRecord | QARecord]):
+    """The prompt of a generation batch: ``prompt`` for captions, each question's filled template for
+    question records (``prompt`` is then the template)."""
+    if chunk and isinstance(chunk[0], QARecord):
+        return [backbone.question_prompt(r.question, prompt) for r in chunk]
+    return prompt
+
+
+def score_answers(
+    records: Sequence[QARecord], predictions: Mapping[str, str], out_dir: str | os.PathLike | None = None
+) -> dict[str, float]:
+    """Score generated answers: official VQA accuracy for VQA records, POPE's metrics for POPE records.
+
+    ``predictions`` maps question id -> generated answer and must cover ``records`` exactly. With
+    ``out_dir``, :data:`ANSWERS_FILE` (question, prediction, target and human answers per question id,
+    in id order) is written first, atomically.
+    """
+    from gapinit_ray.qa_metrics import score_pope, score_vqa
+
+    truth = {r.question_id: r for r in records}
+    if set(truth) != set(predictions):
+        lost = sorted(set(truth) ^ set(predictions), key=_id_key)
+        raise EvalError(f"answers and questions differ in question id(s) {_some(lost)}; score the same set")
+    if out_dir is not None:
+        data = {
+            q: {
+                "question": r.question,
+                "prediction": predictions[q],
+                "answer": r.answer,
+                "answers": list(r.answers),
+            }
+            for q, r in truth.items()
+        }
+        write_atomic(Path(out_dir) / ANSWERS_FILE, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    if records[0].kind == "pope":
+        return score_pope(predictions, {q: r.answer for q, r in truth.items()})
+    answers = {q: r.answers for q, r in truth.items()}
+    return score_vqa(predictions, answers, {q: r.answer_type for q, r in truth.items()})
 
 
 def _write_captions(out_dir: Path, references: dict[str, list[str]], predictions: dict[str, str]) -> None:

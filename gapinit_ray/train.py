@@ -50,17 +50,39 @@ class CaptionPairs(torch.utils.data.Dataset):
         return self.items[i]
 
 
-class Collate:
-    """Loads the images of a batch and lays it out with the backbone (masks, labels)."""
+class QAPairs(CaptionPairs):
+    """(image id, image path, answer, question): one sample per VQA / POPE question, trained on its answer
+    (VQA: ``multiple_choice_answer``, the most frequent human answer; POPE: the label)."""
 
-    def __init__(self, backbone, prompt: str | None) -> None:
-        self.backbone, self.prompt = backbone, prompt
+    def __init__(self, records: list) -> None:
+        self.items = [(r.image_id, r.image_path, r.answer, r.question) for r in records]
+
+
+def pairs_of(records: list) -> CaptionPairs:
+    """The training / validation-loss samples of caption records or of question records."""
+    from gapinit_ray.data import QARecord
+
+    return QAPairs(records) if records and isinstance(records[0], QARecord) else CaptionPairs(records)
+
+
+class Collate:
+    """Loads the images of a batch and lays it out with the backbone (masks, labels).
+
+    Question samples (4-tuples from :class:`QAPairs`) get their own prompt each: ``question_prompt`` (a
+    template with ``{question}``; ``None``: the family's) filled with the sample's question.
+    """
+
+    def __init__(self, backbone, prompt: str | None, question_prompt: str | None = None) -> None:
+        self.backbone, self.prompt, self.question_prompt = backbone, prompt, question_prompt
 
     def __call__(self, items):
         from gapinit_ray.data import load_image
 
-        images = [load_image(path, image_id) for image_id, path, _ in items]
-        return self.backbone.build_batch(images, [c for *_, c in items], with_labels=True, prompt=self.prompt)
+        images = [load_image(item[1], item[0]) for item in items]
+        prompt = self.prompt
+        if len(items[0]) == 4:
+            prompt = [self.backbone.question_prompt(item[3], self.question_prompt) for item in items]
+        return self.backbone.build_batch(images, [item[2] for item in items], with_labels=True, prompt=prompt)
 
 
 def train_loader(dataset, collate, batch_size: int, seed: int, world: int, rank: int):
@@ -197,11 +219,15 @@ class TrialWorker:
         # per-module reference gaps for the alignment tracked at every report (before ZeRO partitions)
         self.gaps = reference_gaps(self.backbone, spec.lora, artifact, model)
 
-        self.train_set = CaptionPairs(split_records(spec.data, spec.data.train, spec.storage))
-        eval_ref = spec.data.test if spec.eval.split == "test" and spec.data.test else spec.data.val
-        self.val_records = eval_records(split_records(spec.data, eval_ref, spec.storage), spec.eval.subset)
-        self.val_set = CaptionPairs(self.val_records)
-        self.collate = Collate(self.backbone, train.prompt)
+        self.train_set = pairs_of(split_records(spec.data, spec.data.train, spec.storage))
+        # (metric prefix, records): the in-task split ("val") first, then the zero-shot transfer sets
+        self.eval_sets = [
+            (name, eval_records(split_records(spec.data, ref, spec.storage), spec.eval.subset))
+            for name, ref in [("val", spec.eval_ref()), *spec.eval.transfer.items()]
+        ]
+        self.val_records = self.eval_sets[0][1]
+        self.val_set = pairs_of(self.val_records)
+        self.collate = Collate(self.backbone, train.prompt, train.question_prompt)
         self.sampler, self.loader = train_loader(
             self.train_set, self.collate, train.batch_size, seed, self.world, self.rank
         )
@@ -309,18 +335,22 @@ class TrialWorker:
             # cos(B[:,0], g) over the gap-carrying modules, mean ‖A‖_F / ‖B‖_F (every rank: ZeRO-3 gathers)
             **adapter_stats(self.engine.module, self.gaps),
         }
-        scores = evaluate_split(
-            self.engine.module,
-            self.backbone,
-            self.val_records,
-            spec.eval,
-            prompt=spec.train.prompt,
-            rank=rank,
-            world_size=world,
-            gather=_gather_objects if world > 1 else None,
-            out_dir=os.path.join(self.ctx.out_dir, f"epoch_{epoch_value:g}") if rank == 0 else None,
-        )
-        metrics.update({f"val_{k}": v for k, v in (_broadcast(scores, world) or {}).items()})
+        for name, records in self.eval_sets:
+            # the in-task split writes into epoch_<e>/, a transfer set into epoch_<e>/<name>/
+            out_dir = os.path.join(self.ctx.out_dir, f"epoch_{epoch_value:g}", "" if name == "val" else name)
+            scores = evaluate_split(
+                self.engine.module,
+                self.backbone,
+                records,
+                spec.eval,
+                prompt=spec.train.prompt,
+                question_prompt=spec.train.question_prompt,
+                rank=rank,
+                world_size=world,
+                gather=_gather_objects if world > 1 else None,
+                out_dir=out_dir if rank == 0 else None,
+            )
+            metrics.update({f"{name}_{k}": v for k, v in (_broadcast(scores, world) or {}).items()})
         # the init report (alignment, ΔW = 0, gradient norms) goes with the first report only
         metrics["init_checks"] = json.dumps(self.checks, default=str) if next_epoch <= 1 else ""
         with tempfile.TemporaryDirectory() as tmp:

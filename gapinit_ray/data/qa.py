@@ -55,6 +55,7 @@ class QARecord:
     answers: tuple[str, ...]
     answer_type: str
     split: str
+    kind: str = "vqa"  # "vqa" or "pope": which metrics score it
 
 
 # ----------------------------------------------------------------------------------------- VQA
@@ -168,7 +169,7 @@ def load_pope(annotations: str, images: str, split: str) -> list[QARecord]:
                 )
             records.append(
                 QARecord(qid, os.path.splitext(image)[0], os.path.normpath(os.path.join(root, image)),
-                         " ".join(text.split()), label, (label,), "yes/no", split)
+                         " ".join(text.split()), label, (label,), "yes/no", split, "pope")
             )  # fmt: skip
     if not records:
         raise DataError(f"{path}: no questions")
