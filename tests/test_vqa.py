@@ -417,3 +417,19 @@ def test_tiny_vqa_sweep_with_pope_and_caption_transfer_runs_end_to_end(tmp_path)
     assert (epoch_dir / "shapes" / "captions.json").exists()
     raw_rows = pd.read_parquet(sweep_dir / "results" / "metrics")
     assert raw_rows["pope_pope_f1"].notna().all()
+
+
+def test_paper_table3_and_table4_specs_report_the_transfer_and_qa_metrics() -> None:
+    from gapinit_ray.spec import grid_size, load_spec
+
+    sweeps = Path(__file__).parents[1] / "sweeps"
+    flickr = load_spec(sweeps / "table3_flickr_transfer.yaml")
+    assert "flickr30k_cider" in flickr.reported_metrics() and grid_size(flickr) == 4
+    assert flickr.data.sources[flickr.eval.transfer["flickr30k"].source].kind == "caption"
+    vqa = load_spec(sweeps / "table4_vqa_pope.yaml")
+    assert vqa.task == "vqa" and grid_size(vqa) == 4
+    reported = vqa.reported_metrics()
+    assert {"val_vqa_acc", "okvqa_vqa_acc", "pope_random_pope_f1", "pope_adversarial_pope_f1"} <= set(
+        reported
+    )
+    assert not any(m.endswith("_cider") for m in reported)  # no caption metric on question answering
