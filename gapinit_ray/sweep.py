@@ -436,7 +436,8 @@ def run_sweep(spec: SweepSpec, *, quiet: bool = False):
 
 
 def _compact(spec: SweepSpec) -> None:
-    """Fold each finished trial's per-report files into one (queries read one file per trial)."""
+    """Fold each finished trial's per-report files into one, then every row into the sweep-level
+    ``metrics/_sweep.parquet`` (a query then reads one file, plus whatever changed after)."""
     from gapinit_ray.results import ResultsStore
 
     ResultsStore(spec.storage, spec.name).compact()

@@ -205,9 +205,10 @@ def test_resume_after_the_driver_is_killed(tmp_path) -> None:
     before = metrics[metrics["trial_id"].isin(done_before)]
     assert len(before) == 3 * len(done_before)
     assert (before["timestamp"] < killed_at).all()
-    # the finished sweep is compacted: one file per trial
-    assert (
-        sorted(p.name for p in (sweep / "results" / "metrics").rglob("*.parquet"))
-        == ["compacted.parquet"] * 4
-    )
+    # the finished sweep is compacted: one file per trial, and the sweep-level file covering them all
+    assert sorted(p.name for p in (sweep / "results" / "metrics").rglob("*.parquet")) == [
+        "_sweep.parquet",
+        *["compacted.parquet"] * 4,
+    ]
+    assert store.metrics().num_rows == len(metrics)
     assert json.loads((sweep / "spec.json").read_text())["name"] == "resumable"
