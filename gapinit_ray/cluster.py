@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 from gapinit_ray.errors import GapinitError
 
@@ -33,7 +34,10 @@ def ray_session(
     # retries, which on a busy cluster turns waiting into a restart loop. Let them wait.
     env = {k: os.environ.get(k, v) for k, v in TRAIN_ENV.items()}
     os.environ.update(env)  # the embedded Ray's processes inherit the driver's environment
-    kwargs["runtime_env"] = {"env_vars": env}
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+        # a driver started by the Jobs API (`gapinit submit`) already has these in its job's
+        # runtime_env, which every worker inherits; Ray refuses to merge the same key twice
+        kwargs["runtime_env"] = {"env_vars": env}
     try:
         if address:
             ray.init(address=address, **kwargs)
@@ -48,3 +52,200 @@ def ray_session(
         yield
     finally:
         ray.shutdown()
+
+
+# ------------------------------------------------------------------------------ the Jobs API client
+
+#: Where `submit`/`status`/... look for the cluster address and token when not given on the command line.
+CONFIG_ENV = "GAPINIT_CONFIG"
+DEFAULT_CONFIG = Path("~/.config/gapinit/config.yaml")
+#: Every job this package submits carries this metadata key (value: the sweep name).
+SWEEP_KEY = "gapinit_sweep"
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+#: The job's environment variable that carries the validated spec (`gapinit run env:GAPINIT_SPEC`).
+SPEC_ENV = "GAPINIT_SPEC"
+
+
+def _config() -> dict:
+    path = Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG).expanduser()
+    if not path.exists():
+        return {}
+    from gapinit_ray.spec import yaml_load
+
+    try:
+        data = yaml_load(path.read_text())
+    except Exception as e:  # a broken config file is the user's to fix: say which
+        raise ClusterError(f"{path}: not a YAML mapping ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict) or not set(data) <= {"address", "token_file"}:
+        raise ClusterError(f"{path}: expected a mapping with keys address, token_file")
+    return data
+
+
+def resolve_address(address: str | None) -> str:
+    """The Jobs API address: ``--address``, else ``RAY_ADDRESS`` (an http(s) one), else the config
+    file's ``address``."""
+    addr = address or os.environ.get("RAY_ADDRESS") or _config().get("address")
+    if not addr:
+        raise ClusterError(
+            "no cluster address: pass --address http://HEAD:8265, set RAY_ADDRESS, or put "
+            f"'address: http://HEAD:8265' in {os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG}"
+        )
+    addr = str(addr).strip()
+    if "://" not in addr:
+        addr = f"http://{addr}"
+    if not addr.startswith(("http://", "https://")):
+        raise ClusterError(
+            f"--address {addr}: the Jobs API is the dashboard's http(s) address, e.g. http://HEAD:8265"
+        )
+    return addr.rstrip("/")
+
+
+def resolve_token(token_file: str | None = None) -> str | None:
+    """Ray's token auth (``RAY_AUTH_MODE=token``): ``--token-file``, else ``RAY_AUTH_TOKEN``, else the
+    file named by ``RAY_AUTH_TOKEN_PATH``, the config file's ``token_file`` or ``~/.ray/auth_token``."""
+    if not token_file and os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    candidates = [token_file, os.environ.get("RAY_AUTH_TOKEN_PATH"), _config().get("token_file")]
+    for i, name in enumerate(candidates):
+        if not name:
+            continue
+        path = Path(name).expanduser()
+        try:
+            return path.read_text().strip()
+        except OSError as e:
+            what = ("--token-file", "RAY_AUTH_TOKEN_PATH", "config token_file")[i]
+            raise ClusterError(f"{what} {path}: cannot read the token ({e.strerror})") from None
+    default = Path("~/.ray/auth_token").expanduser()
+    return default.read_text().strip() if default.exists() else None
+
+
+def check_submittable(spec, source: str) -> str:
+    """The spec's storage, if a cluster can use it: an absolute (shared) path or a URI."""
+    storage = str(spec.storage)
+    if "://" not in storage and not Path(storage).expanduser().is_absolute():
+        raise ClusterError(
+            f"{source}: storage: {storage!r} is relative; on a cluster give an absolute shared path "
+            "or a URI (e.g. storage=/mnt/shared/gapinit or --storage s3://bucket/gapinit)"
+        )
+    return storage
+
+
+class JobsClient:
+    """``gapinit submit/status/logs/stop/list``: Ray's ``JobSubmissionClient`` with one-line errors."""
+
+    def __init__(self, address: str | None = None, token_file: str | None = None) -> None:
+        self.address = resolve_address(address)
+        token = resolve_token(token_file)
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        from ray.job_submission import JobSubmissionClient
+
+        try:
+            self._client = JobSubmissionClient(self.address, headers=dict(self._headers))
+        except Exception as e:  # ConnectionError, requests errors, version mismatch
+            raise self._error(e) from None
+
+    def _error(self, e: BaseException, job: str | None = None) -> ClusterError:
+        text = str(e).strip()
+        first = text.splitlines()[0] if text else type(e).__name__
+        low = text.lower()
+        if "401" in text or "unauthorized" in low or "authentication required" in low:
+            return ClusterError(
+                f"{self.address} refused the request: it needs a token (set RAY_AUTH_TOKEN, "
+                "--token-file, or token_file in the config file)"
+            )
+        if "403" in text or "forbidden" in low or "invalid authentication token" in low:
+            return ClusterError(f"{self.address} refused the token: check RAY_AUTH_TOKEN / --token-file")
+        if job is not None and ("does not exist" in low or "404" in text or "not found" in low):
+            return ClusterError(f"no job {job!r} on {self.address}; `gapinit list` shows the sweeps there")
+        if isinstance(e, ConnectionError | TimeoutError) or "connect" in low or "connection" in low:
+            return ClusterError(
+                f"cannot reach the Ray Jobs API at {self.address} ({first}); check the address "
+                "(the head's dashboard port, default 8265) and that the cluster is up"
+            )
+        return ClusterError(f"{self.address}: {first}")
+
+    def _call(self, fn, *args, job: str | None = None, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            raise self._error(e, job) from None
+
+    # -- commands
+
+    def submit(
+        self,
+        spec,
+        *,
+        source: str,
+        ship_code: bool = False,
+        submission_id: str | None = None,
+    ) -> str:
+        """Submit a validated spec as a Ray job running ``gapinit run``; returns the submission id at
+        once. Only the validated spec travels (as an environment variable of the job: no upload); data
+        and storage are paths/URIs on the cluster. ``ship_code`` also uploads this package."""
+        import json
+        import re
+        import uuid
+
+        storage = check_submittable(spec, source)
+        sid = submission_id or f"gapinit-{re.sub(r'[^A-Za-z0-9_-]', '-', spec.name)}-{uuid.uuid4().hex[:8]}"
+        env = {
+            **TRAIN_ENV,
+            "TOKENIZERS_PARALLELISM": "false",
+            SPEC_ENV: json.dumps(spec.model_dump(mode="json")),
+        }
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME"):
+            if var in os.environ:
+                env[var] = os.environ[var]
+        runtime_env: dict = {"env_vars": env}
+        if ship_code:
+            import gapinit_ray
+
+            runtime_env["py_modules"] = [str(Path(gapinit_ray.__file__).parent)]
+        self._call(
+            self._client.submit_job,
+            entrypoint=f"python -m gapinit_ray.cli run env:{SPEC_ENV}",
+            submission_id=sid,
+            runtime_env=runtime_env,
+            metadata={SWEEP_KEY: spec.name, "storage": storage, "spec": Path(source).name},
+            entrypoint_num_cpus=0,
+        )
+        return sid
+
+    def info(self, job: str):
+        return self._call(self._client.get_job_info, job, job=job)
+
+    def status(self, job: str) -> str:
+        return str(self._call(self._client.get_job_status, job, job=job).value)
+
+    def logs(self, job: str) -> str:
+        return self._call(self._client.get_job_logs, job, job=job)
+
+    def follow(self, job: str, write) -> None:
+        """Stream the job's logs until it ends (Ctrl-C stops following, not the job)."""
+        import asyncio
+
+        async def tail() -> None:
+            async for chunk in self._client.tail_job_logs(job):
+                write(chunk)
+
+        self.info(job)  # an unknown id fails here, with one line
+        self._call(asyncio.run, tail(), job=job)
+
+    def stop(self, job: str, wait_s: float = 120.0) -> str:
+        """Ask the job to stop (its driver, and with it the trials' actors, end) and wait for it."""
+        import time
+
+        self._call(self._client.stop_job, job, job=job)
+        deadline = time.monotonic() + wait_s
+        status = self.status(job)
+        while status not in TERMINAL and time.monotonic() < deadline:
+            time.sleep(1)
+            status = self.status(job)
+        return status
+
+    def sweeps(self) -> list:
+        """Jobs submitted by this package, oldest first."""
+        jobs = self._call(self._client.list_jobs)
+        mine = [j for j in jobs if SWEEP_KEY in (j.metadata or {})]
+        return sorted(mine, key=lambda j: j.start_time or 0)

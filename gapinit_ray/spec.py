@@ -13,6 +13,7 @@ the dotted path of the field it sets (``train.lr``, ``lora.rank``); ``seed``, ``
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -695,7 +696,18 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
-    """Read, override and validate a spec file; raise SpecError listing every problem."""
+    """Read, override and validate a spec file; raise SpecError listing every problem.
+
+    ``env:VAR`` reads the spec's text from environment variable ``VAR`` (how `gapinit submit` hands a
+    validated spec to its job without uploading files)."""
+    if str(path).startswith("env:"):
+        var = str(path)[4:]
+        if var not in os.environ:
+            raise SpecError(f"{path}: environment variable {var} is not set")
+        raw = yaml_load(os.environ[var])
+        if not isinstance(raw, dict):
+            raise SpecError(f"{path}: the spec must be a YAML mapping")
+        return spec_from_dict(raw, source=f"${var}", overrides=overrides)
     path = Path(path)
     try:
         text = path.read_text()
