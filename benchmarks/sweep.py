@@ -13,9 +13,15 @@
     ``ResultsStore.write_report`` (plus trial rows) by 2 worker processes; the Tune experiment is a real
     run of trivial trials that ``tune.report`` the same rows. Measured on a small uncompacted subset
     (one file per report), the same subset after ``compact()``, and the whole compacted store (the
-    headline: a finished sweep is compacted). Ours and Tune's are timed alternately, after a warm-up.
+    headline: a finished sweep is compacted: one file per trial plus the sweep-level ``_sweep.parquet``
+    that ``compact()`` writes at the end of a sweep). Ours and Tune's are timed alternately, after a
+    warm-up, at each ``--trials`` scale (a store and a Tune experiment of its own per scale).
 
-    python -m benchmarks.sweep [--configs 12] [--trials 200] [--reports 100] [--subset 20] [--repeats 3]
+    python -m benchmarks.sweep [--configs 12] [--trials 200[,1000]] [--reports 100] [--subset 20]
+                               [--repeats 3] [--skip-schedulers]
+
+``--skip-schedulers`` runs part (b) only; the schedulers section of the previous results file is then
+kept as it was (marked ``carried_over``), so one file still holds both parts.
 """
 
 from __future__ import annotations
@@ -334,12 +340,12 @@ def _same(a: dict, b: dict) -> float:
     return max(max(abs(a[k][1] - b[k][1]), abs(a[k][2] - b[k][2])) for k in a)
 
 
-def query_benchmark(args, tmp: str) -> tuple[dict, str]:
+def query_benchmark(args, tmp: str, trials: int) -> tuple[dict, str]:
     """Our store: the uncompacted subset, compacted, then the whole sweep compacted. Returns the part of
     the result about our store and the store root (the Tune side is measured later, next to it)."""
     from gapinit_ray.results import ResultsStore
 
-    root = os.path.join(tmp, "store")
+    root = os.path.join(tmp, f"store-{trials}")
     store = ResultsStore(root, "query")
     subset = list(range(args.subset))
     write_subset_s = build_store(root, "query", subset, args.reports, False, args.workers)
@@ -353,12 +359,15 @@ def query_benchmark(args, tmp: str) -> tuple[dict, str]:
         raise RuntimeError(f"compact() folded {len(compacted_ids)} trials, not {args.subset}")
     our_query(store)
     compacted = [our_query(store)[0] for _ in range(args.repeats)]
-    rest = list(range(args.subset, args.trials))
+    rest = list(range(args.subset, trials))
     write_rest_s = build_store(root, "query", rest, args.reports, True, args.workers)
+    t0 = time.perf_counter()
+    store.compact()  # what the sweep driver runs when the sweep ends: writes metrics/_sweep.parquet
+    sweep_compact_s = time.perf_counter() - t0
     files_full, bytes_full = files_under(store.metrics_dir)
     rows = store.metrics(columns=["trial_id"]).num_rows
-    if rows != args.trials * args.reports:
-        raise RuntimeError(f"store holds {rows} rows, not {args.trials * args.reports}")
+    if rows != trials * args.reports:
+        raise RuntimeError(f"store holds {rows} rows, not {trials * args.reports}")
     part = {
         "subset_trials": args.subset,
         "subset_files_uncompacted": files_uncompacted,
@@ -371,6 +380,8 @@ def query_benchmark(args, tmp: str) -> tuple[dict, str]:
         "subset_compaction_query_speedup": _median(uncompacted)["total_s"] / _median(compacted)["total_s"],
         "subset_uncompacted_ms_per_file": _median(uncompacted)["metrics_s"] / files_uncompacted * 1e3,
         "full_write_and_compact_rest_s": write_rest_s,
+        "full_sweep_compact_s": sweep_compact_s,
+        "full_sweep_file_bytes": os.path.getsize(store.sweep_path),
         "full_files_compacted": files_full,
         "full_bytes_compacted": bytes_full,
         "full_rows": rows,
@@ -378,51 +389,120 @@ def query_benchmark(args, tmp: str) -> tuple[dict, str]:
     return part, root
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--configs", type=int, default=12, help="(a) configs (x 3 seeds)")
-    ap.add_argument("--trials", type=int, default=200, help="(b) trials of the query benchmark")
-    ap.add_argument("--reports", type=int, default=100, help="(b) reports per trial")
-    ap.add_argument("--subset", type=int, default=20, help="(b) trials of the uncompacted subset")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=2, help="(b) processes writing the store")
-    args = ap.parse_args(argv)
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    t_start = time.perf_counter()
-
+def query_scale(args, tmp: str, trials: int, sched_kinds: tuple[str, ...]) -> tuple[dict, dict]:
+    """Part (b) at one scale (and part (a), for ``sched_kinds``, while Ray is up): our store, then a
+    Tune experiment of the same rows, then both queried side by side with Ray shut down."""
     import ray
 
     from gapinit_ray.results import ResultsStore
 
-    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
-        # our store first: its writer processes are spawned before Ray starts its threads
-        ours, root = query_benchmark(args, tmp)
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-        try:
-            sched = {k: run_scheduler(k, args.configs, os.path.join(tmp, "sched")) for k in SCHEDULERS}
-            tune_path, tune_fit_s = run_tune_experiment(os.path.join(tmp, "tune"), args.trials, args.reports)
-        finally:
-            ray.shutdown()
-        # side by side, alternating, Ray stopped: ours on the compacted store vs Tune's ResultGrid
-        store = ResultsStore(root, "query")
-        ours_runs, tune_runs = [], []
-        _, ours_agg = our_query(store)
-        _, tune_agg = tune_query(tune_path)
-        for _ in range(args.repeats):
-            ours_runs.append(our_query(store)[0])
-            tune_runs.append(tune_query(tune_path)[0])
-        tune_files, tune_bytes = files_under(tune_path)
-        what_if_s, what_if_agg = what_if(store, tmp, args.repeats)
+    # our store first: its writer processes are spawned before Ray starts its threads
+    ours, root = query_benchmark(args, tmp, trials)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        sched = {k: run_scheduler(k, args.configs, os.path.join(tmp, "sched")) for k in sched_kinds}
+        tune_path, tune_fit_s = run_tune_experiment(os.path.join(tmp, f"tune-{trials}"), trials, args.reports)
+    finally:
+        ray.shutdown()
+    # side by side, alternating, Ray stopped: ours on the compacted store vs Tune's ResultGrid
+    store = ResultsStore(root, "query")
+    ours_runs, tune_runs = [], []
+    _, ours_agg = our_query(store)
+    _, tune_agg = tune_query(tune_path)
+    for _ in range(args.repeats):
+        ours_runs.append(our_query(store)[0])
+        tune_runs.append(tune_query(tune_path)[0])
+    tune_files, tune_bytes = files_under(tune_path)
+    what_if_s, what_if_agg = what_if(store, tmp, args.repeats)
 
     ours_build_s = ours["subset_write_s"] + ours["subset_compact_s"] + ours["full_write_and_compact_rest_s"]
     build_s = ours_build_s + tune_fit_s
     write_ms = ours["subset_write_s"] * args.workers / ours["subset_files_uncompacted"] * 1e3
-    fifo = sched["fifo"]
-    sg = sched["seed-group-asha"]
     ours_s, tune_s = _median(ours_runs), _median(tune_runs)
-    result = {
-        "benchmark": "sweep",
-        "schedulers": {
+    query = {
+        "what": (
+            f"{trials} trials x {args.reports} reports, the same rows in our store "
+            "(ResultsStore.write_report, one file per report, compact(trial) as each trial ends: one file "
+            "per trial, then compact() at the end of the sweep: one sweep-level file) "
+            "and in a Tune experiment directory (a real run of trivial trials that tune.report them). "
+            'ours: aggregate(store.metrics(), by=["init"], metric="val_cider", at="last"); tune: '
+            "ResultGrid(ExperimentAnalysis(path)) + get_dataframe() + pandas groupby mean/std per "
+            "init. Medians of alternating runs after a warm-up, Ray shut down."
+        ),
+        "build_note": (
+            f"building the data took {build_s:.0f} s (our store {ours_build_s:.0f} s: ~{write_ms:.1f} ms "
+            f"per report per writer process, write_report's Parquet encode + fsync; the Tune run "
+            f"{tune_fit_s:.0f} s)"
+        ),
+        "ours": ours,
+        "tune_fit_s": tune_fit_s,
+        "tune_files": tune_files,
+        "tune_bytes": tune_bytes,
+        "compacted_ours_s": ours_s,
+        "compacted_tune_s": tune_s,
+        "speedup_vs_tune_compacted": tune_s["total_s"] / ours_s["total_s"],
+        "speedup_vs_tune_get_dataframe_only": tune_s["get_dataframe_s"] / ours_s["total_s"],
+        "subset_uncompacted_speedup_vs_tune_per_trial": (tune_s["total_s"] / trials)
+        / (ours["subset_uncompacted_ours_s"]["total_s"] / args.subset),
+        "max_abs_diff_of_per_init_mean_std": _same(ours_agg, tune_agg),
+        "what_if_one_file_and_arrow_aggregate_s": what_if_s,
+        "what_if_speedup_vs_tune": tune_s["total_s"] / what_if_s["total_s"],
+        "what_if_note": (
+            "a lower bound, not the store's API: all rows in one Parquet file read with 4 columns only and "
+            "the per-trial last value + per-init mean/std in Arrow, with none of metrics()'s listing, "
+            "manifest check, all-column read and de-duplication; same numbers as ours (max_abs_diff_what_if)"
+        ),
+        "max_abs_diff_what_if": _same(ours_agg, what_if_agg),
+        "runs_ours": ours_runs,
+        "runs_tune": tune_runs,
+    }
+    return query, sched
+
+
+def _earlier_schedulers() -> dict | None:
+    from benchmarks.common import RESULTS
+
+    try:
+        earlier = json.loads((RESULTS / "sweep.json").read_text())
+    except (OSError, ValueError):
+        return None
+    sched = earlier.get("schedulers")
+    if not isinstance(sched, dict):
+        return None
+    sched.setdefault(
+        "carried_over",
+        f"measured in an earlier run (machine {json.dumps(earlier.get('machine'), sort_keys=True)}); "
+        "this run measured the query part only (--skip-schedulers)",
+    )
+    return sched
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--configs", type=int, default=12, help="(a) configs (x 3 seeds)")
+    ap.add_argument("--trials", default="200", help="(b) trials of the query benchmark; a list: 200,1000")
+    ap.add_argument("--reports", type=int, default=100, help="(b) reports per trial")
+    ap.add_argument("--subset", type=int, default=20, help="(b) trials of the uncompacted subset")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2, help="(b) processes writing the store")
+    ap.add_argument("--skip-schedulers", action="store_true", help="run part (b) only")
+    args = ap.parse_args(argv)
+    scales = [int(t) for t in str(args.trials).split(",") if t.strip()]
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    t_start = time.perf_counter()
+
+    queries: dict[str, dict] = {}
+    sched: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+        for i, trials in enumerate(scales):
+            kinds = SCHEDULERS if i == 0 and not args.skip_schedulers else ()
+            query, found = query_scale(args, tmp, trials, kinds)
+            queries[f"{trials}x{args.reports}"] = query
+            sched.update(found)
+
+    if sched:
+        fifo = sched["fifo"]
+        schedulers = {
             "what": (
                 f"{args.configs} configs x {SEEDS} seeds, cheap function trainable "
                 f"(score = q_c(1-exp(-epoch/{TAU})) + seed offset U(-0.02, 0.02) + jitter U(-0.005, 0.005), "
@@ -437,54 +517,25 @@ def main(argv: list[str] | None = None) -> dict:
             "same_best_config_as_fifo": {
                 k: v["best_config"] == fifo["best_config"] for k, v in sched.items()
             },
-        },
-        "query": {
-            "what": (
-                f"{args.trials} trials x {args.reports} reports, the same rows in our store "
-                "(ResultsStore.write_report, one file per report, then compact(): one file per trial) "
-                "and in a Tune experiment directory (a real run of trivial trials that tune.report them). "
-                'ours: aggregate(store.metrics(), by=["init"], metric="val_cider", at="last"); tune: '
-                "ResultGrid(ExperimentAnalysis(path)) + get_dataframe() + pandas groupby mean/std per "
-                "init. Medians of alternating runs after a warm-up, Ray shut down."
-            ),
-            "scale_note": (
-                f"{args.trials} trials, not 1,000 (the brief's fallback): building this data took "
-                f"{build_s:.0f} s here (our store {ours_build_s:.0f} s: ~{write_ms:.1f} ms per report "
-                f"per writer process, write_report's Parquet encode + fsync; the Tune run "
-                f"{tune_fit_s:.0f} s), so "
-                f"1,000 x 100 would take ~{build_s * 1000 / args.trials:.0f} s on top of part (a), past "
-                "the ~10 minute budget on 2 cores; python -m benchmarks.sweep --trials 1000 runs it"
-                if args.trials < 1000
-                else "full scale"
-            ),
-            "ours": ours,
-            "tune_fit_s": tune_fit_s,
-            "tune_files": tune_files,
-            "tune_bytes": tune_bytes,
-            "compacted_ours_s": ours_s,
-            "compacted_tune_s": tune_s,
-            "speedup_vs_tune_compacted": tune_s["total_s"] / ours_s["total_s"],
-            "speedup_vs_tune_get_dataframe_only": tune_s["get_dataframe_s"] / ours_s["total_s"],
-            "subset_uncompacted_speedup_vs_tune_per_trial": (tune_s["total_s"] / args.trials)
-            / (ours["subset_uncompacted_ours_s"]["total_s"] / args.subset),
-            "max_abs_diff_of_per_init_mean_std": _same(ours_agg, tune_agg),
-            "what_if_one_file_and_arrow_aggregate_s": what_if_s,
-            "what_if_speedup_vs_tune": tune_s["total_s"] / what_if_s["total_s"],
-            "what_if_note": (
-                "not the store's API: all rows in one Parquet file (sweep-level compaction) and the "
-                "per-trial last value + per-init mean/std computed in Arrow instead of aggregate()'s "
-                "per-row Python loop; same numbers as ours (max_abs_diff_what_if)"
-            ),
-            "max_abs_diff_what_if": _same(ours_agg, what_if_agg),
-            "runs_ours": ours_runs,
-            "runs_tune": tune_runs,
-        },
+        }
+    else:
+        schedulers = _earlier_schedulers()
+    runs = (schedulers or {}).get("runs", {})
+    met = {}
+    if "fifo" in runs and "seed-group-asha" in runs:
+        fifo, sg = runs["fifo"], runs["seed-group-asha"]
+        met["seed_group_asha_epochs_vs_fifo"] = sg["epochs_run"] / fifo["epochs_run"] <= 0.5
+        met["seed_group_asha_same_best_config_as_fifo"] = sg["best_config"] == fifo["best_config"]
+    met["query_speedup_vs_tune_compacted"] = all(
+        q["speedup_vs_tune_compacted"] >= 10 for q in queries.values()
+    )
+    result = {
+        "benchmark": "sweep",
+        "schedulers": schedulers,
+        "query": queries,
+        "query_speedups_vs_tune_compacted": {k: q["speedup_vs_tune_compacted"] for k, q in queries.items()},
         "targets": TARGETS,
-        "met": {
-            "seed_group_asha_epochs_vs_fifo": sg["epochs_run"] / fifo["epochs_run"] <= 0.5,
-            "seed_group_asha_same_best_config_as_fifo": sg["best_config"] == fifo["best_config"],
-            "query_speedup_vs_tune_compacted": tune_s["total_s"] / ours_s["total_s"] >= 10,
-        },
+        "met": met,
         "wall_s": time.perf_counter() - t_start,
         "machine": machine(),
     }
@@ -494,29 +545,31 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     r = main()
-    s, q = r["schedulers"], r["query"]
-    for k, v in s["runs"].items():
+    s = r["schedulers"] or {}
+    for k, v in s.get("runs", {}).items():
         print(
             f"{k:16s} epochs {v['epochs_run']:4d} ({s['epochs_vs_fifo'][k]:.0%} of fifo), best config "
             f"{v['best_config']} (same as fifo: {s['same_best_config_as_fifo'][k]}), {v['wall_s']:.1f} s"
+            + (" [carried over]" if "carried_over" in s else "")
         )
-    o, ours, tune = q["ours"], q["compacted_ours_s"], q["compacted_tune_s"]
-    print(
-        f"query, {o['subset_trials']} trials uncompacted ({o['subset_files_uncompacted']} files): "
-        f"{o['subset_uncompacted_ours_s']['total_s']:.3f} s; "
-        f"compacted: {o['subset_compacted_ours_s']['total_s']:.3f} s "
-        f"({o['subset_compaction_query_speedup']:.1f}x)"
-    )
-    print(
-        f"query, {o['full_rows']} rows compacted: ours {ours['total_s']:.3f} s "
-        f"(metrics {ours['metrics_s']:.3f} + aggregate {ours['aggregate_s']:.3f}), "
-        f"tune {tune['total_s']:.3f} s (load {tune['load_s']:.3f} + "
-        f"get_dataframe {tune['get_dataframe_s']:.3f}); speed-up {q['speedup_vs_tune_compacted']:.2f}x "
-        f"(vs get_dataframe alone {q['speedup_vs_tune_get_dataframe_only']:.2f}x)"
-    )
-    w = q["what_if_one_file_and_arrow_aggregate_s"]
-    print(
-        f"what-if (one file + Arrow aggregate, not the store's API): {w['total_s']:.3f} s, "
-        f"{q['what_if_speedup_vs_tune']:.1f}x vs tune"
-    )
+    for scale, q in r["query"].items():
+        o, ours, tune = q["ours"], q["compacted_ours_s"], q["compacted_tune_s"]
+        print(
+            f"[{scale}] query, {o['subset_trials']} trials uncompacted ({o['subset_files_uncompacted']} files): "
+            f"{o['subset_uncompacted_ours_s']['total_s']:.3f} s; "
+            f"compacted: {o['subset_compacted_ours_s']['total_s']:.3f} s "
+            f"({o['subset_compaction_query_speedup']:.1f}x)"
+        )
+        print(
+            f"[{scale}] query, {o['full_rows']} rows compacted: ours {ours['total_s']:.3f} s "
+            f"(metrics {ours['metrics_s']:.3f} + aggregate {ours['aggregate_s']:.3f}), "
+            f"tune {tune['total_s']:.3f} s (load {tune['load_s']:.3f} + "
+            f"get_dataframe {tune['get_dataframe_s']:.3f}); speed-up {q['speedup_vs_tune_compacted']:.2f}x "
+            f"(vs get_dataframe alone {q['speedup_vs_tune_get_dataframe_only']:.2f}x)"
+        )
+        w = q["what_if_one_file_and_arrow_aggregate_s"]
+        print(
+            f"[{scale}] what-if (one file, 4 columns, Arrow aggregate; a lower bound): {w['total_s']:.3f} s, "
+            f"{q['what_if_speedup_vs_tune']:.1f}x vs tune"
+        )
     print(f"targets met: {r['met']}; wall {r['wall_s']:.0f} s")
