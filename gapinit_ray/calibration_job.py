@@ -17,7 +17,7 @@ from typing import Any
 from gapinit_ray.calibrate import PooledShard, calibrate
 from gapinit_ray.data import calibration_set_hash, load_image
 from gapinit_ray.data.resolve import cache_dir, calibration_pairs
-from gapinit_ray.gap import GapArtifact, SpotSettings, artifact_key, reduce_shards
+from gapinit_ray.gap import ArtifactMismatch, GapArtifact, SpotSettings, artifact_key, reduce_shards
 from gapinit_ray.sharding import WorkerOptions, run_local, run_on_ray
 
 
@@ -115,6 +115,24 @@ def _progress_bar(total: int, label: str):
     return step
 
 
+def artifact_parts(spec, bspec, pairs, backbone_path: str | None = None) -> dict[str, Any]:
+    """Everything that determines a backbone's GapArtifact; its hash is the cache key."""
+    cal = spec.calibration
+    spot = SpotSettings(
+        cal.spot.enabled, cal.spot.k, cal.spot.alpha_sem, cal.spot.alpha_geom, cal.spot.neighbor_space
+    )
+    return {
+        "backbone": backbone_source_id(bspec, backbone_path),
+        "dtype": bspec.dtype,
+        "calibration_set": calibration_set_hash(pairs),
+        "target_modules": target_modules_for(spec, bspec),
+        "residual_stream": cal.residual_stream,
+        "pooling": cal.pooling,
+        "spot": dict(spot.__dict__),
+        "prompt": spec.train.prompt,
+    }
+
+
 def run_calibration(
     spec,
     bspec,
@@ -134,25 +152,23 @@ def run_calibration(
     started = time.perf_counter()
     cal = spec.calibration
     pairs = calibration_pairs(spec)
-    targets = target_modules_for(spec, bspec)
-    spot = SpotSettings(
-        cal.spot.enabled, cal.spot.k, cal.spot.alpha_sem, cal.spot.alpha_geom, cal.spot.neighbor_space
-    )
-    prompt = spec.train.prompt
-    parts = {
-        "backbone": backbone_source_id(bspec, backbone_path),
-        "dtype": bspec.dtype,
-        "calibration_set": calibration_set_hash(pairs),
-        "target_modules": targets,
-        "residual_stream": cal.residual_stream,
-        "pooling": cal.pooling,
-        "spot": spot.__dict__,
-        "prompt": prompt,
-    }
+    parts = artifact_parts(spec, bspec, pairs, backbone_path)
+    targets, prompt = parts["target_modules"], parts["prompt"]
+    spot = SpotSettings(**parts["spot"])
     key = artifact_key(parts)
     root = cache_dir(spec.storage) / "gaps"
     if (root / key / "meta.json").exists():
-        return GapArtifact.load(root / key), True
+        cached = GapArtifact.load(root / key)
+        # a copied or stale cache entry must not pass for this backbone's gaps
+        wrong = [k for k in ("backbone", "dtype", "target_modules") if cached.meta.get(k) != parts[k]]
+        if wrong:
+            k = wrong[0]
+            raise ArtifactMismatch(
+                f"GapArtifact {root / key} was computed for {k}={cached.meta.get(k)!r}, but backbone "
+                f"{bspec.key} has {k}={parts[k]!r}; the cache entry is stale or copied from elsewhere: "
+                "delete that directory and run again to recalibrate"
+            )
+        return cached, True
 
     items = [(str(r.image_id), r.image_path, cap) for r, cap in pairs]  # ids are unique per D_cal
     import ray

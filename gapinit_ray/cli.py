@@ -47,7 +47,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from gapinit_ray.spec import load_spec
 
     spec = load_spec(args.spec, args.overrides)
-    with ray_session(args.address, num_cpus=args.num_cpus):
+    from gapinit_ray.data.resolve import check_storage
+
+    check_storage(spec.storage)
+    import contextlib
+
+    session = contextlib.nullcontext() if args.no_ray else ray_session(args.address, num_cpus=args.num_cpus)
+    with session:  # --no-ray: the forward passes run here, no Ray to start
         for bspec in spec.backbones:
             artifact, hit = run_calibration(spec, bspec, use_ray=not args.no_ray)
             t = artifact.meta.get("timings", {})
@@ -87,9 +93,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.overrides)
     if not args.trial:
         return _run_sweep(spec, args)
-    from gapinit_ray.trial import build_trainer, parse_trial_params, trial_id
+    from gapinit_ray.data.resolve import check_storage
+    from gapinit_ray.trial import build_trainer, parse_trial_params, trial_id, trial_spec
 
     params = parse_trial_params(args.trial)
+    trial_spec(spec, params)  # a bad trial parameter is reported before Ray starts
+    check_storage(spec.storage)
     with ray_session(args.address, num_cpus=args.num_cpus):
         trainer = build_trainer(spec, params)
         result = trainer.fit()
@@ -107,10 +116,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_sweep(spec, args: argparse.Namespace) -> int:
     from gapinit_ray.cluster import ray_session
     from gapinit_ray.spec import describe
-    from gapinit_ray.sweep import run_sweep
+    from gapinit_ray.sweep import preflight, run_sweep
 
-    print(describe(spec), file=sys.stderr)
+    preflight(spec)  # before Ray starts: a storage or sweep-dir problem is reported alone, at once
     with ray_session(args.address, num_cpus=args.num_cpus):
+        print(describe(spec), file=sys.stderr)
         run_sweep(spec, quiet=args.quiet)
     return _print_results(
         spec.storage,
@@ -128,6 +138,10 @@ def _print_results(storage: str, sweep: str, *, by, metric: str, at: str, mode: 
 
     store = ResultsStore(storage, sweep)
     metrics = store.metrics()
+    if metrics.num_rows == 0:
+        from gapinit_ray.results._fs import ResultsError
+
+        raise ResultsError(f"sweep {sweep}: no metric reports under {store.metrics_dir}")
     trials = store.trials()
     if by is None:
         by = [c for c in ("backbone", "init", "rank") if c in metrics.column_names]
@@ -189,6 +203,10 @@ def _print_comparison(storage: str, sweep: str, args: argparse.Namespace, by: li
     from gapinit_ray.results.compare import compare, format_comparison, parse_arms
 
     metrics = ResultsStore(storage, sweep).metrics()
+    if metrics.num_rows == 0:
+        from gapinit_ray.results._fs import ResultsError
+
+        raise ResultsError(f"sweep {sweep}: no metric reports under {storage}/{sweep}/results/metrics")
     arm_cols = {a.column for a in parse_arms(metrics, args.compare)}
     strata = [c for c in resolve_by(metrics, by) if c not in arm_cols]
     table = compare(

@@ -38,6 +38,8 @@ def ray_session(
         # a driver started by the Jobs API (`gapinit submit`) already has these in its job's
         # runtime_env, which every worker inherits; Ray refuses to merge the same key twice
         kwargs["runtime_env"] = {"env_vars": env}
+    if address:
+        _probe(address)
     try:
         if address:
             ray.init(address=address, **kwargs)
@@ -52,6 +54,26 @@ def ray_session(
         yield
     finally:
         ray.shutdown()
+
+
+def _probe(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a head that does not answer: ``ray.init`` keeps retrying a dead GCS for minutes.
+    Checks only that something listens at ``host:port`` (``auto`` and ``local`` are left to Ray)."""
+    import socket
+
+    target = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = target.rpartition(":")
+    if address in ("auto", "local") or not sep or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise ClusterError(
+            f"cannot reach the Ray cluster at {address}: nothing answers at {host}:{port} "
+            f"({e.strerror or type(e).__name__}); check the address (ray://HEAD:10001 or HEAD:6379) "
+            "and that the head node is up"
+        ) from None
 
 
 # ------------------------------------------------------------------------------ the Jobs API client

@@ -374,6 +374,7 @@ def run_sweep(spec: SweepSpec, *, quiet: bool = False):
     """Run (or resume, when the sweep's Tune state exists) a whole sweep; needs ``ray.init`` done."""
     from ray import tune
 
+    preflight(spec)
     root = sweep_dir(spec)
     root.mkdir(parents=True, exist_ok=True)
     _check_same_sweep(spec, root)
@@ -443,12 +444,29 @@ def _compact(spec: SweepSpec) -> None:
     ResultsStore(spec.storage, spec.name).compact()
 
 
+def preflight(spec: SweepSpec) -> None:
+    """What a run can refuse before Ray starts or anything is written: a storage root that cannot be
+    written, or a sweep dir that holds another spec's sweep."""
+    from gapinit_ray.data.resolve import check_storage
+
+    check_storage(spec.storage)
+    root = sweep_dir(spec)
+    if (root / "spec.json").is_file():
+        _check_same_sweep(spec, root)
+
+
 def _check_same_sweep(spec: SweepSpec, root: Path) -> None:
     """A sweep dir belongs to one spec: running another spec into it would mix trials."""
     path = root / "spec.json"
     current = spec.model_dump(mode="json")
     if path.exists():
-        saved = json.loads(path.read_text())
+        try:
+            saved = json.loads(path.read_text())
+        except (ValueError, OSError) as e:
+            raise GapinitError(
+                f"{path}: cannot read this sweep dir's spec ({type(e).__name__}); it is not a gapinit "
+                "sweep's spec.json: use another name or storage, or remove the directory"
+            ) from None
         if saved != current:
             diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
             raise GapinitError(

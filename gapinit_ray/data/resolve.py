@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gapinit_ray.data.calibration import sample_calibration
+from gapinit_ray.data.calibration import largest_remainder, sample_calibration
 from gapinit_ray.data.images import check_images
 from gapinit_ray.data.qa import QARecord, calibration_records, generate_synthetic_qa, load_pope, load_vqa
 from gapinit_ray.data.records import CaptionRecord, load_caption_set
@@ -25,6 +25,29 @@ def cache_dir(storage: str) -> Path:
             "object-store URIs are supported for results only"
         )
     return Path(storage.removeprefix("file://")).expanduser().absolute() / "_cache"
+
+
+def check_storage(storage: str) -> None:
+    """Refuse a local storage root that cannot be created or written, before anything is written.
+
+    Creates nothing: walks up to the nearest existing ancestor and checks it is a writable directory.
+    URIs (s3://, gs://, ...) are left to the filesystem that writes them."""
+    if "://" in storage and not storage.startswith("file://"):
+        return
+    path = Path(storage.removeprefix("file://")).expanduser().absolute()
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise DataError(
+            f"storage {storage}: {probe} is a file, not a directory, so the results root cannot be "
+            "created there; set storage to a directory path"
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise DataError(
+            f"storage {storage}: directory {probe} is not writable; set storage to a directory you can "
+            "write to, or fix its permissions"
+        )
 
 
 def source_records(name: str, source, split: str, storage: str) -> list[CaptionRecord]:
@@ -102,11 +125,22 @@ def calibration_pairs(spec, storage: str | None = None) -> list[tuple[CaptionRec
         (source_records(r.source, spec.data.sources[r.source], r.split, storage), r.fraction)
         for r in spec.calibration.sources
     ]
+    counts = largest_remainder([f for _, f in sources], spec.calibration.num_samples)
+    for i, (ref, (records, _), count) in enumerate(
+        zip(spec.calibration.sources, sources, counts, strict=True)
+    ):
+        if count > len(records):
+            raise DataError(
+                f"calibration.num_samples={spec.calibration.num_samples} asks for {count} pairs from "
+                f"calibration.sources[{i}] ({ref.source}/{ref.split}), which has only {len(records)} images; "
+                "lower calibration.num_samples or that source's fraction, or add images"
+            )
     return sample_calibration(sources, spec.calibration.num_samples, spec.calibration.seed)
 
 
 def check_spec_data(spec) -> list[str]:
     """`validate --check-data`: every split the spec reads loads and decodes; D_cal can be drawn."""
+    check_storage(spec.storage)
     lines = []
     seen = set()
     stages = [(f"data.{s}", getattr(spec.data, s)) for s in ("train", "val", "test")]

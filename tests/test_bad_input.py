@@ -1,0 +1,370 @@
+"""Bad input, table-driven: every case runs the real `gapinit` command in a subprocess and must exit 2
+with exactly one `gapinit: error:` line naming the file / field / id concerned, no traceback, and
+nothing written to the results store. Specs are validated (`validate --check-data` where data is
+involved, no training); the few `run` / `calibrate` cases fail before any trial starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).parents[1]
+QUICKSTART = ROOT / "sweeps" / "quickstart.yaml"
+
+
+def gapinit(tmp: Path, *args: object, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(tmp), "PYTHONWARNINGS": "ignore"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "gapinit_ray.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=tmp,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def dataset(tmp: Path, n: int = 6) -> Path:
+    """A tiny Karpathy-format caption set: ``ds/dataset.json`` + ``ds/images/<i>.png``, 4 train, 2 val."""
+    root = tmp / "ds"
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i in range(n):
+        Image.new("RGB", (32, 32), (40 * i % 256, 90, 200)).save(root / "images" / f"{i}.png")
+        entries.append(
+            {
+                "filename": f"{i}.png",
+                "imgid": i,
+                "split": "train" if i < n - 2 else "val",
+                "sentences": [{"raw": f"a red circle in the corner {i}"}],
+            }
+        )
+    (root / "dataset.json").write_text(json.dumps({"images": entries}))
+    return root
+
+
+def raw_spec(tmp: Path, **over) -> dict:
+    """The quickstart spec on the tiny data set above, storage under tmp, no pretraining."""
+    raw = yaml.safe_load(QUICKSTART.read_text())
+    ds = dataset(tmp)
+    raw["storage"] = str(tmp / "store")
+    raw["backbones"] = [{"name": "tiny-blip2", "pretrain": False}]
+    raw["data"] = {
+        "sources": {
+            "ds": {
+                "format": "karpathy",
+                "annotations": str(ds / "dataset.json"),
+                "images": str(ds / "images"),
+            }
+        },
+        "train": {"source": "ds", "split": "train"},
+        "val": {"source": "ds", "split": "val"},
+    }
+    raw["calibration"].update(
+        {"sources": [{"source": "ds", "split": "train"}], "num_samples": 4, "workers": 1}
+    )
+    raw.update(over)
+    return raw
+
+
+def write_spec(tmp: Path, raw: dict | str, name: str = "spec.yaml") -> Path:
+    path = tmp / name
+    path.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def edit_captions(tmp: Path, index: int, raw: str) -> None:
+    path = tmp / "ds" / "dataset.json"
+    data = json.loads(path.read_text())
+    data["images"][index]["sentences"] = [{"raw": raw}]
+    path.write_text(json.dumps(data))
+
+
+# ------------------------------------------------------------------------------------------ cases
+# Each setup builds its inputs under tmp and returns (command line, substrings the error line must hold).
+
+Setup = Callable[[Path], tuple[list, list[str]]]
+
+
+def _validate(*overrides: str, check_data: bool = False, **raw_over) -> Setup:
+    def setup(tmp: Path) -> tuple[list, list[str]]:
+        spec = write_spec(tmp, raw_spec(tmp, **raw_over))
+        return ["validate", spec, *overrides, *(["--check-data"] if check_data else [])], ["spec.yaml"]
+
+    return setup
+
+
+def _spec_case(*overrides: str, expect: list[str], check_data: bool = False, **raw_over) -> Setup:
+    base = _validate(*overrides, check_data=check_data, **raw_over)
+
+    def setup(tmp: Path) -> tuple[list, list[str]]:
+        args, _ = base(tmp)
+        return args, expect
+
+    return setup
+
+
+def missing_spec(tmp):
+    return ["validate", "does-not-exist.yaml"], ["does-not-exist.yaml", "not found"]
+
+
+def broken_yaml(tmp):
+    return ["validate", write_spec(tmp, "name: x\nstorage: [unclosed\n")], ["spec.yaml", "invalid YAML"]
+
+
+def not_a_mapping(tmp):
+    return ["validate", write_spec(tmp, "- name: x\n- storage: y\n")], ["spec.yaml", "YAML mapping"]
+
+
+def unknown_nested_key(tmp):
+    raw = raw_spec(tmp)
+    raw["train"]["learning_rate"] = 1e-3
+    return ["validate", write_spec(tmp, raw)], ["spec.yaml:", "train.learning_rate", "unknown key"]
+
+
+def source_not_defined(tmp):
+    raw = raw_spec(tmp)
+    raw["data"]["val"]["source"] = "coco"
+    return ["validate", write_spec(tmp, raw)], ["spec.yaml", "data.val.source", "'coco'"]
+
+
+def missing_image(tmp):
+    args, _ = _validate(check_data=True)(tmp)
+    (tmp / "ds" / "images" / "1.png").unlink()
+    return args, ["image file not found", "1.png", "image id 1"]
+
+
+def corrupt_image(tmp):
+    args, _ = _validate(check_data=True)(tmp)
+    (tmp / "ds" / "images" / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    return args, ["corrupt or unreadable image", "2.png", "image id 2"]
+
+
+def images_dir_missing(tmp):
+    raw = raw_spec(tmp)
+    raw["data"]["sources"]["ds"]["images"] = str(tmp / "nowhere")
+    return ["validate", write_spec(tmp, raw), "--check-data"], ["image directory not found", "nowhere"]
+
+
+def not_coco_format(tmp):
+    raw = raw_spec(tmp)  # a Karpathy file declared as COCO captions
+    raw["data"]["sources"]["ds"].update(format="coco", split="train")
+    raw["data"]["val"]["split"] = "train"
+    return ["validate", write_spec(tmp, raw), "--check-data"], [
+        "dataset.json",
+        "'annotations'",
+        "coco format",
+    ]
+
+
+def annotations_not_json(tmp):
+    raw = raw_spec(tmp)
+    (tmp / "ds" / "dataset.json").write_text("{'images': [")
+    return ["validate", write_spec(tmp, raw), "--check-data"], ["dataset.json", "not valid JSON"]
+
+
+def empty_caption(tmp):
+    args, _ = _validate(check_data=True)(tmp)
+    edit_captions(tmp, 1, " \t ")  # nothing left to tokenize
+    return args, ["dataset.json", "image id 1", "empty caption"]
+
+
+def calibration_too_many(tmp):
+    args, _ = _validate("calibration.num_samples=50", check_data=True)(tmp)
+    return args, ["calibration.num_samples=50", "calibration.sources[0]", "ds/train", "only 4 images"]
+
+
+def storage_under_file_validate(tmp):
+    (tmp / "file.txt").write_text("not a directory")
+    args, _ = _validate(f"storage={tmp / 'file.txt' / 'sub'}", check_data=True)(tmp)
+    return args, ["storage", "file.txt", "not a directory"]
+
+
+def storage_under_file_synthetic(tmp):
+    (tmp / "file.txt").write_text("not a directory")
+    raw = yaml.safe_load(QUICKSTART.read_text())  # the synthetic set is generated under the storage cache
+    return (
+        ["validate", write_spec(tmp, raw), f"storage={tmp / 'file.txt' / 'sub'}", "--check-data"],
+        ["storage", "file.txt", "not a directory"],
+    )
+
+
+def storage_under_file_run(tmp):
+    (tmp / "file.txt").write_text("not a directory")
+    spec = write_spec(tmp, raw_spec(tmp))
+    return (
+        ["run", spec, f"storage={tmp / 'file.txt' / 'sub'}", "--num-cpus", "1", "--quiet"],
+        ["storage", "file.txt", "not a directory"],
+    )
+
+
+def other_sweeps_dir(tmp):
+    from gapinit_ray.spec import spec_from_dict
+
+    other = spec_from_dict(raw_spec(tmp, train={**raw_spec(tmp)["train"], "lr": 0.5}))
+    sweep = tmp / "store" / "quickstart"
+    sweep.mkdir(parents=True)
+    (sweep / "spec.json").write_text(json.dumps(other.model_dump(mode="json")))
+    spec = write_spec(tmp, raw_spec(tmp))
+    return ["run", spec, "--num-cpus", "1", "--quiet"], [str(sweep), "different spec", "train"]
+
+
+def corrupt_sweep_spec_json(tmp):
+    sweep = tmp / "store" / "quickstart"
+    sweep.mkdir(parents=True)
+    (sweep / "spec.json").write_text("{ half a file")
+    spec = write_spec(tmp, raw_spec(tmp))
+    return ["run", spec, "--num-cpus", "1", "--quiet"], [str(sweep / "spec.json"), "not a gapinit"]
+
+
+def run_dead_address(tmp):
+    spec = write_spec(tmp, raw_spec(tmp))
+    port = free_port()
+    return ["run", spec, "--address", f"127.0.0.1:{port}"], ["cannot reach the Ray cluster", str(port)]
+
+
+def list_dead_address(tmp):
+    port = free_port()
+    return ["list", "--address", f"http://127.0.0.1:{port}"], ["cannot reach", str(port)]
+
+
+def bad_trial_param(tmp):
+    spec = write_spec(tmp, raw_spec(tmp))
+    return ["run", spec, "--trial", "init=gap,seed"], ["--trial", "'seed'", "KEY=VALUE"]
+
+
+def unknown_trial_field(tmp):
+    spec = write_spec(tmp, raw_spec(tmp))
+    return ["run", spec, "--trial", "init=gap,trian.lr=1"], ["trial parameter", "'trian.lr'"]
+
+
+def results_no_results(tmp):
+    (tmp / "store" / "empty").mkdir(parents=True)
+    return ["results", tmp / "store" / "empty"], ["store/empty", "no results"]
+
+
+def results_empty_store(tmp):
+    (tmp / "store" / "empty" / "results").mkdir(parents=True)
+    return ["results", tmp / "store" / "empty"], ["sweep empty", "no metric reports"]
+
+
+def compare_empty_store(tmp):
+    (tmp / "store" / "empty" / "results").mkdir(parents=True)
+    return (
+        ["results", tmp / "store" / "empty", "--compare", "init=gap,init=random"],
+        ["sweep empty", "no metric reports"],
+    )
+
+
+def artifact_of_another_backbone(tmp):
+    """A cache entry under this calibration's key whose meta says another backbone (copied or stale)
+    must not pass for this backbone's gaps. The entry is written here, so no forward pass runs."""
+    from gapinit_ray.calibration_job import artifact_parts
+    from gapinit_ray.data.resolve import cache_dir, calibration_pairs
+    from gapinit_ray.gap import GapArtifact, artifact_key
+    from gapinit_ray.spec import spec_from_dict
+
+    raw = raw_spec(tmp)
+    spec = spec_from_dict(raw)
+    parts = artifact_parts(spec, spec.backbones[0], calibration_pairs(spec))
+    key = artifact_key(parts)
+    meta = {**parts, "backbone": "tiny-qwen2-vl:seed=0", "num_samples": 4}
+    GapArtifact(key, {}, meta).save(cache_dir(spec.storage) / "gaps")
+    return (
+        ["calibrate", write_spec(tmp, raw), "--no-ray"],
+        ["GapArtifact", key, "tiny-qwen2-vl", "tiny-blip2", "delete that directory"],
+    )
+
+
+CASES: dict[str, Setup] = {
+    "missing spec file": missing_spec,
+    "broken YAML": broken_yaml,
+    "spec not a mapping": not_a_mapping,
+    "unknown top-level key": _spec_case("bogus=1", expect=["spec.yaml:", "bogus", "unknown key"]),
+    "unknown nested key": unknown_nested_key,
+    "wrong type (int)": _spec_case("train.epochs=abc", expect=["spec.yaml:", "train.epochs", "integer"]),
+    "wrong type (list)": _spec_case("eval.metrics=5", expect=["spec.yaml:", "eval.metrics"]),
+    "rank 0": _spec_case("lora.rank=0", expect=["spec.yaml:", "lora.rank", "greater than or equal to 1"]),
+    "rank negative": _spec_case("lora.rank=-2", expect=["spec.yaml:", "lora.rank"]),
+    "rank axis with 0": _spec_case("search.lora.rank=[1,0]", expect=["spec.yaml:", "search.lora.rank", "0"]),
+    "lr 0": _spec_case("train.lr=0", expect=["spec.yaml:", "train.lr", "greater than 0"]),
+    "lr negative": _spec_case("train.lr=-1e-4", expect=["spec.yaml:", "train.lr"]),
+    "empty search axis": _spec_case("search.init=[]", expect=["spec.yaml:", "search.init", "empty axis"]),
+    "duplicate seeds": _spec_case("search.seed=[1,2,1]", expect=["spec.yaml:", "search.seed", "duplicate"]),
+    "unknown backbone": _spec_case(
+        "backbones=[{name: llava-9000}]", expect=["spec.yaml:", "backbones.0.name", "llava-9000"]
+    ),
+    "unknown init": _spec_case("search.init=[gap,xavier]", expect=["spec.yaml:", "search.init", "'xavier'"]),
+    "unknown scheduler": _spec_case(
+        "scheduler.type=hyperband", expect=["spec.yaml:", "scheduler.type", "seed-group-asha"]
+    ),
+    "unknown metric": _spec_case(
+        "eval.metrics=[cider,bleurt]", expect=["spec.yaml:", "eval.metrics", "bleurt"]
+    ),
+    "ASHA metric never reported": _spec_case(
+        "scheduler.metric=val_spice", expect=["spec.yaml:", "scheduler.metric", "val_spice", "never reported"]
+    ),
+    "data source not defined": source_not_defined,
+    "storage URI with unknown scheme": _spec_case(
+        "storage=foo://bucket/x", expect=["spec.yaml:", "storage", "'foo'"]
+    ),
+    "sweep name with /": _spec_case("name=a/b", expect=["spec.yaml:", "name", "path separators"]),
+    "sweep name ..": _spec_case("name=..", expect=["spec.yaml:", "name", "'..'"]),
+    "override not KEY=VALUE": _spec_case("train.lr", expect=["override 'train.lr'", "KEY=VALUE"]),
+    "override into a value": _spec_case("train.lr.x=1", expect=["override 'train.lr.x=1'", "'lr'"]),
+    "calibration num_samples > data": calibration_too_many,
+    "missing image file": missing_image,
+    "corrupt image": corrupt_image,
+    "image directory missing": images_dir_missing,
+    "annotations not COCO format": not_coco_format,
+    "annotations not JSON": annotations_not_json,
+    "caption empty after tokenization": empty_caption,
+    "storage under a file (validate)": storage_under_file_validate,
+    "storage under a file (synthetic data)": storage_under_file_synthetic,
+    "storage under a file (run)": storage_under_file_run,
+    "sweep dir of another spec (run)": other_sweeps_dir,
+    "sweep dir with corrupt spec.json (run)": corrupt_sweep_spec_json,
+    "run: cluster address not answering": run_dead_address,
+    "list: cluster address not answering": list_dead_address,
+    "run --trial not KEY=VALUE": bad_trial_param,
+    "run --trial unknown field": unknown_trial_field,
+    "results: dir with no results": results_no_results,
+    "results: empty results store": results_empty_store,
+    "results --compare: empty results store": compare_empty_store,
+    "GapArtifact of another backbone (calibrate)": artifact_of_another_backbone,
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input(case: str, tmp_path: Path) -> None:
+    args, expected = CASES[case](tmp_path)
+    r = gapinit(tmp_path, *args)
+    assert "Traceback" not in r.stderr + r.stdout, r.stderr
+    assert r.returncode == 2, f"exit {r.returncode}: {r.stderr}"
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, f"expected one error line, got:\n{r.stderr}"
+    assert lines[0].startswith("gapinit: error: "), lines[0]
+    missing = [s for s in expected if s not in lines[0]]
+    assert not missing, f"error line does not name {missing}: {lines[0]}"
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("results/**/*.parquet"))
+    assert not written, f"results written despite the error: {written}"
+
+
+def test_at_least_30_cases() -> None:
+    assert len(CASES) >= 30
