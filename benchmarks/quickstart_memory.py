@@ -81,7 +81,7 @@ def main() -> dict:
         "peak_rss_gib_all_processes": peak["rss_gib"],
         "max_processes": peak["processes"],
         "target": {"peak_pss_gib_all_processes": "<= 8"},
-        "includes": "first run on a fresh storage: synthetic data generation, tiny-backbone pretraining, calibration, 6 trials",
+        "includes": "first run on a fresh storage: synthetic data generation, tiny-backbone pretraining, calibration, 9 trials (3 inits x 3 seeds, seed-group ASHA)",
         "machine": machine(),
     }
     write_result("quickstart_memory", result)
