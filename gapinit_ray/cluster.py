@@ -86,6 +86,8 @@ SWEEP_KEY = "gapinit_sweep"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 #: The job's environment variable that carries the validated spec (`gapinit run env:GAPINIT_SPEC`).
 SPEC_ENV = "GAPINIT_SPEC"
+#: How long `submit` retries while a freshly started head has no job agent yet.
+SUBMIT_RETRY_S = 120.0
 
 
 def _config() -> dict:
@@ -224,15 +226,25 @@ class JobsClient:
             import gapinit_ray
 
             runtime_env["py_modules"] = [str(Path(gapinit_ray.__file__).parent)]
-        self._call(
-            self._client.submit_job,
-            entrypoint=f"python -m gapinit_ray.cli run env:{SPEC_ENV}",
-            submission_id=sid,
-            runtime_env=runtime_env,
-            metadata={SWEEP_KEY: spec.name, "storage": storage, "spec": Path(source).name},
-            entrypoint_num_cpus=0,
-        )
-        return sid
+        import time
+
+        deadline = time.monotonic() + SUBMIT_RETRY_S
+        while True:
+            try:
+                self._client.submit_job(
+                    entrypoint=f"python -m gapinit_ray.cli run env:{SPEC_ENV}",
+                    submission_id=sid,
+                    runtime_env=runtime_env,
+                    metadata={SWEEP_KEY: spec.name, "storage": storage, "spec": Path(source).name},
+                    entrypoint_num_cpus=0,
+                )
+                return sid
+            except Exception as e:
+                # a head that has just started answers 500 "No available agent to submit job" until
+                # its job agent is up: transient, so retry for a while
+                if "no available agent" not in str(e).lower() or time.monotonic() > deadline:
+                    raise self._error(e) from None
+                time.sleep(2)
 
     def info(self, job: str):
         return self._call(self._client.get_job_info, job, job=job)

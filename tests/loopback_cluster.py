@@ -11,8 +11,15 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import sys
 import threading
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def main() -> int:
@@ -31,10 +38,13 @@ def main() -> int:
             "include_dashboard": True,
             "dashboard_host": "127.0.0.1",
             "dashboard_port": args.dashboard_port,
+            # every node's dashboard agent on its own port: the default (52365) may be held by another
+            # Ray on this machine (e.g. a test's local Ray), and the Jobs API needs the head's agent
+            "dashboard_agent_listen_port": _free_port(),
         },
     )
     for _ in range(args.nodes - 1):
-        cluster.add_node(num_cpus=args.cpus)
+        cluster.add_node(num_cpus=args.cpus, dashboard_agent_listen_port=_free_port())
     cluster.wait_for_nodes()
     print(f"READY {cluster.address}", flush=True)
 
