@@ -50,7 +50,10 @@ that hand-over has been seen to stall with placement groups reserved but no Trai
 ``wait="in_trial"`` the scheduler never pauses: a member whose group is undecided gets ``CONTINUE``,
 and the trainable itself ends its Train run at the rung and waits, holding no CPU/GPU, until
 :func:`member_plan` (which reads the ``state_path`` file, written after every change) says the group
-was promoted; a stopped group's members are stopped by Tune as usual. The sweep driver uses this mode.
+was promoted or stopped. The reporting member also gets ``CONTINUE`` when its group is stopped or it
+reached ``max_t``: its Train run is ending at that report, and its trainable returns by itself once it
+has ended (Tune killing a trial whose Train run is still shutting down can leave that run's placement
+group reserved). Waiting members of a stopped group, which hold no Train run, are stopped by Tune. The sweep driver uses this mode.
 
 Checkpoints: a paused function trainable is resumed from its latest reported checkpoint; one that reports
 none starts again from scratch on every resume (its re-reported rungs are not recorded twice), so the
@@ -783,7 +786,9 @@ class SeedGroupASHA(TrialScheduler):
             return TrialScheduler.CONTINUE  # Ray's ASHA: no decision without both
         if t >= self._max_t:
             member.status = _COMPLETED
-            return TrialScheduler.STOP  # Ray's stop_last_trials: a normal finish
+            # Ray's stop_last_trials: a normal finish. in_trial: the trainable ends by itself once its
+            # Train run has, rather than Tune killing it while the run shuts down
+            return TrialScheduler.STOP if self._wait == "pause" else TrialScheduler.CONTINUE
         rung = self._next_rung(member, t)
         if rung is None:
             return TrialScheduler.CONTINUE
@@ -792,6 +797,10 @@ class SeedGroupASHA(TrialScheduler):
         if decision is None:
             member.waiting = rung
             return self._wait_answer
+        if self._wait == "in_trial":
+            # the reporter's Train run ends at this rung anyway; its trainable reads the decision
+            # (member_plan: "stop") and returns, so Tune never kills a trial with a live Train run
+            return TrialScheduler.CONTINUE
         return decision
 
     @property

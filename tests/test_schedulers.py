@@ -656,7 +656,9 @@ def test_in_trial_waiting_never_pauses_and_the_state_file_tells_members_what_to_
     assert member_plan(path, "a0") == MemberPlan("train", 1, 3.0)
     # b's mean (1.0) is below a's (6.0): with eta 3 the cutoff of one earlier mean is that mean
     assert ctrl.report(b[0], 1, 0.0) == CONTINUE
-    assert ctrl.report(b[1], 1, 2.0) == STOP
+    # the reporter's trainable stops by itself (its Train run is ending); the waiting one is stopped
+    assert ctrl.report(b[1], 1, 2.0) == CONTINUE
+    assert member_plan(path, "b1") == MemberPlan("stop", 0)
     assert member_plan(path, "b0") == MemberPlan("stop", 0)
     assert "b0" in ctrl.stop_calls  # the waiting member is stopped by Tune, as a running trial
     # past the last rung: train to the end
@@ -664,6 +666,8 @@ def test_in_trial_waiting_never_pauses_and_the_state_file_tells_members_what_to_
     assert member_plan(path, "a0") == MemberPlan("wait", 1, 3.0)
     ctrl.report(a[1], 3, 6.0)
     assert member_plan(path, "a0") == MemberPlan("train", None, None)
+    assert ctrl.report(a[0], 9, 6.0) == CONTINUE  # max_t: the trainable ends by itself
+    assert a[0].status == Trial.RUNNING
 
 
 def test_in_trial_stall_check_counts_waiting_running_members_as_idle(tmp_path):
