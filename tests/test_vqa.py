@@ -280,7 +280,7 @@ def test_spec_tasks_metrics_and_transfer(tmp_path) -> None:
     raw = qa_raw(tmp_path)
     raw["data"]["val"] = {"source": "shapes", "split": "val"}
     with pytest.raises(
-        SpecError, match=r"data\.val\.source 'shapes' holds caption data, but task 'vqa' evaluates"
+        SpecError, match=r"data\.val\.source: 'shapes' holds caption data, but task 'vqa' evaluates"
     ):
         spec_from_dict(raw)
     raw = qa_raw(tmp_path, "pope")
@@ -293,7 +293,7 @@ def test_spec_tasks_metrics_and_transfer(tmp_path) -> None:
         spec_from_dict(raw)
     raw["eval"]["transfer"] = {"flickr": {"source": "flickr30k", "split": "test"}}
     with pytest.raises(
-        SpecError, match=r"eval\.transfer\.flickr\.source 'flickr30k' is not in data\.sources"
+        SpecError, match=r"eval\.transfer\.flickr\.source: 'flickr30k' is not in data\.sources"
     ):
         spec_from_dict(raw)
     raw = qa_raw(tmp_path)
