@@ -16,7 +16,8 @@ import sys
 import threading
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on loopback that is free now (shared by the tests that start servers)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -40,11 +41,11 @@ def main() -> int:
             "dashboard_port": args.dashboard_port,
             # every node's dashboard agent on its own port: the default (52365) may be held by another
             # Ray on this machine (e.g. a test's local Ray), and the Jobs API needs the head's agent
-            "dashboard_agent_listen_port": _free_port(),
+            "dashboard_agent_listen_port": free_port(),
         },
     )
     for _ in range(args.nodes - 1):
-        cluster.add_node(num_cpus=args.cpus, dashboard_agent_listen_port=_free_port())
+        cluster.add_node(num_cpus=args.cpus, dashboard_agent_listen_port=free_port())
     cluster.wait_for_nodes()
     print(f"READY {cluster.address}", flush=True)
 

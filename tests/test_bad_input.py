@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 from PIL import Image
+
+from .loopback_cluster import free_port
 
 ROOT = Path(__file__).parents[1]
 QUICKSTART = ROOT / "sweeps" / "quickstart.yaml"
@@ -81,12 +82,6 @@ def write_spec(tmp: Path, raw: dict | str, name: str = "spec.yaml") -> Path:
     path = tmp / name
     path.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw, sort_keys=False))
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def edit_captions(tmp: Path, index: int, raw: str) -> None:

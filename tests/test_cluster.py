@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,15 +22,10 @@ import yaml
 from gapinit_ray.results import ResultsStore
 
 from .conftest import ROOT
+from .loopback_cluster import free_port
 from .test_sweep import sweep_raw
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -64,7 +58,7 @@ def _stop_tree(proc: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def loopback_cluster(nodes: int, cpus: float, **env: str):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -233,7 +227,7 @@ def test_token_auth_refuses_a_client_without_the_token(tmp_path) -> None:
 
 
 def test_unreachable_cluster_is_one_line() -> None:
-    out = gapinit("list", "--address", f"http://127.0.0.1:{_free_port()}")
+    out = gapinit("list", "--address", f"http://127.0.0.1:{free_port()}")
     assert out.returncode == 2
     assert (
         out.stderr.startswith("gapinit: error: cannot reach the Ray Jobs API")
