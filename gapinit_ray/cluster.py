@@ -21,7 +21,8 @@ def ray_session(
     address: str | None = None, num_cpus: int | None = None, quiet: bool = True
 ) -> Iterator[None]:
     """Use the Ray already initialized in this process, connect to ``address`` (or ``RAY_ADDRESS``),
-    or start an embedded local Ray for the duration of the block (and shut down only what we started)."""
+    or start an embedded local Ray for the duration of the block (and shut down only what we started).
+    The embedded Ray listens on loopback only (:func:`_loopback_only`)."""
     import ray
 
     if ray.is_initialized():
@@ -44,7 +45,8 @@ def ray_session(
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+            with _loopback_only():
+                ray.init(num_cpus=num_cpus or os.cpu_count() or 1, dashboard_host="127.0.0.1", **kwargs)
     except (ConnectionError, TimeoutError) as e:
         raise ClusterError(
             f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}; check the address "
@@ -54,6 +56,37 @@ def ray_session(
         yield
     finally:
         ray.shutdown()
+
+
+#: Ray's switch for single-machine Ray (its default on macOS and Windows): the node's address is then
+#: loopback, and every server of the node (GCS, raylet, object manager, workers, dashboard agent,
+#: runtime env agent) listens on 127.0.0.1 only.
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """While the embedded Ray starts: make it listen on loopback only, so nothing of it (GCS, raylet,
+    dashboard and Jobs API, agents) is reachable from another machine.
+
+    Ray 2.60's ``ray.init`` turns ``_node_ip_address="127.0.0.1"`` into the machine's address, and its
+    servers then listen on every interface (``::`` / ``0.0.0.0``); with Ray's single-machine switch
+    (:data:`LOCAL_ONLY_ENV` off, read by Ray when it picks the node's address) the node's address is
+    127.0.0.1 and they listen there. Both the variable (for processes Ray starts) and Ray's parsed
+    constant (Ray may be imported already) are set, and restored afterwards: a later connection to a
+    real cluster must report this machine's real address."""
+    from ray._private import ray_constants
+
+    saved_env, saved = os.environ.get(LOCAL_ONLY_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOCAL_ONLY_ENV], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+        if saved_env is None:
+            os.environ.pop(LOCAL_ONLY_ENV, None)
+        else:
+            os.environ[LOCAL_ONLY_ENV] = saved_env
 
 
 def _probe(address: str, timeout_s: float = 5.0) -> None:

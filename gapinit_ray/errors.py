@@ -21,3 +21,9 @@ class DataError(GapinitError):
 
 class BackboneError(GapinitError):
     """An unknown backbone name, or a checkpoint that cannot be loaded."""
+
+
+class StorageError(GapinitError, OSError):
+    """A file could not be written: the directory is read-only or the disk (or a quota) is full.
+
+    Also an :class:`OSError` (with the original ``errno``), so code that handles I/O errors still does."""

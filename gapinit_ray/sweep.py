@@ -20,6 +20,7 @@ Storage layout under ``<storage>/<sweep name>/`` (stable; documented in the READ
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import socket
@@ -269,13 +270,28 @@ class SweepProgress:
 
             def on_trial_error(self, iteration, trials, trial, **info):
                 tid, params = self._params(trial)
-                err = str(getattr(trial, "error_msg", "") or "error").strip().splitlines()
-                store.write_trial(
-                    tid, params, status="ERROR", stop_reason="error", error=err[-1] if err else "error"
-                )
+                error, reason = _trial_error(trial, spec.resources.max_failures)
+                store.write_trial(tid, params, status="ERROR", stop_reason=reason, error=error)
                 self._line(trials)
 
         return _Progress()
+
+
+def _trial_error(trial, max_failures: int) -> tuple[str, str]:
+    """(error, stop reason) of a trial Tune gave up on: the last line of its latest failure, from the
+    error file Tune appends every failure to (``Failure # N ...`` then the error), e.g.
+    ``LoraInitError: lora.target_modules ... match nothing ...``, and how many attempts failed."""
+    import re
+
+    text = ""
+    with contextlib.suppress(OSError, TypeError):  # no error file: the trial never got a directory
+        text = Path(trial.error_file).read_text(errors="replace")
+    latest = text.rpartition("Failure # ")[2].splitlines()[1:]
+    lines = [line.strip() for line in latest if line.strip()]
+    # `gapinit_ray.lora_init.LoraInitError: ...` -> `LoraInitError: ...`
+    error = re.sub(r"^(?:[A-Za-z_]\w*\.)+(?=\w+: )", "", lines[-1]) if lines else "error (no message)"
+    n = max(int(getattr(trial, "num_failures", 0) or 0), 1)
+    return error, f"error after {n} attempt{'s' if n > 1 else ''} (resources.max_failures={max_failures})"
 
 
 def _stop_reason(scheduler, trial) -> str | None:

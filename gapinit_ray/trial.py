@@ -14,6 +14,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from gapinit_ray.errors import SpecError
 from gapinit_ray.spec import AXIS_ALIASES, BackboneSpec, SweepSpec, set_dotted, yaml_load
 
@@ -25,7 +27,10 @@ def parse_trial_params(text: str) -> dict[str, Any]:
         if "=" not in item:
             raise SpecError(f"--trial {text!r}: expected KEY=VALUE pairs separated by commas, got {item!r}")
         k, v = item.split("=", 1)
-        params[k.strip()] = yaml_load(v) if v else ""
+        try:
+            params[k.strip()] = yaml_load(v) if v else ""
+        except yaml.YAMLError:  # not YAML (e.g. a `!!python/...` tag, refused by the safe loader)
+            params[k.strip()] = v  # kept as text, as in spec overrides; validation then names it
     return params
 
 

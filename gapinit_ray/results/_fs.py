@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 import pyarrow.fs as pafs
 
-from gapinit_ray.atomic import write_atomic
+from gapinit_ray.atomic import storage_error, write_atomic
 from gapinit_ray.errors import GapinitError
 
 
@@ -110,20 +110,26 @@ def write_bytes(loc: Location, path: str, data: bytes) -> None:
     if loc.local:
         write_atomic(path, data)
         return
-    if loc.object_store:
-        with loc.fs.open_output_stream(path) as out:
-            out.write(data)
-        return
-    loc.fs.create_dir(head, recursive=True)
-    tmp = temp_path(path)
     try:
-        with loc.fs.open_output_stream(tmp) as out:
-            out.write(data)
-        loc.fs.move(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            loc.fs.delete_file(tmp)
-        raise
+        if loc.object_store:
+            with loc.fs.open_output_stream(path) as out:
+                out.write(data)
+            return
+        loc.fs.create_dir(head, recursive=True)
+        tmp = temp_path(path)
+        try:
+            with loc.fs.open_output_stream(tmp) as out:
+                out.write(data)
+            loc.fs.move(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                loc.fs.delete_file(tmp)
+            raise
+    except OSError as e:  # a refusal that says which (errno): the same one-line StorageError as locally
+        refused = storage_error(path, e)
+        if refused is None:
+            raise
+        raise refused from None
 
 
 def list_files(loc: Location, base: str, suffix: str, depth: int) -> list[str]:

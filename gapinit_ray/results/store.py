@@ -70,7 +70,7 @@ status            string                   trial status at report time (RUNNING)
 
 Trial row columns: ``sweep, trial_id, group_id, backbone, init, rank, seed, lr, ax_*`` as above, then
 ``config_json`` string (the whole config), ``status`` string (:data:`TRIAL_STATUSES`), ``stop_reason``
-string (null, ``"asha rung N"``, ``"seed-group asha rung N"``, ``"error: ..."``), ``rung_reached`` int32,
+string (null, ``"asha rung N"``, ``"seed-group asha rung N"``, ``"error after N attempts (resources.max_failures=M)"``), ``rung_reached`` int32,
 ``last_epoch`` float64, ``checkpoint_path`` string, ``init_checks`` string (JSON), ``error`` string,
 ``updated_at`` timestamp[ms, UTC].
 
@@ -135,6 +135,8 @@ MANIFEST_KEY = b"gapinit.manifest"
 # rounds of metrics(): trial directories a compaction changed during a round are read again (_read)
 _READ_ATTEMPTS = 10
 TS = pa.timestamp("ms", tz="UTC")
+# longest escaped trial id: its file names (plus a temp name's prefix and suffix) stay within 255 bytes
+MAX_NAME_BYTES = 200
 
 # standard config columns: column -> (type, config keys that set it, first match wins)
 STANDARD_CONFIG = {
@@ -474,6 +476,12 @@ class ResultsStore:
     def _check_trial_id(trial_id: Any) -> str:
         if not isinstance(trial_id, str) or not trial_id.strip():
             raise ResultsError(f"trial_id {trial_id!r}: expected a non-empty string")
+        size = len(encode_name(trial_id).encode())
+        if size > MAX_NAME_BYTES:  # it names a file and a directory (filesystems allow 255 bytes)
+            raise ResultsError(
+                f"trial_id {trial_id[:40]!r}...: too long for a file name ({size} bytes escaped, at most "
+                f"{MAX_NAME_BYTES}); use a shorter id"
+            )
         return trial_id
 
     def _iteration(self, trial_id: str, epoch: float) -> int:
@@ -868,9 +876,11 @@ class ResultsStore:
         deleted; one replaced since it was read (a retried report) is kept, its row being the newer
         (told by inode + mtime + size locally, mtime + size elsewhere; a retry landing in the instant
         between that check and the delete is lost). A reader never counts a report twice nor misses
-        one, whenever it reads (see the module docstring). Run one compaction of a given trial at a
-        time (the driver, when the trial ends): two at once could each drop a report the other folded
-        in."""
+        one, whenever it reads (see the module docstring). Two compactions of a *finished* trial may
+        run at once (two writers of one sweep each compacting at their end): a listed file the other
+        one deleted is in that one's compacted file, and the listing is read again. While the trial
+        still reports, run one compaction of it at a time (the driver, when the trial ends): two at
+        once could each drop a report the other folded in."""
         if trial_id is not None:
             ids = [self._check_trial_id(trial_id)]
         else:
@@ -913,13 +923,26 @@ class ResultsStore:
 
     def _compact_trial(self, trial_id: str) -> bool:
         trial_dir = self.trial_metrics_dir(trial_id)
-        paths = list_files(self.loc, trial_dir, ".parquet", 1)
-        reports = [p for p in paths if not _is_compacted(p)]
-        if not reports:
-            return False
-        seen = self._identities(reports)  # taken before reading: a file replaced after it is kept
-        schema = self._schema(paths, trial_dir, None)
-        parts = self._tables(paths, trial_dir, None, schema)
+        for _ in range(_READ_ATTEMPTS):
+            paths = list_files(self.loc, trial_dir, ".parquet", 1)
+            reports = [p for p in paths if not _is_compacted(p)]
+            if not reports:
+                return False
+            seen = self._identities(reports)  # taken before reading: a file replaced after it is kept
+            try:
+                schema = self._schema(paths, trial_dir, None)
+                parts = self._tables(paths, trial_dir, None, schema)
+            except FileNotFoundError:
+                # another compaction of this trial (a second writer of the sweep) folded in and
+                # deleted a listed file after our listing: its rows are in its compacted file now
+                continue
+            self._write_compacted(trial_id, reports, seen, parts)
+            return True
+        raise ResultsError(f"{trial_dir}: files kept being compacted while being read; compact again")
+
+    def _write_compacted(
+        self, trial_id: str, reports: list[str], seen: list[tuple | None], parts: list[pa.Table]
+    ) -> None:
         preferred = np.repeat([False, True], [sum(t.num_rows for t in parts[:-1]), parts[-1].num_rows])
         table = _latest_rows(pa.concat_tables(parts), ["epoch"], preferred)
         table = table.sort_by([("epoch", "ascending")])
@@ -928,7 +951,6 @@ class ResultsStore:
         for path, before, now in zip(reports, seen, self._identities(reports), strict=True):
             if before is not None and before == now:
                 self._delete(path)
-        return True
 
     def _identities(self, paths: list[str]) -> list[tuple | None]:
         """What tells a file from its replacement (None: missing). Local: inode, mtime (ns), size (an
