@@ -11,8 +11,9 @@ fails with EFBIG as on a full disk. It prints one JSON line, ``{"written": repor
 ``python -m tests.store_process read ROOT SWEEP [SWEEP ...] --stop-file F`` prints ``READY``, then
 queries every sweep (``metrics()``, ``trials()``) and reads every Parquet file under ROOT with plain
 pyarrow, over and over until F exists, then once more; it prints one JSON line: the number of
-queries and files read, every problem seen (a failed query or file read, a row that is not whole, a
-row count that went down) and the last row count per sweep.
+queries and files read, of rounds that began with some rows already written (while writers ran),
+every problem seen (a failed query or file read, a row that is not whole, a row count that went
+down) and the last row count per sweep.
 """
 
 from __future__ import annotations
@@ -57,12 +58,16 @@ def report(epoch: int, seed: int) -> dict:
     }
 
 
-def write_sweep(store: ResultsStore, prefix: str, trials: int, epochs: int, first_epoch: int = 1):
-    """Write the trials; yields after each report written (so a caller counts what got through)."""
+def write_sweep(
+    store: ResultsStore, prefix: str, trials: int, epochs: int, first_epoch: int = 1, pause: float = 0.0
+):
+    """Write the trials (``pause`` seconds between reports, as training would take); yields after
+    each report written (so a caller counts what got through)."""
     for i in range(trials):
         tid, config = trial_config(prefix, i)
         store.write_trial(tid, config, status="RUNNING")
         for epoch in range(first_epoch, epochs + 1):
+            time.sleep(pause)
             store.write_report(tid, config, report(epoch, i), host="writer")
             yield tid, epoch
         store.write_trial(tid, config, status="TERMINATED", last_epoch=float(epochs))
@@ -75,7 +80,7 @@ def write(args: argparse.Namespace) -> int:
         resource.setrlimit(resource.RLIMIT_FSIZE, (args.fsize_limit, args.fsize_limit))
     written, error = 0, None
     try:
-        for _ in write_sweep(store, args.prefix, args.trials, args.epochs, args.first_epoch):
+        for _ in write_sweep(store, args.prefix, args.trials, args.epochs, args.first_epoch, args.pause):
             written += 1
         if args.compact:
             store.compact()
@@ -101,11 +106,12 @@ def read(args: argparse.Namespace) -> int:
 
     counts = dict.fromkeys(args.sweeps, 0)
     problems: list[str] = []
-    queries = files = 0
+    queries = files = during = 0  # during: rounds that saw some rows but not all (writers mid-way)
     print("READY", flush=True)
     last = False
     while not last:
         last = os.path.exists(args.stop_file)  # one more round after the writers are done
+        before = sum(counts.values())
         for sweep in args.sweeps:
             store = ResultsStore(args.root, sweep)
             try:
@@ -130,8 +136,10 @@ def read(args: argparse.Namespace) -> int:
                 continue
             except Exception as e:
                 problems.append(f"{path}: unreadable: {type(e).__name__}: {e}")
+        during += before > 0 and not last
         time.sleep(0.01)
-    print(json.dumps({"queries": queries, "files": files, "problems": problems, "rows": counts}), flush=True)
+    summary = {"queries": queries, "files": files, "during": during, "problems": problems, "rows": counts}
+    print(json.dumps(summary), flush=True)
     return 0
 
 
@@ -147,6 +155,7 @@ def main() -> int:
     w.add_argument("--prefix", default="t")
     w.add_argument("--compact", action="store_true")
     w.add_argument("--fsize-limit", type=int, default=None)
+    w.add_argument("--pause", type=float, default=0.0)
     r = sub.add_parser("read")
     r.add_argument("root")
     r.add_argument("sweeps", nargs="+")

@@ -220,7 +220,19 @@ def test_concurrent_writers_on_one_root_lose_no_row_and_readers_see_whole_files(
     ]
     writers = [
         store_process(
-            "write", root, sweep, "--prefix", prefix, "--trials", n, "--epochs", 8, "--compact", wait=False
+            "write",
+            root,
+            sweep,
+            "--prefix",
+            prefix,
+            "--trials",
+            n,
+            "--epochs",
+            8,
+            "--pause",
+            0.02,
+            "--compact",
+            wait=False,
         )
         for sweep, prefix, n in runs
     ]
@@ -234,7 +246,8 @@ def test_concurrent_writers_on_one_root_lose_no_row_and_readers_see_whole_files(
         assert w.returncode == 0 and json.loads(o)["error"] is None, e
     seen = json.loads(out.splitlines()[-1])
     assert seen["problems"] == [], seen["problems"][:5]
-    assert seen["queries"] >= 6, f"the reader queried only {seen['queries']} times in {took:.1f} s"
+    # the reader ran while the writers wrote (rounds that found some rows, and more after)
+    assert seen["during"] >= 2, f"the reader overlapped the writers {seen['during']} times in {took:.1f} s"
     assert seen["rows"] == {"alpha": 48, "beta": 48, "gamma": 80}
 
     expect = {
