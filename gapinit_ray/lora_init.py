@@ -502,13 +502,13 @@ def init_checks(
     try:
         with torch.no_grad():
             if not method.mutates_base:
-                out = peft_model(**batch.inputs).logits.float()
+                out = peft_model(**backbone.forward_inputs(batch)).logits.float()
                 with peft_model.disable_adapter():
-                    diff = (out - peft_model(**batch.inputs).logits.float()).abs().max()
+                    diff = (out - peft_model(**backbone.forward_inputs(batch)).logits.float()).abs().max()
                 checks["max_abs_logit_diff"] = float(diff)
         with torch.enable_grad():
             peft_model.zero_grad(set_to_none=True)
-            loss = peft_model(**batch.inputs, labels=batch.labels).loss
+            loss = peft_model(**backbone.forward_inputs(batch), labels=batch.labels).loss
             loss.backward()
         grads = {}
         for name, layer in adapted.items():

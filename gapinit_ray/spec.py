@@ -325,6 +325,23 @@ class TrainSpec(_Strict):
         description="vqa/pope: prompt template with {question}, between image and answer; default: the "
         "family's (BLIP-2: 'Question: {question} Short answer:')",
     )
+    augment: list[Literal["hflip", "crop"]] = Field(
+        [],
+        description="random training-image augmentation: hflip (p=0.5), crop (random 80-100% area crop); "
+        "seeded by the trial seed. Turns the feature cache off (the images differ every epoch)",
+    )
+    feature_cache: bool = Field(
+        True,
+        description="compute the frozen vision prefix's outputs once per sweep and train from them; "
+        "off by itself with lora.adapt_vision or augment",
+    )
+
+    @field_validator("augment")
+    @classmethod
+    def _unique_augment(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"augment {v} lists a transform twice")
+        return v
 
     @field_validator("question_prompt")
     @classmethod

@@ -32,7 +32,14 @@ from typing import Any
 from gapinit_ray.atomic import write_atomic
 from gapinit_ray.errors import GapinitError
 from gapinit_ray.spec import Choice, LogUniform, SweepSpec, Uniform
-from gapinit_ray.trial import prepare_artifact, prepare_backbone, sweep_dir, trial_id, trial_spec
+from gapinit_ray.trial import (
+    prepare_artifact,
+    prepare_backbone,
+    prepare_features,
+    sweep_dir,
+    trial_id,
+    trial_spec,
+)
 
 CASE_KEY = "case"
 #: The seed's key in Tune configs. Tune orders grid variants by the sorted config keys, the first key
@@ -133,6 +140,7 @@ def trainable(
     spec_dict: dict,
     backbone_paths: dict[str, str | None],
     state_path: str | None = None,
+    feature_caches: dict[str, str | None] | None = None,
 ) -> None:
     """Tune function trainable: one trial = one TorchTrainer run (restored by name when restarted).
 
@@ -161,6 +169,7 @@ def trainable(
             callbacks=callbacks,
             backbone_path=backbone_paths[bspec.key],
             progress=False,
+            feature_cache=(feature_caches or {}).get(bspec.key),
             stop_at=stop_at,
         )
         result = trainer.fit()
@@ -342,7 +351,8 @@ def _max_concurrent(spec: SweepSpec) -> int:
 
 
 def prepare(spec: SweepSpec, progress: bool = True) -> dict[str, str | None]:
-    """Before any trial starts: pretrain tiny presets and calibrate every key the grid needs, once."""
+    """Before any trial starts: pretrain tiny presets and calibrate every key the grid needs, once.
+    Returns each backbone's weights path (see :func:`prepare_features` for the feature caches)."""
     from gapinit_ray.data.resolve import check_spec_data
 
     for line in check_spec_data(spec):
@@ -361,6 +371,32 @@ def prepare(spec: SweepSpec, progress: bool = True) -> dict[str, str | None]:
             seen.add(key)
             prepare_artifact(tspec, bspec, backbone_paths[bspec.key], progress)
     return backbone_paths
+
+
+def prepare_feature_caches(
+    spec: SweepSpec, backbone_paths: dict[str, str | None], progress: bool = True
+) -> dict[str, str | None]:
+    """Build the frozen-prefix feature cache of every backbone whose trials can use it (once per
+    backbone and data; trials whose axis values turn the cache off ignore it)."""
+    from gapinit_ray.features import cache_plan
+
+    caches: dict[str, str | None] = {}
+    said: set[str] = set()
+    for point in grid_points(spec):
+        tspec, bspec = trial_spec(spec, point)
+        use, why = cache_plan(tspec)
+        if not use:
+            if progress and why not in said:
+                said.add(why)
+                print(f"feature cache off for trials with {why}", file=sys.stderr)
+            continue
+        # one build per backbone and data the trials read (the dir is the backbone's; images are keyed
+        # by content, so overlapping data is computed once)
+        key = json.dumps([bspec.key, tspec.data.model_dump(mode="json"), tspec.eval.subset], sort_keys=True)
+        if key not in said:
+            said.add(key)
+            caches[bspec.key] = prepare_features(tspec, bspec, backbone_paths[bspec.key], progress)
+    return caches
 
 
 def make_scheduler(spec: SweepSpec):
@@ -395,6 +431,7 @@ def run_sweep(spec: SweepSpec, *, quiet: bool = False):
     root.mkdir(parents=True, exist_ok=True)
     _check_same_sweep(spec, root)
     backbone_paths = prepare(spec, progress=not quiet)
+    feature_caches = prepare_feature_caches(spec, backbone_paths, progress=not quiet)
     # The trial function only waits on its TorchTrainer. A fractional CPU for it would leave, e.g., 2 CPUs
     # able to hold one 1-CPU Train worker group and the trial functions but never a second group
     # (2 - 1 - 0.03 < 1), so it asks for a sliver of memory (a logical resource every node has) instead.
@@ -404,6 +441,7 @@ def run_sweep(spec: SweepSpec, *, quiet: bool = False):
             trainable,
             spec_dict=spec.model_dump(mode="json"),
             backbone_paths=backbone_paths,
+            feature_caches=feature_caches,
             state_path=str(root / "scheduler_state.json") if seed_groups else None,
         ),
         {"CPU": 0, "memory": 2**20},

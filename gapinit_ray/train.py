@@ -70,19 +70,51 @@ class Collate:
 
     Question samples (4-tuples from :class:`QAPairs`) get their own prompt each: ``question_prompt`` (a
     template with ``{question}``; ``None``: the family's) filled with the sample's question.
+    ``augment`` (training only): random transforms from ``train.augment``, drawn from a generator seeded
+    by ``seed`` (the same seed gives the same augmented images whatever the init).
     """
 
-    def __init__(self, backbone, prompt: str | None, question_prompt: str | None = None) -> None:
+    def __init__(
+        self,
+        backbone,
+        prompt: str | None,
+        question_prompt: str | None = None,
+        augment: list[str] | None = None,
+        seed: int = 0,
+    ) -> None:
+        import random
+
         self.backbone, self.prompt, self.question_prompt = backbone, prompt, question_prompt
+        self.augment = list(augment or [])
+        self.rng = random.Random(seed)
 
     def __call__(self, items):
         from gapinit_ray.data import load_image
 
-        images = [load_image(item[1], item[0]) for item in items]
+        images = [augment_image(load_image(item[1], item[0]), self.augment, self.rng) for item in items]
         prompt = self.prompt
         if len(items[0]) == 4:
             prompt = [self.backbone.question_prompt(item[3], self.question_prompt) for item in items]
         return self.backbone.build_batch(images, [item[2] for item in items], with_labels=True, prompt=prompt)
+
+
+def augment_image(image, transforms: list[str], rng):
+    """``hflip``: mirror with p = 0.5; ``crop``: a random crop of 80-100 % of the area, aspect kept
+    within [3/4, 4/3] (the image processor resizes it afterwards)."""
+    from PIL import Image
+
+    for t in transforms:
+        if t == "hflip" and rng.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        elif t == "crop":
+            w, h = image.size
+            area = w * h * rng.uniform(0.8, 1.0)
+            aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+            cw = max(1, min(w, round(math.sqrt(area * aspect))))
+            ch = max(1, min(h, round(math.sqrt(area / aspect))))
+            x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+            image = image.crop((x, y, x + cw, y + ch))
+    return image
 
 
 def train_loader(dataset, collate, batch_size: int, seed: int, world: int, rank: int):
@@ -166,6 +198,8 @@ class TrialContext:
     # End this run after the report at epoch >= stop_at (a seed-group rung); the next run of the same
     # trial continues from its checkpoint. None: train to the end.
     stop_at: float | None = None
+    # frozen-prefix feature cache dir (gapinit_ray.features) the data loaders read; None: run the prefix
+    feature_cache: str | None = None
 
 
 def _distributed_setup() -> tuple[int, int]:
@@ -215,6 +249,8 @@ class TrialWorker:
         self.backbone.model.to(self.device)
         artifact = GapArtifact.load(self.ctx.artifact_path) if self.ctx.artifact_path else None
         model, init_report = apply_lora(self.backbone, spec.lora, artifact, seed)
+        # the frozen prefix never trains: no dropout there, so its outputs are deterministic (and cacheable)
+        pinned = self.backbone.pin_frozen_prefix_eval()
         self.artifact = artifact
         # per-module reference gaps for the alignment tracked at every report (before ZeRO partitions)
         self.gaps = reference_gaps(self.backbone, spec.lora, artifact, model)
@@ -227,13 +263,28 @@ class TrialWorker:
         ]
         self.val_records = self.eval_sets[0][1]
         self.val_set = pairs_of(self.val_records)
-        self.collate = Collate(self.backbone, train.prompt, train.question_prompt)
+        if self.ctx.feature_cache:
+            from gapinit_ray.features import FeatureCache, FeatureCollate
+
+            self.collate = FeatureCollate(
+                self.backbone, FeatureCache(self.ctx.feature_cache), train.prompt, train.question_prompt
+            )
+            self.val_collate = self.collate
+        else:
+            self.collate = Collate(
+                self.backbone, train.prompt, train.question_prompt, train.augment, seed + self.rank
+            )
+            self.val_collate = Collate(self.backbone, train.prompt, train.question_prompt)
         self.sampler, self.loader = train_loader(
             self.train_set, self.collate, train.batch_size, seed, self.world, self.rank
         )
-        first = self.collate([self.train_set[i] for i in range(min(len(self.train_set), train.batch_size))])
+        first = self.val_collate(
+            [self.train_set[i] for i in range(min(len(self.train_set), train.batch_size))]
+        )
         init_checks(self.backbone, model, init_report, first.to(self.device), artifact)
         self.checks = init_report.to_dict()  # includes the checks just run
+        self.checks["frozen_eval_modules"] = pinned
+        self.checks["feature_cache"] = self.ctx.feature_cache
 
         self.steps_per_epoch = min(len(self.loader), train.max_steps_per_epoch or len(self.loader))
         total = math.ceil(self.steps_per_epoch / train.grad_accum) * train.epochs
@@ -303,7 +354,7 @@ class TrialWorker:
 
     def _train_step(self, batch) -> None:
         batch = batch.to(self.device)
-        loss = caption_loss(self.engine(**batch.inputs).logits, batch.labels)
+        loss = caption_loss(self.engine(**self.backbone.forward_inputs(batch)).logits, batch.labels)
         self.engine.backward(loss)
         self.engine.step()
         self.micro_steps += 1
@@ -324,7 +375,7 @@ class TrialWorker:
             "epoch": epoch_value,
             "train_loss": _mean_all(self.losses, world),
             "val_loss": validation_loss(
-                self.engine, self.val_set, self.collate, spec.eval.batch_size, self.device, rank, world
+                self.engine, self.val_set, self.val_collate, spec.eval.batch_size, self.device, rank, world
             ),
             "lr": float(self.scheduler.get_last_lr()[0]),
             "samples_per_s": self.samples * world / elapsed,
@@ -393,7 +444,9 @@ def validation_loss(engine, val_set, collate, batch_size: int, device, rank: int
     for lo in range(0, len(idx), batch_size):
         batch = collate([val_set[i] for i in idx[lo : lo + batch_size]]).to(device)
         n = int((batch.labels[:, 1:] != -100).sum())
-        total += float(caption_loss(engine(**batch.inputs).logits, batch.labels)) * n
+        total += (
+            float(caption_loss(engine(**collate.backbone.forward_inputs(batch)).logits, batch.labels)) * n
+        )
         count += n
     model.train(was_training)
     t = torch.tensor([total, float(count)], dtype=torch.float64)

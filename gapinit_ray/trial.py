@@ -90,6 +90,43 @@ def prepare_artifact(
     return str(cache_dir(spec.storage) / "gaps" / artifact.key)
 
 
+def prepare_features(
+    spec: SweepSpec, bspec: BackboneSpec, backbone_path: str | None, progress: bool = True
+) -> str | None:
+    """The frozen-prefix feature cache dir this trial's data loaders read (built now for the images of
+    its train and validation splits that are not cached yet), or ``None`` when the cache is off for it
+    (:func:`gapinit_ray.features.cache_plan`)."""
+    import sys
+
+    from gapinit_ray.data.resolve import split_records
+    from gapinit_ray.evaluate import eval_records
+    from gapinit_ray.features import build_feature_cache, cache_plan
+
+    use, why = cache_plan(spec)
+    if not use:
+        if progress:
+            print(f"feature cache off for {bspec.key}: {why}", file=sys.stderr)
+        return None
+    records = [
+        *split_records(spec.data, spec.data.train, spec.storage),
+        *eval_records(split_records(spec.data, spec.eval_ref(), spec.storage), spec.eval.subset),
+    ]
+    r = spec.resources
+    report = build_feature_cache(
+        spec.storage,
+        bspec,
+        records,
+        backbone_path=backbone_path,
+        workers=spec.calibration.workers,
+        cpus_per_worker=r.cpus_per_worker,
+        gpus_per_worker=r.gpus_per_worker,
+        batch_size=spec.calibration.batch_size,
+    )
+    if progress:
+        print(report.line(bspec.key), file=sys.stderr)
+    return report.root
+
+
 def sweep_dir(spec: SweepSpec) -> Path:
     return Path(spec.storage).expanduser().absolute() / spec.name
 
@@ -103,8 +140,12 @@ def build_trainer(
     backbone_path: str | None = None,
     progress: bool = True,
     stop_at: float | None = None,
+    feature_cache: str | bool | None = True,
 ):
     """The TorchTrainer of one trial. Pretraining and calibration run here (cached) if not given.
+
+    ``feature_cache``: the feature cache dir the sweep prepared, ``None`` for none, ``True`` to prepare
+    it here (when the spec allows it).
 
     ``stop_at``: end the run after its report at epoch >= ``stop_at``; a later TorchTrainer of the same
     trial (same name and storage) continues from that checkpoint (seed-group rungs)."""
@@ -118,6 +159,12 @@ def build_trainer(
         backbone_path = prepare_backbone(tspec, bspec, progress)
     if artifact_path is None:
         artifact_path = prepare_artifact(tspec, bspec, backbone_path, progress)
+    if feature_cache is True:
+        feature_cache = prepare_features(tspec, bspec, backbone_path, progress)
+    from gapinit_ray.features import cache_plan
+
+    if not cache_plan(tspec)[0]:  # the sweep's cache, but this trial's axis values turn it off
+        feature_cache = None
     tid = trial_id(params)
     root = sweep_dir(spec)
     ctx = TrialContext(
@@ -128,6 +175,7 @@ def build_trainer(
         trial_id=tid,
         out_dir=str(root / "captions" / tid),
         stop_at=stop_at,
+        feature_cache=feature_cache or None,
     )
     r = spec.resources
     use_gpu = r.gpus_per_worker > 0

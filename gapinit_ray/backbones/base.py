@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,12 +62,16 @@ class Batch:
         caption_mask: bool (B, L), exactly the caption's own token positions.
         labels: (B, L) long: caption ids and the end token where trained, -100 elsewhere; aligned with
             ``input_ids`` (HF shifts them inside the loss). ``None`` unless asked for.
+        image_features: precomputed outputs of the frozen vision prefix, one ``(tokens, hidden)`` tensor
+            per image (a feature-cache batch, :meth:`Backbone.build_feature_batch`); ``inputs`` then has
+            no ``pixel_values``. Pass :meth:`Backbone.forward_inputs` to the model, not ``inputs``.
     """
 
     inputs: dict[str, torch.Tensor]
     image_mask: torch.Tensor
     caption_mask: torch.Tensor
     labels: torch.Tensor | None = None
+    image_features: list[torch.Tensor] | None = None
 
     def to(self, device: str | torch.device) -> Batch:
         """The same batch with every tensor on ``device`` (dtypes kept)."""
@@ -75,6 +80,9 @@ class Batch:
             image_mask=self.image_mask.to(device),
             caption_mask=self.caption_mask.to(device),
             labels=None if self.labels is None else self.labels.to(device),
+            image_features=None
+            if self.image_features is None
+            else [f.to(device) for f in self.image_features],
         )
 
     def __len__(self) -> int:
@@ -154,6 +162,9 @@ class Backbone:
     default_target_modules: ClassVar[tuple[str, ...]] = ()
     default_prompt: ClassVar[str | None] = None
     default_question_prompt: ClassVar[str] = "{question}\nAnswer the question using a single word or phrase."
+    #: per-image pixel inputs the LM still needs when the image features come from the feature cache
+    #: (Qwen2-VL's M-RoPE positions need ``image_grid_thw``).
+    feature_extra_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str, model: Any, tokenizer: Any, image_processor: Any, source_id: str) -> None:
         self.name = name
@@ -346,17 +357,113 @@ class Backbone:
         if not images:
             raise BackboneError("build_batch got no (image, caption) pairs: pass at least one")
         prompts = self._prompts(prompt, len(images))
-        caption_ids = []
+        caption_ids = self._caption_ids(captions, prompts)
+        pixel_inputs, n_tokens = self._encode_images(self._check_images(images))
+        samples = [self._layout(n, p, ids) for n, p, ids in zip(n_tokens, prompts, caption_ids, strict=True)]
+        return self._collate(samples, pixel_inputs, padding_side="right", with_labels=with_labels)
+
+    def _caption_ids(self, captions: Sequence[str], prompts: list[str]) -> list[list[int]]:
+        out = []
         for i, cap in enumerate(captions):
             ids = self.caption_token_ids(cap, prompts[i])
             if not ids:
                 raise BackboneError(
                     f"caption {i} ({cap!r}) is empty after tokenization: drop or fix that caption"
                 )
-            caption_ids.append(ids)
+            out.append(ids)
+        return out
+
+    # ------------------------------------------------------------------ frozen-prefix features
+    @torch.no_grad()
+    def image_features(
+        self, images: list[Image.Image]
+    ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+        """What the frozen vision prefix (tower, Q-Former / merger, projector) hands the LM, per image.
+
+        Returns:
+            ``(features, extras)``: one ``(LM image tokens, LM hidden)`` tensor per image (exactly the
+            rows the model scatters into the image placeholder positions), and one dict per image of the
+            :attr:`feature_extra_keys` inputs. Run with the prefix in eval mode (deterministic).
+        """
+        if not images:
+            return [], []
         pixel_inputs, n_tokens = self._encode_images(self._check_images(images))
-        samples = [self._layout(n, p, ids) for n, p, ids in zip(n_tokens, prompts, caption_ids, strict=True)]
-        return self._collate(samples, pixel_inputs, padding_side="right", with_labels=with_labels)
+        device, dtype = self.device, self._pixel_dtype()
+        kwargs = {k: v.to(device) for k, v in pixel_inputs.items()}
+        if kwargs["pixel_values"].is_floating_point():
+            kwargs["pixel_values"] = kwargs["pixel_values"].to(dtype)
+        pooled = self.model.get_image_features(**kwargs, return_dict=True).pooler_output
+        rows = list(pooled) if isinstance(pooled, (tuple, list)) else list(pooled.unbind(0))
+        if [int(r.shape[0]) for r in rows] != [int(n) for n in n_tokens]:  # a layout/model disagreement
+            raise BackboneError(
+                f"{self.source_id}: the vision prefix returned {[int(r.shape[0]) for r in rows]} tokens per "
+                f"image, the layout expects {n_tokens}"
+            )
+        extras = [{k: pixel_inputs[k][i] for k in self.feature_extra_keys} for i in range(len(rows))]
+        return [r.detach() for r in rows], extras
+
+    def _encoder_output(self, features: list[torch.Tensor]) -> Any:
+        """The family's ``get_image_features`` output rebuilt from cached rows (``mm_encoder_outputs``)."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        return BaseModelOutputWithPooling(pooler_output=torch.stack(features))
+
+    def forward_inputs(self, batch: Batch) -> dict[str, Any]:
+        """kwargs for ``model(**...)``: ``batch.inputs``, or, for a feature-cache batch, the inputs with
+        the cached features in place of the vision prefix's forward (``mm_encoder_outputs``)."""
+        if batch.image_features is None:
+            return batch.inputs
+        dtype = self._pixel_dtype()
+        feats = [f.to(dtype) for f in batch.image_features]
+        return {
+            **batch.inputs,
+            "pixel_values": None,
+            "mm_encoder_outputs": {"image": self._encoder_output(feats)},
+        }
+
+    def build_feature_batch(
+        self,
+        features: list[torch.Tensor],
+        extras: list[dict[str, torch.Tensor]],
+        captions: list[str],
+        *,
+        with_labels: bool = False,
+        prompt: str | Sequence[str] | None = None,
+    ) -> Batch:
+        """:meth:`build_batch` from precomputed :meth:`image_features` instead of images: the same
+        ``input_ids``, masks and labels, with ``image_features`` set and no ``pixel_values``."""
+        if not (len(features) == len(extras) == len(captions)) or not features:
+            raise BackboneError(
+                f"got {len(features)} feature sets, {len(extras)} extras and {len(captions)} captions: "
+                "pass one of each per sample, at least one"
+            )
+        prompts = self._prompts(prompt, len(features))
+        caption_ids = self._caption_ids(captions, prompts)
+        pixel_inputs = {k: torch.stack([e[k] for e in extras]) for k in self.feature_extra_keys}
+        samples = [
+            self._layout(int(f.shape[0]), p, ids)
+            for f, p, ids in zip(features, prompts, caption_ids, strict=True)
+        ]
+        batch = self._collate(samples, pixel_inputs, padding_side="right", with_labels=with_labels)
+        device = self.device
+        batch.image_features = [f.to(device) for f in features]
+        return batch
+
+    def pin_frozen_prefix_eval(self) -> list[str]:
+        """Keep the frozen vision-prefix modules in eval mode whatever ``model.train()`` does.
+
+        A frozen module's dropout only adds noise that no parameter learns from; pinning it makes the
+        prefix deterministic, so its outputs can be computed once (the feature cache) and the cached and
+        uncached paths train identically. Modules holding a trainable parameter (``adapt_vision``) are
+        left alone. Returns the names pinned.
+        """
+        pinned = []
+        for name, mod in self.model.named_modules():
+            if name in self.vision_module_prefixes and not any(p.requires_grad for p in mod.parameters()):
+                mod.eval()
+                mod.train = types.MethodType(_train_stays_eval, mod)
+                pinned.append(name)
+        return pinned
 
     def build_generation_batch(
         self, images: list[Image.Image], prompt: str | Sequence[str] | None = None
@@ -510,6 +617,10 @@ def load_checkpoint(
     model, tokenizer = cls.adapt_checkpoint(model, tokenizer)
     source_id = source if Path(source).is_dir() else f"{source}@{revision or 'main'}"
     return cls(name, model, tokenizer, image_processor, source_id)
+
+
+def _train_stays_eval(module: torch.nn.Module, mode: bool = True) -> torch.nn.Module:
+    return torch.nn.Module.train(module, False)
 
 
 def _one_line(exc: BaseException) -> str:

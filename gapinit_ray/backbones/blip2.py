@@ -56,6 +56,13 @@ class Blip2Backbone(Backbone):
         pixel = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
         return {"pixel_values": pixel}, [self.num_query_tokens] * len(images)
 
+    def _encoder_output(self, features):
+        from transformers.models.blip_2.modeling_blip_2 import BaseModelOutputWithVisionQformerOutputs
+
+        return BaseModelOutputWithVisionQformerOutputs(
+            pooler_output=torch.stack(features), vision_outputs=None, qformer_outputs=None
+        )
+
     def _space_before_caption(self, prompt: str) -> bool:
         return bool(prompt)
 

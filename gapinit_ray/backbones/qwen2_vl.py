@@ -48,6 +48,7 @@ class Qwen2VLBackbone(Backbone):
     model_types = ("qwen2_vl",)
     lm_layers_path = "model.language_model.layers"
     vision_module_prefixes = ("model.visual",)  # ViT blocks + the patch merger (projector)
+    feature_extra_keys = ("image_grid_thw",)  # M-RoPE positions of the image tokens
     default_target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     default_prompt = "Describe the image in one sentence."
 
@@ -75,6 +76,11 @@ class Qwen2VLBackbone(Backbone):
         if caption_ids is not None:
             segments += [(caption_ids, CAPTION), (self.text_ids(IM_END), END)]
         return segments
+
+    def _encoder_output(self, features):
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        return BaseModelOutputWithPooling(pooler_output=tuple(features))  # ragged: one tensor per image
 
     def _extra_inputs(self, input_ids: torch.Tensor, image_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         # Modality of each token for M-RoPE: 1 = image placeholder, 0 = text (pads included; the
