@@ -1,6 +1,6 @@
 """Run every benchmark and write benchmarks/results/*.json plus benchmarks/results/SUMMARY.md.
 
-    python -m benchmarks.run_all [--only calibration,trial,sweep,quickstart_memory]
+    python -m benchmarks.run_all [--only calibration,trial,sweep,feature_cache,quickstart_memory]
 
 Each figure is a ratio measured side by side in one run on the machine recorded with it; the machines
 these run on are shared and noisy, so compare ratios, not absolute times across machines.
@@ -16,7 +16,7 @@ import json
 from benchmarks.common import RESULTS
 from gapinit_ray.atomic import write_atomic
 
-ALL = ("calibration", "trial", "sweep", "quickstart_memory")
+ALL = ("calibration", "trial", "sweep", "feature_cache", "quickstart_memory")
 
 
 def summary() -> str:
