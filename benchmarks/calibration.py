@@ -35,10 +35,11 @@ def make_spec(storage: str, samples: int, workers: int):
     return spec_from_dict(raw)
 
 
-def timed(spec, use_ray: bool, workers: int) -> tuple[float, float]:
-    """(end-to-end seconds, forward-phase seconds): the forward phase is what sharding parallelizes
-    (worker start, model load, image decoding, forward passes); the driver's data hashing and the
-    central reduction are identical on every path."""
+def timed(spec, use_ray: bool, workers: int) -> tuple[float, float, float]:
+    """(end-to-end seconds, forward-phase seconds, in-shard seconds): the forward phase is what sharding
+    parallelizes (worker start, model load, image decoding, forward passes); the driver's data hashing
+    and the central reduction are identical on every path. In-shard seconds: the hooked forward passes
+    alone, summed over shards (no start-up, no image decoding)."""
     from gapinit_ray.calibration_job import run_calibration
     from gapinit_ray.data.resolve import cache_dir
 
@@ -49,7 +50,8 @@ def timed(spec, use_ray: bool, workers: int) -> tuple[float, float]:
     )
     if hit:
         raise RuntimeError("benchmark hit the cache")
-    return time.perf_counter() - t0, artifact.meta["timings"]["forward_s"]
+    timings = artifact.meta["timings"]
+    return time.perf_counter() - t0, timings["forward_s"], timings["worker_forward_s"]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -69,22 +71,33 @@ def main(argv: list[str] | None = None) -> dict:
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         try:
             timed(specs[1], True, 1)  # warm-up: worker processes, imports, page cache
-            runs: dict[str, list[tuple[float, float]]] = {"plain": [], "ray_w1": [], "ray_w2": []}
+            runs: dict[str, list[tuple[float, float, float]]] = {"plain": [], "ray_w1": [], "ray_w2": []}
             for _ in range(args.repeats):  # interleaved, so drifts in machine load hit all paths
                 runs["plain"].append(timed(specs[1], False, 1))
                 runs["ray_w1"].append(timed(specs[1], True, 1))
                 runs["ray_w2"].append(timed(specs[2], True, 2))
         finally:
             ray.shutdown()
-    total = {k: statistics.median(t for t, _ in v) for k, v in runs.items()}
-    fwd = {k: statistics.median(f for _, f in v) for k, v in runs.items()}
+    total = {k: statistics.median(t for t, _, _ in v) for k, v in runs.items()}
+    fwd = {k: statistics.median(f for _, f, _ in v) for k, v in runs.items()}
+    shards = {k: statistics.median(w for _, _, w in v) for k, v in runs.items()}
     n = args.samples
     result = {
         "benchmark": "calibration",
         "samples": n,
         "backbone": "tiny-blip2 (not pretrained; same compute)",
-        "seconds_end_to_end": {k: [t for t, _ in v] for k, v in runs.items()},
-        "seconds_forward_phase": {k: [f for _, f in v] for k, v in runs.items()},
+        "seconds_end_to_end": {k: [t for t, _, _ in v] for k, v in runs.items()},
+        "seconds_forward_phase": {k: [f for _, f, _ in v] for k, v in runs.items()},
+        "seconds_in_shards_summed": {k: [w for _, _, w in v] for k, v in runs.items()},
+        # what the forward phase spends outside the hooked forwards: worker start-up (process, imports,
+        # model load), image decoding, moving shards and results; per path, wall seconds
+        "seconds_forward_phase_outside_shards": {
+            k: fwd[k] - shards[k] / (2 if k == "ray_w2" else 1) for k in fwd
+        },
+        # the forwards themselves on a Ray actor vs in the plain process (1.0: no per-sample overhead)
+        "ray_w1_over_plain_time_in_shards": shards["ray_w1"] / shards["plain"],
+        # > 1: two workers' forwards slow each other down (2 cores that also run the driver and Ray)
+        "w2_over_w1_summed_shard_time": shards["ray_w2"] / shards["ray_w1"],
         "samples_per_s": {k: n / v for k, v in fwd.items()},
         "samples_per_s_end_to_end": {k: n / v for k, v in total.items()},
         "speedup_w2_over_w1": fwd["ray_w1"] / fwd["ray_w2"],

@@ -41,3 +41,21 @@ def write_result(name: str, result: dict) -> Path:
     from gapinit_ray.atomic import write_atomic
 
     return write_atomic(RESULTS / f"{name}.json", json.dumps(result, indent=1, sort_keys=True, default=str))
+
+
+def carried_over(name: str, part: str, this_run: str) -> dict | None:
+    """``part`` of the previous ``<name>.json``, marked as measured in an earlier run (when a flag skips
+    re-measuring it), or None when there is none; ``this_run`` says what this run measured instead."""
+    try:
+        earlier = json.loads((RESULTS / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    figures = earlier.get(part)
+    if not isinstance(figures, dict):
+        return None
+    figures.setdefault(
+        "carried_over",
+        f"measured in an earlier run (machine {json.dumps(earlier.get('machine'), sort_keys=True)}); "
+        f"this run measured {this_run}",
+    )
+    return figures

@@ -37,7 +37,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from benchmarks.common import machine, write_result
+from benchmarks.common import carried_over, machine, write_result
 
 SEEDS = 3
 MAX_T = 9
@@ -459,24 +459,6 @@ def query_scale(args, tmp: str, trials: int, sched_kinds: tuple[str, ...]) -> tu
     return query, sched
 
 
-def _earlier_schedulers() -> dict | None:
-    from benchmarks.common import RESULTS
-
-    try:
-        earlier = json.loads((RESULTS / "sweep.json").read_text())
-    except (OSError, ValueError):
-        return None
-    sched = earlier.get("schedulers")
-    if not isinstance(sched, dict):
-        return None
-    sched.setdefault(
-        "carried_over",
-        f"measured in an earlier run (machine {json.dumps(earlier.get('machine'), sort_keys=True)}); "
-        "this run measured the query part only (--skip-schedulers)",
-    )
-    return sched
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--configs", type=int, default=12, help="(a) configs (x 3 seeds)")
@@ -519,7 +501,7 @@ def main(argv: list[str] | None = None) -> dict:
             },
         }
     else:
-        schedulers = _earlier_schedulers()
+        schedulers = carried_over("sweep", "schedulers", "the query part only (--skip-schedulers)")
     runs = (schedulers or {}).get("runs", {})
     met = {}
     if "fifo" in runs and "seed-group-asha" in runs:

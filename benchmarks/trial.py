@@ -5,7 +5,10 @@ CPU thread; steps/s are taken after warm-up (epoch 1 is warm-up; epochs 2..N are
 only, evaluation excluded). The service path's figure is what its workers report (``samples_per_s``);
 its peak RSS per worker is the reported ``peak_memory_mb``.
 
-    python -m benchmarks.trial [--steps 40] [--epochs 3]
+The service path runs once per ZeRO stage in ``--zero`` (0: the quickstart's; 2: ZeRO-2's partitioned
+optimizer and gradient buckets), each followed by the plain loop.
+
+    python -m benchmarks.trial [--steps 32] [--epochs 3] [--zero 0,2]
 """
 
 from __future__ import annotations
@@ -42,11 +45,13 @@ def bench_raw(storage: str, steps: int, epochs: int, feature_cache: bool = False
     return raw
 
 
-def make_spec(storage: str, steps: int, epochs: int):
+def make_spec(storage: str, steps: int, epochs: int, zero: int = 2):
     """Feature cache off: both paths run the same work (images + prefix); only the machinery differs."""
     from gapinit_ray.spec import spec_from_dict
 
-    return spec_from_dict(bench_raw(storage, steps, epochs))
+    raw = bench_raw(storage, steps, epochs)
+    raw["train"]["zero"] = {"stage": zero}
+    return spec_from_dict(raw)
 
 
 def plain_loop(spec, artifact_path: str, epochs: int) -> list[float]:
@@ -103,34 +108,45 @@ def service_path(spec) -> tuple[list[float], float, str]:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=32, help="steps per epoch (the 512 samples make 32)")
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument(
+        "--zero", default="0,2", help="ZeRO stages of the service path, each against the plain loop"
+    )
     args = ap.parse_args(argv)
     import ray
 
     torch.set_num_threads(1)
+    by_stage, plain_runs, rss = {}, [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        spec = make_spec(tmp, args.steps, args.epochs)
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         try:
-            service_rates, worker_rss, artifact = service_path(spec)
+            for stage in [int(z) for z in args.zero.split(",")]:
+                # a storage per stage: the same trial name in one storage would resume the last run
+                spec = make_spec(f"{tmp}/zero{stage}", args.steps, args.epochs, stage)
+                service_rates, rss[f"service_worker_zero{stage}"], artifact = service_path(spec)
+                # the plain loop right after each service run, so drifting load hits both alike
+                plain_rates = plain_loop(spec, artifact, args.epochs)
+                plain_runs.append(plain_rates)
+                service, plain = statistics.median(service_rates[1:]), statistics.median(plain_rates[1:])
+                by_stage[f"zero{stage}"] = {
+                    "steps_per_s": {"service": service, "plain_loop": plain},
+                    "steps_per_s_by_epoch": {"service": service_rates, "plain": plain_rates},
+                    "service_over_plain_time_per_step": plain / service,
+                }
         finally:
             ray.shutdown()
-        plain_rates = plain_loop(spec, artifact, args.epochs)
-    service = statistics.median(service_rates[1:])
-    plain = statistics.median(plain_rates[1:])
+    rss["plain_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {
         "benchmark": "trial",
-        "backbone": "tiny-blip2 (LoRA r=1 gap init, top-2 layers)",
+        "backbone": "tiny-blip2 (LoRA r=1 gap init, top-2 layers), 1 worker, 1 thread, feature cache off",
         "batch_size": spec.train.batch_size,
-        "steps_per_epoch": args.steps,
-        "steps_per_s": {"service_ray_train_deepspeed_zero2": service, "plain_loop": plain},
-        "steps_per_s_by_epoch": {"service": service_rates, "plain": plain_rates},
-        "service_over_plain_time_per_step": plain / service,
-        "peak_rss_mb": {
-            "service_worker": worker_rss,
-            "plain_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "steps_per_epoch": min(args.steps, 512 // spec.train.batch_size),
+        "by_zero_stage": by_stage,
+        "service_over_plain_time_per_step": {
+            k: v["service_over_plain_time_per_step"] for k, v in by_stage.items()
         },
+        "peak_rss_mb": rss,
         "target": {"service_over_plain_time_per_step": "<= 1.10"},
         "machine": machine(),
     }
@@ -140,9 +156,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     r = main()
-    s = r["steps_per_s"]
-    print(
-        f"trial steps/s after warm-up: service {s['service_ray_train_deepspeed_zero2']:.1f}, plain {s['plain_loop']:.1f}; "
-        f"time/step service/plain {r['service_over_plain_time_per_step']:.2f}x; "
-        f"peak RSS worker {r['peak_rss_mb']['service_worker']:.0f} MiB"
-    )
+    for stage, v in r["by_zero_stage"].items():
+        s = v["steps_per_s"]
+        print(
+            f"trial {stage}: steps/s after warm-up service {s['service']:.1f}, plain {s['plain_loop']:.1f}; "
+            f"time/step service/plain {v['service_over_plain_time_per_step']:.2f}x; "
+            f"peak RSS worker {r['peak_rss_mb'][f'service_worker_{stage}']:.0f} MiB"
+        )

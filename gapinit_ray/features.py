@@ -332,7 +332,13 @@ class FeatureCollate:
         self.backbone, self.cache = backbone, cache
         self.prompt, self.question_prompt = prompt, question_prompt
         self.digests = Digests.load(cache.root)
+        self._digest: dict[str, str] = {}  # image path -> content digest, resolved once per trial
         self.hits = self.misses = 0
+
+    def _digest_of(self, path: str) -> str:
+        if path not in self._digest:
+            self._digest[path] = self.digests.of(os.path.abspath(path))
+        return self._digest[path]
 
     def __call__(self, items):
         from gapinit_ray.data import load_image
@@ -341,7 +347,7 @@ class FeatureCollate:
         extras: list[dict | None] = []
         missing = []
         for i, item in enumerate(items):
-            got = self.cache.get(self.digests.of(os.path.abspath(item[1])))
+            got = self.cache.get(self._digest_of(item[1]))
             if got is None:
                 missing.append(i)
                 feats.append(None)
@@ -355,9 +361,9 @@ class FeatureCollate:
                 feats[i], extras[i] = fi, ei
         self.hits += len(items) - len(missing)
         self.misses += len(missing)
-        prompt = self.prompt
-        if len(items[0]) == 4:
-            prompt = [self.backbone.question_prompt(item[3], self.question_prompt) for item in items]
+        from gapinit_ray.train import batch_prompt
+
+        prompt = batch_prompt(self.backbone, items, self.prompt, self.question_prompt)
         return self.backbone.build_feature_batch(
             feats, extras, [item[2] for item in items], with_labels=True, prompt=prompt
         )

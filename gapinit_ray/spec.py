@@ -143,6 +143,9 @@ class SourceSpec(_Strict):
     num_images: int = Field(512, ge=8, description="synthetic only")
     image_size: int = Field(32, ge=32, le=1024, description="synthetic only")
     seed: int = Field(0, description="synthetic only: generator seed")
+    captions_per_image: int = Field(
+        2, ge=1, le=100, description="synthetic only: captions per image (each one training sample)"
+    )
 
     @model_validator(mode="after")
     def _paths(self) -> SourceSpec:

@@ -381,20 +381,21 @@ def prepare_feature_caches(
     from gapinit_ray.features import cache_plan
 
     caches: dict[str, str | None] = {}
-    said: set[str] = set()
+    reasons_said: set[str] = set()  # "cache off because ..." lines printed
+    built: set[str] = set()  # (backbone, data) builds done
     for point in grid_points(spec):
         tspec, bspec = trial_spec(spec, point)
         use, why = cache_plan(tspec)
         if not use:
-            if progress and why not in said:
-                said.add(why)
+            if progress and why not in reasons_said:
+                reasons_said.add(why)
                 print(f"feature cache off for trials with {why}", file=sys.stderr)
             continue
         # one build per backbone and data the trials read (the dir is the backbone's; images are keyed
         # by content, so overlapping data is computed once)
         key = json.dumps([bspec.key, tspec.data.model_dump(mode="json"), tspec.eval.subset], sort_keys=True)
-        if key not in said:
-            said.add(key)
+        if key not in built:
+            built.add(key)
             caches[bspec.key] = prepare_features(tspec, bspec, backbone_paths[bspec.key], progress)
     return caches
 

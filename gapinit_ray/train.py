@@ -92,10 +92,16 @@ class Collate:
         from gapinit_ray.data import load_image
 
         images = [augment_image(load_image(item[1], item[0]), self.augment, self.rng) for item in items]
-        prompt = self.prompt
-        if len(items[0]) == 4:
-            prompt = [self.backbone.question_prompt(item[3], self.question_prompt) for item in items]
+        prompt = batch_prompt(self.backbone, items, self.prompt, self.question_prompt)
         return self.backbone.build_batch(images, [item[2] for item in items], with_labels=True, prompt=prompt)
+
+
+def batch_prompt(backbone, items, prompt: str | None, question_prompt: str | None):
+    """The prompt of a batch: ``prompt`` for caption samples; for question samples (4-tuples), one
+    ``question_prompt`` filled with each sample's question."""
+    if len(items[0]) == 4:
+        return [backbone.question_prompt(item[3], question_prompt) for item in items]
+    return prompt
 
 
 def augment_image(image, transforms: list[str], rng):
@@ -141,6 +147,23 @@ def lr_lambda(total_steps: int, warmup_steps: int, schedule: str):
         return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
 
     return f
+
+
+def build_cpu_comm_op() -> str:
+    """Compile DeepSpeed's shared-memory CPU collective op now; returns what happened, in words.
+
+    DeepSpeed's CPU backend compiles this C++ op the first time a process initializes distributed
+    training and caches it for the user (``~/.cache/torch_extensions``). That first compile takes about a
+    minute on a 2-core machine and would land in the first trials of the first sweep; ``scripts/install.sh``
+    calls this on machines without a GPU so it happens at install time instead. A GPU machine never needs it.
+    """
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from deepspeed.comm.torch import build_shm_op
+
+    try:
+        return "built" if build_shm_op() is not None else "not used by this DeepSpeed build"
+    except Exception as e:  # no compiler: DeepSpeed falls back to plain gloo collectives
+        return f"not built ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
 
 
 def deepspeed_config(train, world_size: int, on_gpu: bool) -> dict:

@@ -27,4 +27,9 @@ if ! "$py" -c "import torch" 2>/dev/null; then
 fi
 torch_version=$("$py" -c "import torch; print(torch.__version__.split('+')[0])")
 pip_q -c constraints.txt -c <(echo "torch==$torch_version") -e ".[$extras]"
+if ! "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  # CPU machine: compile DeepSpeed's CPU collective op now (about a minute, once per user) rather than
+  # in the first trials of the first sweep
+  echo "install.sh: DeepSpeed CPU comm op: $("$py" -c "from gapinit_ray.train import build_cpu_comm_op; print(build_cpu_comm_op())" 2>/dev/null | tail -1)"
+fi
 echo "install.sh: gapinit-ray installed in $VENV (torch $torch_version)"

@@ -7,4 +7,4 @@ bash scripts/install.sh dev
 VENV=${VENV:-.venv}
 "$VENV/bin/ruff" check gapinit_ray tests benchmarks
 "$VENV/bin/ruff" format --check gapinit_ray tests benchmarks
-exec "$VENV/bin/python" -m pytest -m "not gpu" "$@"
+exec "$VENV/bin/python" -m pytest -m "not gpu" --durations=25 "$@"

@@ -373,3 +373,26 @@ def test_calibration_set_hash_tracks_image_bytes_and_captions(tmp_path, syntheti
     assert calibration_set_hash(pairs) != first
     os.remove(record.image_path)
     _raises([record.image_path, f"image id {record.image_id}"], calibration_set_hash, pairs)
+
+
+def test_spec_captions_per_image_reaches_the_generated_set(tmp_path):
+    """``captions_per_image`` of a synthetic source: that many captions (training samples) per image, in
+    a cache dir of its own; the default keeps the dir name sets generated before the field existed."""
+    from gapinit_ray.data.resolve import split_records
+    from gapinit_ray.spec import DataSpec
+
+    def records(**extra):
+        data = DataSpec.model_validate(
+            {
+                "sources": {"s": {"format": "synthetic", "num_images": 10, **extra}},
+                "train": {"source": "s", "split": "train"},
+                "val": {"source": "s", "split": "val"},
+            }
+        )
+        return split_records(data, data.train, str(tmp_path))
+
+    assert {len(r.captions) for r in records()} == {2}
+    five = records(captions_per_image=5)
+    assert {len(r.captions) for r in five} == {5} and len(five) == 8
+    names = sorted(p.name for p in (tmp_path / "_cache" / "data").iterdir() if p.is_dir())
+    assert names == ["shapes-downstream-s0-n10-px32", "shapes-downstream-s0-n10-px32-c5"]

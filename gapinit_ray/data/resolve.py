@@ -92,17 +92,16 @@ def source_qa_records(name: str, source, split: str, storage: str) -> list[QARec
 
 def _synthetic(source, storage: str) -> str:
     """The synthetic set's ``dataset.json``, generated under the storage cache on first use."""
-    out = (
-        cache_dir(storage)
-        / "data"
-        / (f"shapes-{source.variant}-s{source.seed}-n{source.num_images}-px{source.image_size}")
-    )
+    name = f"shapes-{source.variant}-s{source.seed}-n{source.num_images}-px{source.image_size}"
+    if source.captions_per_image != 2:  # the default keeps the name sets generated before it existed had
+        name += f"-c{source.captions_per_image}"
     return generate_synthetic(
-        str(out),
+        str(cache_dir(storage) / "data" / name),
         variant=source.variant,
         num_images=source.num_images,
         seed=source.seed,
         image_size=source.image_size,
+        captions_per_image=source.captions_per_image,
     )
 
 
