@@ -8,7 +8,7 @@ its peak RSS per worker is the reported ``peak_memory_mb``.
 The service path runs once per ZeRO stage in ``--zero`` (0: the quickstart's; 2: ZeRO-2's partitioned
 optimizer and gradient buckets), each followed by the plain loop.
 
-    python -m benchmarks.trial [--steps 32] [--epochs 3] [--zero 0,2]
+    python -m benchmarks.trial [--steps 32] [--epochs 5] [--zero 0,2]
 """
 
 from __future__ import annotations
@@ -91,25 +91,28 @@ def plain_loop(spec, artifact_path: str, epochs: int) -> list[float]:
 
 
 def service_path(spec) -> tuple[list[float], float, str]:
-    """Steps/s per epoch and peak RSS (MiB) reported by the Ray Train + DeepSpeed worker."""
+    """Steps/s of every epoch and peak RSS (MiB), as the Ray Train + DeepSpeed worker reported them
+    (read back from the results store the reports were written to)."""
+    from gapinit_ray.results import ResultsStore
+    from gapinit_ray.sweep import ResultsCallback
     from gapinit_ray.trial import build_trainer, prepare_artifact
 
     artifact = prepare_artifact(spec, spec.backbones[0], None, progress=False)
-    result = build_trainer(spec, {"init": "gap", "seed": 42}, artifact_path=artifact, progress=False).fit()
+    params = {"init": "gap", "seed": 42}
+    callback = ResultsCallback(spec.storage, spec.name, "bench", params)
+    trainer = build_trainer(spec, params, callbacks=[callback], artifact_path=artifact, progress=False)
+    result = trainer.fit()
     if result.error:
         raise result.error
-    import json
-
-    snap = json.loads((Path(result.path) / "checkpoint_manager_snapshot.json").read_text())
-    reports = [c["metrics"] for c in snap["checkpoint_results"]]
-    rates = [r["samples_per_s"] / spec.train.batch_size for r in reports]
-    return rates, max(r["peak_memory_mb"] for r in reports), artifact
+    rows = ResultsStore(spec.storage, spec.name).metrics().to_pandas().sort_values("epoch")
+    rates = [float(v) / spec.train.batch_size for v in rows["samples_per_s"]]
+    return rates, float(rows["peak_memory_mb"].max()), artifact
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=32, help="steps per epoch (the 512 samples make 32)")
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=5, help="epoch 1 is warm-up; the others are timed")
     ap.add_argument(
         "--zero", default="0,2", help="ZeRO stages of the service path, each against the plain loop"
     )

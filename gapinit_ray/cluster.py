@@ -15,6 +15,9 @@ TRAIN_ENV = {
     # by default); every trial pays that latency at its end and every rung decision waits on it
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
 }
+#: The embedded single-machine Ray has no node to lose to a preemption: no watcher actor per trial (one
+#: process less to start and hold for every trial segment).
+LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 class ClusterError(GapinitError):
@@ -38,7 +41,8 @@ def ray_session(
     # Trials wait for CPUs/GPUs on purpose (a paused seed-group member's slot goes to another trial);
     # Ray Train's default gives a worker group 60 s to be scheduled and started, then tears it down and
     # retries, which on a busy cluster turns waiting into a restart loop. Let them wait.
-    env = {k: os.environ.get(k, v) for k, v in TRAIN_ENV.items()}
+    defaults = TRAIN_ENV if address else {**TRAIN_ENV, **LOCAL_TRAIN_ENV}
+    env = {k: os.environ.get(k, v) for k, v in defaults.items()}
     os.environ.update(env)  # the embedded Ray's processes inherit the driver's environment
     if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
         # a driver started by the Jobs API (`gapinit submit`) already has these in its job's
