@@ -18,9 +18,8 @@ from benchmarks.common import RESULTS
 from gapinit_ray.atomic import write_atomic
 
 ALL = ("calibration", "trial", "sweep", "feature_cache", "quickstart_memory")
-# arguments of each benchmark in the suite, which stays within ~20 min on 2 CPUs: the feature cache's
-# whole-sweep comparison (~15 min by itself) runs only with --full; otherwise its last figures are kept,
-# marked carried_over
+# arguments of each benchmark in the suite: the feature cache's whole-sweep comparison (~16 min by
+# itself on 2 CPUs) runs only with --full; otherwise its last figures are kept, marked carried_over
 SUITE_ARGS = {"feature_cache": ["--skip-sweep"]}
 
 

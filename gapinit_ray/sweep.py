@@ -177,9 +177,34 @@ def trainable(
             raise result.error
 
     if state_path is None:
+        last = finished_report(spec, tid)
+        if last is not None:
+            # the trial finished before the driver stopped, but Tune's saved state (written every few
+            # seconds) did not see it end: hand Tune its last report instead of an empty result
+            from ray import tune
+
+            tune.report(last)
+            return
         fit(None)
         return
     _run_segments(fit, state_path)
+
+
+def finished_report(spec: SweepSpec, tid: str) -> dict[str, Any] | None:
+    """The last report (epoch and metrics) of a trial the results store records as TERMINATED, or None
+    when it has not finished."""
+    from gapinit_ray.results import ResultsStore
+    from gapinit_ray.results.store import METRICS
+
+    store = ResultsStore(spec.storage, spec.name)
+    trials = store.trials().to_pylist()
+    if not any(t["trial_id"] == tid and t["status"] == "TERMINATED" for t in trials):
+        return None
+    rows = store.metrics(filter={"trial_id": tid}).to_pylist()
+    if not rows:
+        return None
+    last = max(rows, key=lambda r: r["epoch"])
+    return {k: last[k] for k in ("epoch", *METRICS) if last.get(k) is not None}
 
 
 def _run_segments(fit, state_path: str) -> None:
