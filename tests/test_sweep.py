@@ -159,6 +159,28 @@ def test_tiny_sweep_never_splits_a_group_and_aggregates_match_raw_parquet(tmp_pa
     assert (tmp_path / "store" / "tiny" / "report" / "curves.png").exists()
 
 
+def test_finished_report_hands_tune_the_last_stored_report_of_a_terminated_trial(tmp_path) -> None:
+    """What a resumed trainable reports for a trial that finished before the driver stopped but that
+    Tune's saved state still shows running: its last stored report; nothing for unfinished trials."""
+    from gapinit_ray.sweep import finished_report
+
+    spec = spec_from_dict(sweep_raw(tmp_path, name="finished"))
+    store = ResultsStore(spec.storage, spec.name)
+    params = {"init": "gap", "seed": 1}
+    assert finished_report(spec, "done") is None  # empty store
+    for epoch in (1.0, 2.0, 3.0):
+        for tid in ("done", "running"):
+            store.write_report(
+                tid, params, {"epoch": epoch, "val_cider": epoch / 10, "train_loss": 4 - epoch}
+            )
+    store.write_trial("running", params, status="RUNNING")
+    assert finished_report(spec, "running") is None
+    store.write_trial("done", params, status="TERMINATED")
+    last = finished_report(spec, "done")
+    assert last["epoch"] == 3.0 and last["val_cider"] == pytest.approx(0.3) and last["train_loss"] == 1.0
+    assert all(v is not None for v in last.values())
+
+
 @pytest.mark.slow
 def test_resume_after_the_driver_is_killed(tmp_path) -> None:
     raw = sweep_raw(tmp_path, name="resumable")
