@@ -65,6 +65,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -948,3 +949,25 @@ def member_plan(state_path: str | os.PathLike[str], trial_id: str) -> MemberPlan
     if rung in recorded:
         return MemberPlan("wait", rung, milestones[rung])
     return MemberPlan("train", rung, milestones[rung])
+
+
+def promoted_plan(
+    state_path: str | os.PathLike[str],
+    trial_id: str,
+    reached: float,
+    timeout_s: float = 20.0,
+    poll_s: float = 0.2,
+) -> MemberPlan | None:
+    """A member's Train run right after its report at epoch ``reached`` (a rung's milestone): wait until
+    the scheduler has recorded that report (at most ``timeout_s``), then return the plan when its group
+    was promoted there at once -- the run goes on to ``plan.stop_at`` (``None``: to the end) -- or
+    ``None`` when it was not (``wait``: others still to report; ``stop``), or not recorded in time: the
+    run ends there and the trainable waits for the group (:func:`member_plan`)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        plan = member_plan(state_path, trial_id)
+        if plan.action == "train" and (plan.stop_at is None or plan.stop_at > reached):
+            return plan
+        if plan.action in ("wait", "stop") or time.monotonic() > deadline:
+            return None
+        time.sleep(poll_s)  # "unknown", or "train" up to `reached`: the report is not recorded yet

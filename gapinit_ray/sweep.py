@@ -141,53 +141,64 @@ def trainable(
     backbone_paths: dict[str, str | None],
     state_path: str | None = None,
     feature_caches: dict[str, str | None] | None = None,
+    slots: str | None = None,
 ) -> None:
     """Tune function trainable: one trial = one TorchTrainer run (restored by name when restarted).
 
     With seed-group ASHA (``state_path`` given) the trial runs one TorchTrainer per rung segment: it
-    trains up to the next rung, ends the Train run (freeing its workers), waits for the group's
-    decision in the scheduler state and, when promoted, starts the next segment from the checkpoint.
+    trains up to the next rung and asks the scheduler state for its group's decision there. When the
+    group is decided at once (this member reported last) and promoted, the same Train run goes on;
+    otherwise the run ends (freeing its workers), the trial waits for the group's decision and, when
+    promoted, starts the next segment from the checkpoint. ``slots`` names the sweep's
+    :class:`~gapinit_ray.slots.TrainSlots` actor: each Train run holds one of its permits.
     """
+    from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from gapinit_ray.slots import train_slot
     from gapinit_ray.trial import build_trainer
 
     spec = SweepSpec.model_validate(spec_dict)
     params = params_of(config, spec)
     tid = trial_id(params)
+    group = json.dumps({k: v for k, v in params.items() if k != "seed"}, sort_keys=True, default=str)
     _, bspec = trial_spec(spec, params)
 
-    def fit(stop_at: float | None) -> None:
+    def fit(stop_at: float | None, continuing: bool = False) -> float:
+        """One Train run; returns the epoch of its last report (where it actually ended)."""
         # the row is on disk before Tune (and its scheduler) sees the report
         callbacks = [
             ResultsCallback(spec.storage, spec.name, tid, result_config(spec, params)),
             TuneReportCallback(),
         ]
-        trainer = build_trainer(
-            spec,
-            params,
-            callbacks=callbacks,
-            backbone_path=backbone_paths[bspec.key],
-            progress=False,
-            feature_cache=(feature_caches or {}).get(bspec.key),
-            stop_at=stop_at,
-        )
-        result = trainer.fit()
+        with train_slot(slots, tid, group, continuing):
+            trainer = build_trainer(
+                spec,
+                params,
+                callbacks=callbacks,
+                backbone_path=backbone_paths[bspec.key],
+                progress=False,
+                feature_cache=(feature_caches or {}).get(bspec.key),
+                stop_at=stop_at,
+                rung_state=state_path,
+                tune_trial_id=tune.get_context().get_trial_id() if state_path else None,
+            )
+            result = trainer.fit()
         if result.error is not None:
             raise result.error
+        last = (result.metrics or {}).get("epoch")
+        return float(last) if last is not None else float(stop_at if stop_at is not None else spec.max_t)
 
     if state_path is None:
         last = finished_report(spec, tid)
         if last is not None:
             # the trial finished before the driver stopped, but Tune's saved state (written every few
             # seconds) did not see it end: hand Tune its last report instead of an empty result
-            from ray import tune
-
             tune.report(last)
             return
         fit(None)
         return
-    _run_segments(fit, state_path)
+    _run_segments(fit, state_path, float(spec.max_t))
 
 
 def finished_report(spec: SweepSpec, tid: str) -> dict[str, Any] | None:
@@ -207,29 +218,30 @@ def finished_report(spec: SweepSpec, tid: str) -> dict[str, Any] | None:
     return {k: last[k] for k in ("epoch", *METRICS) if last.get(k) is not None}
 
 
-def _run_segments(fit, state_path: str) -> None:
+def _run_segments(fit, state_path: str, max_t: float) -> None:
     """Seed-group ASHA in the trial: train to a rung, wait for the group, go on or stop."""
     from ray import tune
 
     from gapinit_ray.schedulers import member_plan
 
     me = tune.get_context().get_trial_id()
-    trained_to: int | None = -1  # the rung the last segment ended at (-1: none yet)
+    reached = -1.0  # epoch of the last segment's last report (-1: no segment yet)
     since = time.monotonic()
     while True:
         plan = member_plan(state_path, me)
         if plan.action == "stop":
             return
-        if plan.action == "train" and plan.rung != trained_to:
-            fit(plan.stop_at)
-            if plan.stop_at is None:
+        if plan.action == "train" and (plan.stop_at is None or plan.stop_at > reached):
+            # a later segment (resumed from a checkpoint) goes before any trial's first one
+            reached = fit(plan.stop_at, continuing=reached >= 0 or bool(plan.rung))
+            if plan.stop_at is None or reached >= max_t:
                 return
-            trained_to, since = plan.rung, time.monotonic()
+            since = time.monotonic()
             continue
         # "wait" (group undecided), "unknown", or the last segment's rung report not recorded yet
         if plan.action != "wait" and time.monotonic() - since > RUNG_RECORD_TIMEOUT_S:
             raise GapinitError(
-                f"trial {me}: the scheduler has not recorded its result at rung {trained_to} after "
+                f"trial {me}: the scheduler has not recorded its result at epoch {reached:g} after "
                 f"{RUNG_RECORD_TIMEOUT_S:g} s ({state_path}); is the metric reported?"
             )
         time.sleep(RUNG_POLL_S)
@@ -241,7 +253,7 @@ def _run_segments(fit, state_path: str) -> None:
 class SweepProgress:
     """Tune callback: trial rows (status, stop reason, rung), scheduler state, a live progress line."""
 
-    def __new__(cls, spec: SweepSpec, scheduler, quiet: bool = False):
+    def __new__(cls, spec: SweepSpec, scheduler, quiet: bool = False, slots: str | None = None):
         from ray.tune import Callback
         from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
@@ -288,8 +300,17 @@ class SweepProgress:
                         self.best = (float(value), self._params(trial)[0])
                 self._line(trials)
 
+            def _release(self, tid: str) -> None:
+                # a trial that ended (or died) holding a Train slot gives it back
+                if slots is not None:
+                    import ray
+
+                    with contextlib.suppress(ValueError):
+                        ray.get_actor(slots).release.remote(tid)
+
             def on_trial_complete(self, iteration, trials, trial, **info):
                 tid, params = self._params(trial)
+                self._release(tid)
                 stopped = _stop_reason(scheduler, trial)
                 last = trial.last_result or {}
                 store.write_trial(
@@ -304,6 +325,7 @@ class SweepProgress:
 
             def on_trial_error(self, iteration, trials, trial, **info):
                 tid, params = self._params(trial)
+                self._release(tid)
                 error, reason = _trial_error(trial, spec.resources.max_failures)
                 store.write_trial(tid, params, status="ERROR", stop_reason=reason, error=error)
                 self._line(trials)
@@ -355,17 +377,19 @@ def _rung_reached(scheduler, trial) -> int | None:
 # ---------------------------------------------------------------------------------------- driver
 
 
-def _max_concurrent(spec: SweepSpec) -> int:
+def _max_concurrent(spec: SweepSpec, per_group: bool = True) -> int:
     """Trials Tune keeps alive at once: the spec's limit, else what the cluster's CPUs (or GPUs) fit.
 
     With seed groups, members that reach a rung first wait there (inside their trainable, holding no
     CPU/GPU) until the last one gets there, and Tune counts them against this limit; so the limit is
-    the slots times the group size, or a group's last members would never be created (a created trial
-    whose Train job finds no free CPU/GPU simply waits for one)."""
+    the slots times the group size, or a group's last members would never be created; ``per_group=False``
+    gives the slots alone (how many Train jobs run at once, :mod:`gapinit_ray.slots`)."""
     import ray
 
     seeds = spec.search.axes.get("seed")
     group = len(seeds) if isinstance(seeds, list) and spec.scheduler.type == "seed-group-asha" else 1
+    if not per_group:
+        group = 1
     if spec.resources.max_concurrent_trials:
         return spec.resources.max_concurrent_trials * group
     r = spec.resources
@@ -462,6 +486,15 @@ def run_sweep(spec: SweepSpec, *, quiet: bool = False):
     # able to hold one 1-CPU Train worker group and the trial functions but never a second group
     # (2 - 1 - 0.03 < 1), so it asks for a sliver of memory (a logical resource every node has) instead.
     seed_groups = spec.scheduler.type == "seed-group-asha"
+    slots = gate = None
+    if seed_groups:
+        # Tune keeps slots x group size trials alive (members wait at rungs); only `slots` of them run
+        # a Train job at a time, the rest wait for a permit before starting one (gapinit_ray.slots)
+        from gapinit_ray.slots import start_slots
+
+        slots = f"gapinit-slots:{root}"
+        # the handle keeps the actor alive until this function returns (it is not detached)
+        gate = start_slots(slots, _max_concurrent(spec, per_group=False))
     fn = tune.with_resources(
         tune.with_parameters(
             trainable,
@@ -469,6 +502,7 @@ def run_sweep(spec: SweepSpec, *, quiet: bool = False):
             backbone_paths=backbone_paths,
             feature_caches=feature_caches,
             state_path=str(root / "scheduler_state.json") if seed_groups else None,
+            slots=slots,
         ),
         {"CPU": 0, "memory": 2**20},
     )
@@ -497,7 +531,7 @@ def run_sweep(spec: SweepSpec, *, quiet: bool = False):
             run_config=tune.RunConfig(
                 name="tune",
                 storage_path=str(root),
-                callbacks=[SweepProgress(spec, scheduler, quiet)],
+                callbacks=[SweepProgress(spec, scheduler, quiet, slots)],
                 failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
                 verbose=0,
             ),
@@ -514,6 +548,11 @@ def run_sweep(spec: SweepSpec, *, quiet: bool = False):
             raise
         _compact(spec)
         return None
+    finally:
+        if gate is not None:
+            import ray
+
+            ray.kill(gate)
 
 
 def _compact(spec: SweepSpec) -> None:

@@ -30,6 +30,7 @@ import torch
 from gapinit_ray.pretrain import caption_loss
 
 TRAINER_STATE = "trainer_state.json"
+TRAIN_RUNS = "train_runs.jsonl"  # one line per Train run of a trial (TrialWorker._log_run)
 ADAPTER_DIR = "adapter"
 DS_TAG = "ds"
 
@@ -223,6 +224,10 @@ class TrialContext:
     stop_at: float | None = None
     # frozen-prefix feature cache dir (gapinit_ray.features) the data loaders read; None: run the prefix
     feature_cache: str | None = None
+    # seed-group ASHA: the scheduler's state file and this trial's Tune id; at stop_at the run asks it
+    # whether the group was promoted at once and then goes on instead of ending (see _past_rung)
+    rung_state: str | None = None
+    tune_trial_id: str | None = None
 
 
 def _distributed_setup() -> tuple[int, int]:
@@ -338,10 +343,10 @@ class TrialWorker:
         self.setup()
         start_epoch, start_step = self.resume()
         train = self.spec.train
-        # same seed => same dropout stream whatever the init consumed from the RNG
-        torch.manual_seed(self.spec.seed * 1000 + self.rank + 7919 * start_epoch + start_step)
+        self._seed_rng(start_epoch, start_step)
         every = train.report_every if isinstance(train.report_every, int) else None
         stop_at = self.ctx.stop_at
+        self._log_run(start_epoch, start_step, stop_at)
         if stop_at is not None and start_step == 0 and start_epoch >= stop_at:
             # the checkpoint is already at the rung (its report was lost, e.g. the driver died right
             # after it): report it again rather than train past the rung
@@ -366,11 +371,56 @@ class TrialWorker:
                 ):
                     value = epoch + done / self.steps_per_epoch
                     self.report(value, epoch, done)
-                    if stop_at is not None and value >= stop_at:
+                    stop_at, end = self._past_rung(value, stop_at, (epoch, done))
+                    if end:
                         return
             self.report(epoch + 1, epoch + 1, 0)
-            if stop_at is not None and epoch + 1 >= stop_at:
+            stop_at, end = self._past_rung(epoch + 1, stop_at, (epoch + 1, 0))
+            if end:
                 return
+
+    def _seed_rng(self, epoch: int, step: int) -> None:
+        # the same seed => the same dropout stream whatever the init consumed from the RNG, and whether
+        # the trial got to (epoch, step) in one Train run or restarted there from a checkpoint
+        torch.manual_seed(self.spec.seed * 1000 + self.rank + 7919 * epoch + step)
+
+    def _log_run(self, epoch: int, step: int, stop_at: float | None) -> None:
+        """One line per Train run of the trial in ``<out_dir>/train_runs.jsonl``: where it started and
+        the epoch it was to stop at (seed-group rungs), appended by rank 0 (``None``: to the end)."""
+        if self.rank != 0:
+            return
+        os.makedirs(self.ctx.out_dir, exist_ok=True)
+        line = {"start_epoch": epoch, "start_step": step, "stop_at": stop_at, "time": time.time()}
+        with open(os.path.join(self.ctx.out_dir, TRAIN_RUNS), "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def _past_rung(
+        self, value: float, stop_at: float | None, resume_at: tuple[int, int]
+    ) -> tuple[float | None, bool]:
+        """After the report at ``value``: (the epoch to stop at now, end this run?). ``resume_at``: the
+        (epoch, step) a restart from this report's checkpoint would start at.
+
+        At a seed-group rung (``value >= stop_at``) rank 0 waits for the scheduler to record the report;
+        if that decided the group and promoted it (this member reported last), every rank goes on to the
+        next rung in this run instead of ending it and starting a new Train run from the checkpoint.
+        """
+        if stop_at is None or value < stop_at:
+            return stop_at, False
+        plan = None
+        if self.rank == 0 and self.ctx.rung_state and self.ctx.tune_trial_id:
+            from gapinit_ray.schedulers import promoted_plan
+
+            plan = promoted_plan(self.ctx.rung_state, self.ctx.tune_trial_id, value)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            box = [plan]
+            dist.broadcast_object_list(box, src=0, device=self.device)
+            plan = box[0]
+        if plan is None:
+            return stop_at, True
+        self._seed_rng(*resume_at)  # as a restart from the checkpoint would
+        return plan.stop_at, False
 
     def _reset_meters(self) -> None:
         self.t0, self.losses, self.samples, self.tokens = time.perf_counter(), [], 0, 0

@@ -141,6 +141,8 @@ def build_trainer(
     progress: bool = True,
     stop_at: float | None = None,
     feature_cache: str | bool | None = True,
+    rung_state: str | None = None,
+    tune_trial_id: str | None = None,
 ):
     """The TorchTrainer of one trial. Pretraining and calibration run here (cached) if not given.
 
@@ -148,9 +150,11 @@ def build_trainer(
     it here (when the spec allows it).
 
     ``stop_at``: end the run after its report at epoch >= ``stop_at``; a later TorchTrainer of the same
-    trial (same name and storage) continues from that checkpoint (seed-group rungs)."""
+    trial (same name and storage) continues from that checkpoint (seed-group rungs). With
+    ``rung_state`` (the seed-group scheduler's state file) and ``tune_trial_id``, the run goes on past
+    ``stop_at`` when the trial's group is promoted there at once (it reported last)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     from gapinit_ray.train import TrialContext, train_loop_per_worker
 
@@ -176,11 +180,13 @@ def build_trainer(
         out_dir=str(root / "captions" / tid),
         stop_at=stop_at,
         feature_cache=feature_cache or None,
+        rung_state=rung_state,
+        tune_trial_id=tune_trial_id,
     )
     r = spec.resources
     use_gpu = r.gpus_per_worker > 0
     resources = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if use_gpu else {})}
-    return TorchTrainer(
+    return _lean_torch_trainer()(
         train_loop_per_worker,
         train_loop_config={"ctx": asdict(ctx)},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -196,6 +202,25 @@ def build_trainer(
             worker_runtime_env={"env_vars": _worker_env(use_gpu)},
         ),
     )
+
+
+def _lean_torch_trainer():
+    """TorchTrainer that starts no Ray Data dataset-manager actor for a run without datasets.
+
+    Ray Train 2.60 starts one per run whatever the run reads; trials read their own files, so it would
+    be a process (and its start-up) per Train run -- per rung segment with seed groups -- for nothing.
+    """
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    class LeanTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
+    return LeanTorchTrainer
 
 
 def _worker_env(use_gpu: bool) -> dict[str, str]:

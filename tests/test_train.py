@@ -186,3 +186,49 @@ def test_killed_train_worker_resumes_from_checkpoint(ray_local, tmp_path) -> Non
     assert epochs == sorted(set(epochs)) and epochs[-1] == 3, epochs  # none twice, all reported
     assert len(epochs) == 3
     assert killed not in [p.pid for p in _train_workers()]
+
+
+@pytest.mark.slow
+def test_a_member_promoted_at_its_rung_goes_on_in_the_same_run_with_a_restarts_results(
+    ray_local, tmp_path
+) -> None:
+    from gapinit_ray.trial import sweep_dir
+
+    params = {"init": "gap", "seed": 5}
+    tid = trial_id(params)
+    spec = tiny_spec(tmp_path, epochs=2)
+    # restarted at the rung: one Train run to epoch 1, a second one from its checkpoint to the end
+    for stop_at in (1, None):
+        result = build_trainer(spec, params, progress=False, stop_at=stop_at).fit()
+        assert result.error is None
+    restarted = _reports(result)
+    # the seed-group scheduler's state says the member's group was promoted at rung 0 (epoch 1) when
+    # its report came in (it reported last): the run goes on to the end without a restart
+    promoted = spec.model_copy(update={"name": "promoted"})
+    state = tmp_path / "scheduler_state.json"
+    state.write_text(
+        json.dumps(
+            {
+                "settings": {"milestones": [1.0]},
+                "trials": {"T1": {"group": "g", "values": {"0": 0.1}}},
+                "groups": {"g": {"decisions": {"0": "CONTINUE"}, "stopped_at": None}},
+            }
+        )
+    )
+    result = build_trainer(
+        promoted, params, progress=False, stop_at=1, rung_state=str(state), tune_trial_id="T1"
+    ).fit()
+    assert result.error is None
+    continued = _reports(result)
+
+    def runs(s) -> list[tuple[int, float | None]]:
+        lines = (sweep_dir(s) / "captions" / tid / "train_runs.jsonl").read_text().splitlines()
+        return [(r["start_epoch"], r["stop_at"]) for r in map(json.loads, lines)]
+
+    assert runs(spec) == [(0, 1), (1, None)]
+    assert runs(promoted) == [(0, 1)]  # one Train run
+    assert [r["epoch"] for r in restarted] == [r["epoch"] for r in continued] == [1, 2]
+    for a, b in zip(restarted, continued, strict=True):
+        # same seed, same data order, same dropout stream: the same numbers either way
+        for key in ("train_loss", "val_loss", "val_cider"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (key, a["epoch"])

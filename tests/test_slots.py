@@ -1,0 +1,69 @@
+"""Train slots of a seed-group sweep on a real local Ray: order of service, release of a dead holder."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from gapinit_ray.slots import start_slots, train_slot
+
+
+def _granted(ref, timeout: float = 0.5) -> bool:
+    import ray
+
+    ready, _ = ray.wait([ref], timeout=timeout)
+    return bool(ready)
+
+
+def test_slots_serve_continuing_members_then_the_earliest_group_then_in_order(ray_local) -> None:
+    ray = ray_local
+    gate = start_slots("test-slots-order", 1)
+    ray.get(gate.acquire.remote("a1", "A", False))  # the only slot, to group A's first member
+    # requests while it is held: a new group first, then group A's next member, then a member (of A)
+    # continuing after its group was promoted
+    b1 = gate.acquire.remote("b1", "B", False)
+    time.sleep(0.3)
+    a2 = gate.acquire.remote("a2", "A", False)
+    time.sleep(0.3)
+    a3 = gate.acquire.remote("a3", "A", True)
+    assert not _granted(b1) and not _granted(a2) and not _granted(a3)
+    assert ray.get(gate.state.remote())["waiting"] == ["a3", "a2", "b1"]
+
+    ray.get(gate.release.remote("a1"))
+    assert _granted(a3, 5) and not _granted(a2) and not _granted(b1)
+    ray.get(gate.release.remote("a3"))
+    assert _granted(a2, 5) and not _granted(b1)  # group A (seen first) before group B
+    ray.get(gate.release.remote("a2"))
+    assert _granted(b1, 5)
+    ray.get(gate.release.remote("b1"))
+    assert ray.get(gate.state.remote()) == {"free": 1, "holders": {}, "waiting": []}
+    ray.kill(gate)
+
+
+def test_released_by_the_driver_when_its_holder_died_and_the_block_form_gives_it_back(ray_local) -> None:
+    ray = ray_local
+    gate = start_slots("test-slots-dead", 1)
+
+    @ray.remote(num_cpus=0)
+    def hold_and_die() -> None:
+        import os
+
+        ray.get(gate.acquire.remote("dead", "G", False))
+        os._exit(1)  # dies holding the slot (no release)
+
+    with pytest.raises(ray.exceptions.RayError):
+        ray.get(hold_and_die.options(max_retries=0).remote())
+    waiting = gate.acquire.remote("next", "G", False)
+    assert not _granted(waiting)
+    # the sweep driver releases a trial's permits when Tune reports it errored or complete
+    ray.get(gate.release.remote("dead"))
+    assert _granted(waiting, 5)
+    ray.get(gate.release.remote("next"))
+
+    with train_slot("test-slots-dead", "t", "G", False):
+        assert ray.get(gate.state.remote())["holders"] == {"t": 1}
+    assert ray.get(gate.state.remote())["holders"] == {}
+    with train_slot(None, "t", "G", False):  # no gate: nothing to acquire
+        pass
+    ray.kill(gate)
