@@ -39,7 +39,7 @@ def bench_raw(storage: str, steps: int, epochs: int, feature_cache: bool = False
     raw["calibration"].update({"num_samples": 32, "workers": 1})
     train = {"epochs": epochs, "batch_size": 16, "max_steps_per_epoch": steps, "zero": {"stage": 2}}
     raw["train"].update({**train, "feature_cache": feature_cache})
-    raw["eval"].update({"metrics": ["bleu4"], "generation": {"max_new_tokens": 4}})
+    raw["eval"].update({"metrics": ["bleu4"], "final_metrics": [], "generation": {"max_new_tokens": 4}})
     raw["scheduler"] = {"type": "fifo", "metric": "val_bleu4"}
     raw["resources"].update({"workers_per_trial": 1, "cpus_per_worker": 1})
     return raw

@@ -374,6 +374,11 @@ class GenerationSpec(_Strict):
 
 class EvalSpec(_Strict):
     metrics: list[str] = Field(["bleu4", "meteor", "rouge_l", "cider"], min_length=1)
+    final_metrics: list[str] = Field(
+        default_factory=list,
+        description="caption metrics computed only at a trial's last report, not at every epoch (METEOR "
+        "and SPICE each start a Java process per evaluation); trials stopped early have none",
+    )
     split: Literal["val", "test"] = "val"
     subset: int | None = Field(None, ge=1, description="evaluate a fixed subset of N images")
     batch_size: int = Field(16, ge=1)
@@ -395,7 +400,7 @@ class EvalSpec(_Strict):
                 )
         return v
 
-    @field_validator("metrics")
+    @field_validator("metrics", "final_metrics")
     @classmethod
     def _known(cls, v: list[str]) -> list[str]:
         bad = [m for m in v if m not in CAPTION_METRICS]
@@ -565,6 +570,11 @@ class SweepSpec(_Strict):
             raise ValueError("backbones: the same backbone is listed twice")
         self._check_task_data()
         metric = self.scheduler.metric
+        if metric not in self.reported_metrics() and metric.removeprefix("val_") in self.eval.final_metrics:
+            raise ValueError(
+                f"scheduler.metric {metric!r} is computed only at the last report (eval.final_metrics); "
+                "rungs need it at every report: move it to eval.metrics"
+            )
         if metric not in self.reported_metrics():
             raise ValueError(
                 f"scheduler.metric {metric!r} is never reported by this spec; reported: "

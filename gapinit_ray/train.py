@@ -459,6 +459,11 @@ class TrialWorker:
             # cos(B[:,0], g) over the gap-carrying modules, mean ‖A‖_F / ‖B‖_F (every rank: ZeRO-3 gathers)
             **adapter_stats(self.engine.module, self.gaps),
         }
+        eval_spec = spec.eval
+        if spec.eval.final_metrics and next_epoch >= spec.train.epochs and next_step == 0:
+            # the last report: also the metrics kept for the end (METEOR, SPICE: each starts Java)
+            extra = [m for m in spec.eval.final_metrics if m not in eval_spec.metrics]
+            eval_spec = spec.eval.model_copy(update={"metrics": [*eval_spec.metrics, *extra]})
         for name, records in self.eval_sets:
             # the in-task split writes into epoch_<e>/, a transfer set into epoch_<e>/<name>/
             out_dir = os.path.join(self.ctx.out_dir, f"epoch_{epoch_value:g}", "" if name == "val" else name)
@@ -466,7 +471,7 @@ class TrialWorker:
                 self.engine.module,
                 self.backbone,
                 records,
-                spec.eval,
+                eval_spec,
                 prompt=spec.train.prompt,
                 question_prompt=spec.train.question_prompt,
                 rank=rank,

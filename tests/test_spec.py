@@ -105,6 +105,16 @@ BAD = [
         _set("scheduler.metric", "val_spice"),
         ["val_spice", "never reported", "eval.metrics"],
     ),
+    (
+        "scheduler metric computed at the last report only",
+        _set("scheduler.metric", "val_meteor"),  # the quickstart keeps meteor for the last epoch
+        ["val_meteor", "last report", "eval.final_metrics", "move it to eval.metrics"],
+    ),
+    (
+        "unknown final metric",
+        _set("eval.final_metrics", ["spice", "bertscore"]),
+        ["eval.final_metrics", "bertscore", "known"],
+    ),
     ("unknown task", _set("task", "ocr"), ["task", "coco_caption"]),
     ("zero stage 5", _set("train.zero.stage", 5), ["train.zero.stage", "allowed"]),
     ("offload params below stage 3", _set("train.zero", {"stage": 2, "offload_param": "cpu"}), ["stage 3"]),

@@ -33,7 +33,9 @@ def sweep_raw(tmp_path: Path, name: str = "tiny", **over) -> dict:
     raw["data"]["val"]["limit"] = 6
     raw["calibration"].update({"num_samples": 16, "workers": 1})
     raw["train"].update({"epochs": 3, "batch_size": 8, "max_steps_per_epoch": 3, "lr": 1e-2})
-    raw["eval"].update({"metrics": ["bleu4", "cider"], "generation": {"max_new_tokens": 6}})
+    raw["eval"].update(
+        {"metrics": ["bleu4", "cider"], "final_metrics": [], "generation": {"max_new_tokens": 6}}
+    )
     raw["search"] = {"init": ["gap", "random"], "seed": [1, 2]}
     raw["scheduler"] = {
         "type": "seed-group-asha",

@@ -28,7 +28,9 @@ def tiny_spec(tmp_path: Path, **train_over):
     raw["data"]["val"]["limit"] = 6
     raw["calibration"].update({"num_samples": 16, "workers": 1})
     raw["train"].update({"epochs": 2, "batch_size": 8, "max_steps_per_epoch": 4, "lr": 1e-2, **train_over})
-    raw["eval"].update({"metrics": ["bleu4", "cider"], "generation": {"max_new_tokens": 6}})
+    raw["eval"].update(
+        {"metrics": ["bleu4", "cider"], "final_metrics": [], "generation": {"max_new_tokens": 6}}
+    )
     raw["resources"].update({"workers_per_trial": 1, "cpus_per_worker": 1})
     return spec_from_dict(raw)
 
@@ -94,11 +96,13 @@ def _reports(result) -> list[dict]:
 def test_two_worker_zero2_trial_learns_and_saves_a_loadable_adapter(ray_local, tmp_path) -> None:
     spec = tiny_spec(tmp_path, zero={"stage": 2}, epochs=2)
     spec.resources.workers_per_trial = 2
+    spec.eval.final_metrics = ["rouge_l"]
     result = _run(spec, {"init": "gap", "seed": 42})
     assert result.error is None
     reports = _reports(result)
     assert [r["epoch"] for r in reports] == [1, 2]
     first, last = reports
+    assert "val_rouge_l" not in first and last["val_rouge_l"] >= 0  # final_metrics: at the last report only
     for key in (
         "train_loss",
         "val_loss",

@@ -379,7 +379,14 @@ def test_tiny_vqa_sweep_with_pope_and_caption_transfer_runs_end_to_end(tmp_path)
     raw["data"]["val"]["limit"] = 12
     raw["calibration"].update({"num_samples": 16, "workers": 1})
     raw["train"].update({"epochs": 2, "batch_size": 8, "max_steps_per_epoch": 2, "lr": 1e-2})
-    raw["eval"].update({"metrics": ["bleu4", "cider"], "batch_size": 16, "generation": {"max_new_tokens": 4}})
+    raw["eval"].update(
+        {
+            "metrics": ["bleu4", "cider"],
+            "final_metrics": [],
+            "batch_size": 16,
+            "generation": {"max_new_tokens": 4},
+        }
+    )
     raw["eval"]["transfer"] = {
         "pope": {"source": "shapes_pope", "split": "test", "limit": 8},
         "shapes": {"source": "shapes", "split": "test", "limit": 4},
