@@ -67,7 +67,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -951,23 +951,65 @@ def member_plan(state_path: str | os.PathLike[str], trial_id: str) -> MemberPlan
     return MemberPlan("train", rung, milestones[rung])
 
 
+def group_on_its_way(state_path: str | os.PathLike[str], trial_id: str, running: Iterable[str]) -> bool:
+    """Whether every other member of ``trial_id``'s group that has yet to report at the group's current
+    rung is running a Train job now (its Tune id in ``running``), and the group is whole (all
+    ``group_size`` members created). Then the rung's decision is on its way -- those members hold their
+    CPUs/GPUs and will get there -- and a member waiting there can keep its run instead of ending it
+    and starting another from the checkpoint. False whenever the state cannot tell."""
+    try:
+        with open(os.fspath(state_path), encoding="utf-8") as f:
+            state = json.load(f)
+        member = state["trials"][trial_id]
+        group = state["groups"][member["group"]]
+        decided = {int(r) for r in group["decisions"]}
+        size = int(state["settings"]["group_size"])
+        rung = 0
+        while rung in decided:
+            rung += 1
+        others = [state["trials"][t] | {"id": t} for t in group["members"] if t != trial_id]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if len(others) + 1 < size:
+        return False
+    running = set(running)
+    return all(
+        o["id"] in running
+        for o in others
+        if o.get("status") == _ACTIVE and str(rung) not in (o.get("values") or {})
+    )
+
+
+#: :func:`promoted_plan`'s answer while a member holds its run at a rung (ask again later).
+HOLD = "hold"
+
+
 def promoted_plan(
     state_path: str | os.PathLike[str],
     trial_id: str,
     reached: float,
     timeout_s: float = 20.0,
     poll_s: float = 0.2,
-) -> MemberPlan | None:
+    hold: Callable[[], bool] | None = None,
+) -> MemberPlan | str | None:
     """A member's Train run right after its report at epoch ``reached`` (a rung's milestone): wait until
     the scheduler has recorded that report (at most ``timeout_s``), then return the plan when its group
-    was promoted there at once -- the run goes on to ``plan.stop_at`` (``None``: to the end) -- or
-    ``None`` when it was not (``wait``: others still to report; ``stop``), or not recorded in time: the
-    run ends there and the trainable waits for the group (:func:`member_plan`)."""
+    was promoted there -- the run goes on to ``plan.stop_at`` (``None``: to the end) -- or ``None``
+    when it was not (``stop``), or not recorded in time: the run ends there and the trainable waits for
+    the group (:func:`member_plan`).
+
+    While the group is undecided (``wait``: others still to report): :data:`HOLD` when ``hold()`` says
+    the others are on their way (:func:`group_on_its_way`; the caller asks again a little later), else
+    ``None``: the run ends and frees its slot."""
     deadline = time.monotonic() + timeout_s
     while True:
         plan = member_plan(state_path, trial_id)
         if plan.action == "train" and (plan.stop_at is None or plan.stop_at > reached):
             return plan
-        if plan.action in ("wait", "stop") or time.monotonic() > deadline:
+        if plan.action == "stop":
+            return None
+        if plan.action == "wait":
+            return HOLD if hold is not None and hold() else None
+        if time.monotonic() > deadline:
             return None
         time.sleep(poll_s)  # "unknown", or "train" up to `reached`: the report is not recorded yet

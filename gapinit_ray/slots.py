@@ -11,12 +11,19 @@ runs cost more memory than the training itself and their start-ups steal the CPU
 one for the duration of each TorchTrainer run (:func:`train_slot`). Waiting requests are served:
 
 1. a member continuing after its group was promoted at a rung, before any first segment;
-2. then members of the group seen first (finish a group before starting the next one: its rung
-   decision comes sooner, and a stopped group's members are never trained);
+2. then members of the group that comes first in the sweep's grid (finish a group before starting the
+   next one: its rung decision comes sooner, a stopped group's members are never trained, and a whole
+   group training at once can hold at its rungs);
 3. then in order of request.
 
 A trial that dies holding a permit gets it taken back by the sweep driver (``release`` on the trial's
 error or completion), so a crashed trainable never leaks a slot.
+
+The actor also tells which trials are training now (:meth:`TrainSlots.running`, by Tune trial id: they
+hold a permit and their Train run has its workers, as :meth:`TrainSlots.started` told it): a member
+at a rung whose group's other members are all on their way there keeps its run (and its slot) instead
+of ending it (see :func:`gapinit_ray.schedulers.group_on_its_way`). A holder whose run has not started
+does not count: it may be waiting for CPUs/GPUs that the members holding at the rung would never free.
 """
 
 from __future__ import annotations
@@ -32,17 +39,41 @@ import ray
 
 @ray.remote(num_cpus=0, max_concurrency=1000)
 class TrainSlots:
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, expect: int = 0, window_s: float = 30.0) -> None:
         self._free = max(1, int(slots))
+        # the first `expect` requests (the trials Tune starts at once) are served together, in order of
+        # priority, not of arrival: else whichever trial actors start first take the slots, and a whole
+        # group rarely trains at once (none of its members could hold at a rung); at most `window_s`
+        self._open = expect <= 0
+        self._expect, self._window_s, self._requests, self._timer = expect, window_s, 0, None
         self._holders: dict[str, int] = {}  # trial id -> permits held (a retried trial may re-acquire)
+        self._tune_ids: dict[str, str] = {}  # trial id -> Tune trial id, of holders that gave one
+        self._started: set[str] = set()  # trial ids whose Train run has its workers (started())
         self._waiting: list[tuple[tuple, asyncio.Future, str]] = []  # heap of (priority, future, tid)
         self._group_order: dict[str, int] = {}
         self._seq = itertools.count()
 
-    async def acquire(self, trial_id: str, group: str, continuing: bool) -> None:
-        """Wait for a permit (see the module docstring for the order)."""
-        rank = self._group_order.setdefault(group, len(self._group_order))
-        if self._free > 0 and not self._waiting:
+    async def acquire(
+        self,
+        trial_id: str,
+        group: str,
+        continuing: bool,
+        tune_id: str | None = None,
+        group_rank: int | None = None,
+    ) -> None:
+        """Wait for a permit (see the module docstring for the order). ``group_rank``: the group's place
+        in the sweep's grid (default: the order groups are first seen in)."""
+        first_seen = len(self._group_order) if group_rank is None else group_rank
+        rank = self._group_order.setdefault(group, first_seen)
+        if tune_id is not None:
+            self._tune_ids[trial_id] = tune_id
+        self._requests += 1
+        if not self._open:
+            if self._requests >= self._expect:
+                self._open = True
+            elif self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(self._window_s, self._open_now)
+        if self._open and self._free > 0 and not self._waiting:
             self._grant(trial_id)
             return
         fut = asyncio.get_running_loop().create_future()
@@ -50,9 +81,23 @@ class TrainSlots:
         self._serve()
         await fut
 
+    def _open_now(self) -> None:
+        self._open = True
+        self._serve()
+
+    def started(self, tune_id: str) -> None:
+        """The Train run of the holder with Tune id ``tune_id`` has its workers and is training."""
+        self._started.update(t for t, u in self._tune_ids.items() if u == tune_id and t in self._holders)
+
+    def running(self) -> list[str]:
+        """Tune trial ids of the holders whose Train run has started (see :meth:`started`)."""
+        return [self._tune_ids[t] for t in self._holders if t in self._started and t in self._tune_ids]
+
     def release(self, trial_id: str) -> None:
         """Give back every permit ``trial_id`` holds and drop its waiting requests (idempotent)."""
         self._free += self._holders.pop(trial_id, 0)
+        self._tune_ids.pop(trial_id, None)
+        self._started.discard(trial_id)
         for _, fut, tid in self._waiting:
             if tid == trial_id and not fut.done():
                 fut.cancel()
@@ -72,7 +117,7 @@ class TrainSlots:
         self._holders[trial_id] = self._holders.get(trial_id, 0) + 1
 
     def _serve(self) -> None:
-        while self._free > 0 and self._waiting:
+        while self._open and self._free > 0 and self._waiting:
             _, fut, tid = heapq.heappop(self._waiting)
             if fut.done():
                 continue
@@ -80,19 +125,27 @@ class TrainSlots:
             fut.set_result(None)
 
 
-def start_slots(name: str, slots: int):
-    """The sweep's slot actor (named, in the driver's namespace; it ends with the driver)."""
-    return TrainSlots.options(name=name, get_if_exists=True).remote(slots)
+def start_slots(name: str, slots: int, expect: int = 0):
+    """The sweep's slot actor (named, in the driver's namespace; it ends with the driver). ``expect``:
+    how many trials start at once (their requests are served together, see ``TrainSlots``)."""
+    return TrainSlots.options(name=name, get_if_exists=True).remote(slots, expect)
 
 
 @contextlib.contextmanager
-def train_slot(name: str | None, trial_id: str, group: str, continuing: bool) -> Iterator[None]:
+def train_slot(
+    name: str | None,
+    trial_id: str,
+    group: str,
+    continuing: bool,
+    tune_id: str | None = None,
+    group_rank: int | None = None,
+) -> Iterator[None]:
     """Hold one of the sweep's Train slots (``name``: its actor; ``None``: no gate) for the block."""
     if name is None:
         yield
         return
     gate = ray.get_actor(name)
-    ray.get(gate.acquire.remote(trial_id, group, continuing))
+    ray.get(gate.acquire.remote(trial_id, group, continuing, tune_id, group_rank))
     try:
         yield
     finally:

@@ -149,8 +149,10 @@ def trainable(
     trains up to the next rung and asks the scheduler state for its group's decision there. When the
     group is decided at once (this member reported last) and promoted, the same Train run goes on;
     otherwise the run ends (freeing its workers), the trial waits for the group's decision and, when
-    promoted, starts the next segment from the checkpoint. ``slots`` names the sweep's
-    :class:`~gapinit_ray.slots.TrainSlots` actor: each Train run holds one of its permits.
+    promoted, starts the next segment from the checkpoint; but while the group's other members still to
+    report are all running, the run holds at the rung instead of ending (no restart when the cluster
+    fits a whole group). ``slots`` names the sweep's :class:`~gapinit_ray.slots.TrainSlots` actor:
+    each Train run holds one of its permits.
     """
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -161,7 +163,8 @@ def trainable(
     spec = SweepSpec.model_validate(spec_dict)
     params = params_of(config, spec)
     tid = trial_id(params)
-    group = json.dumps({k: v for k, v in params.items() if k != "seed"}, sort_keys=True, default=str)
+    group = _group_key(params)
+    rank = _group_rank(spec, group)
     _, bspec = trial_spec(spec, params)
 
     def fit(stop_at: float | None, continuing: bool = False) -> float:
@@ -171,7 +174,8 @@ def trainable(
             ResultsCallback(spec.storage, spec.name, tid, result_config(spec, params)),
             TuneReportCallback(),
         ]
-        with train_slot(slots, tid, group, continuing):
+        tune_id = tune.get_context().get_trial_id() if state_path else None
+        with train_slot(slots, tid, group, continuing, tune_id, rank):
             trainer = build_trainer(
                 spec,
                 params,
@@ -181,7 +185,8 @@ def trainable(
                 feature_cache=(feature_caches or {}).get(bspec.key),
                 stop_at=stop_at,
                 rung_state=state_path,
-                tune_trial_id=tune.get_context().get_trial_id() if state_path else None,
+                tune_trial_id=tune_id,
+                slots=slots,
             )
             result = trainer.fit()
         if result.error is not None:
@@ -199,6 +204,18 @@ def trainable(
         fit(None)
         return
     _run_segments(fit, state_path, float(spec.max_t))
+
+
+def _group_key(params: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in params.items() if k != "seed"}, sort_keys=True, default=str)
+
+
+def _group_rank(spec: SweepSpec, group: str) -> int | None:
+    """The place of a seed group in the sweep's grid (None: not a grid point, e.g. a sampled axis)."""
+    ranks: dict[str, int] = {}
+    for point in grid_points(spec):
+        ranks.setdefault(_group_key(point), len(ranks))
+    return ranks.get(group)
 
 
 def finished_report(spec: SweepSpec, tid: str) -> dict[str, Any] | None:
@@ -494,7 +511,12 @@ def run_sweep(spec: SweepSpec, *, quiet: bool = False):
 
         slots = f"gapinit-slots:{root}"
         # the handle keeps the actor alive until this function returns (it is not detached)
-        gate = start_slots(slots, _max_concurrent(spec, per_group=False))
+        # the trials Tune starts at once ask for a slot together: served by group, not by arrival
+        # (a resumed sweep restarts only its unfinished trials: served as they come)
+        starting = min(len(grid_points(spec)) * spec.search.num_samples, _max_concurrent(spec))
+        if tune.Tuner.can_restore(str(root / "tune")):
+            starting = 0
+        gate = start_slots(slots, _max_concurrent(spec, per_group=False), expect=starting)
     fn = tune.with_resources(
         tune.with_parameters(
             trainable,

@@ -30,6 +30,8 @@ import torch
 from gapinit_ray.pretrain import caption_loss
 
 TRAINER_STATE = "trainer_state.json"
+#: How often a run holding at a seed-group rung asks whether its group was decided (see _past_rung).
+HOLD_POLL_S = 1.0
 TRAIN_RUNS = "train_runs.jsonl"  # one line per Train run of a trial (TrialWorker._log_run)
 ADAPTER_DIR = "adapter"
 DS_TAG = "ds"
@@ -228,6 +230,8 @@ class TrialContext:
     # whether the group was promoted at once and then goes on instead of ending (see _past_rung)
     rung_state: str | None = None
     tune_trial_id: str | None = None
+    # the sweep's Train slot actor (gapinit_ray.slots): who is running now, to hold at a rung (_past_rung)
+    slots: str | None = None
 
 
 def _distributed_setup() -> tuple[int, int]:
@@ -347,6 +351,7 @@ class TrialWorker:
         every = train.report_every if isinstance(train.report_every, int) else None
         stop_at = self.ctx.stop_at
         self._log_run(start_epoch, start_step, stop_at)
+        self._tell_started()
         if stop_at is not None and start_step == 0 and start_epoch >= stop_at:
             # the checkpoint is already at the rung (its report was lost, e.g. the driver died right
             # after it): report it again rather than train past the rung
@@ -403,24 +408,63 @@ class TrialWorker:
         At a seed-group rung (``value >= stop_at``) rank 0 waits for the scheduler to record the report;
         if that decided the group and promoted it (this member reported last), every rank goes on to the
         next rung in this run instead of ending it and starting a new Train run from the checkpoint.
+        While the group is undecided but its other members still to report are all running (they hold
+        Train slots, :func:`~gapinit_ray.schedulers.group_on_its_way`), the run holds at the rung,
+        rank 0 asking again every ``HOLD_POLL_S`` and telling the other ranks each time (no collective
+        waits longer than that), and goes on or ends once the group is decided.
         """
         if stop_at is None or value < stop_at:
             return stop_at, False
-        plan = None
-        if self.rank == 0 and self.ctx.rung_state and self.ctx.tune_trial_id:
-            from gapinit_ray.schedulers import promoted_plan
+        from gapinit_ray.schedulers import HOLD, promoted_plan
 
-            plan = promoted_plan(self.ctx.rung_state, self.ctx.tune_trial_id, value)
-        if self.world > 1:
-            import torch.distributed as dist
+        held = time.perf_counter()
+        while True:
+            plan = None
+            if self.rank == 0 and self.ctx.rung_state and self.ctx.tune_trial_id:
+                plan = promoted_plan(
+                    self.ctx.rung_state, self.ctx.tune_trial_id, value, hold=self._group_on_its_way
+                )
+            if self.world > 1:
+                import torch.distributed as dist
 
-            box = [plan]
-            dist.broadcast_object_list(box, src=0, device=self.device)
-            plan = box[0]
+                box = [plan]
+                dist.broadcast_object_list(box, src=0, device=self.device)
+                plan = box[0]
+            if plan != HOLD:
+                break
+            time.sleep(HOLD_POLL_S)
         if plan is None:
             return stop_at, True
         self._seed_rng(*resume_at)  # as a restart from the checkpoint would
+        if hasattr(self, "t0"):
+            self.t0 += time.perf_counter() - held  # a mid-epoch hold is not training time
         return plan.stop_at, False
+
+    def _tell_started(self) -> None:
+        """Rank 0 of a seed-group member: tell the sweep's slot actor this run has its workers (others
+        of the group at a rung may hold theirs while it trains, see _past_rung)."""
+        if self.rank != 0 or not (self.ctx.slots and self.ctx.tune_trial_id):
+            return
+        import contextlib
+
+        import ray
+
+        with contextlib.suppress(ValueError):  # no slot actor (the sweep is ending): nobody holds
+            ray.get_actor(self.ctx.slots).started.remote(self.ctx.tune_trial_id)
+
+    def _group_on_its_way(self) -> bool:
+        """Rank 0 at a rung: are the group's members still to report there all running a Train job?"""
+        if not self.ctx.slots:
+            return False
+        import ray
+
+        from gapinit_ray.schedulers import group_on_its_way
+
+        try:
+            running = ray.get(ray.get_actor(self.ctx.slots).running.remote(), timeout=30)
+        except Exception:  # the slot actor is gone (sweep ending) or busy: end the run, as without it
+            return False
+        return group_on_its_way(self.ctx.rung_state, self.ctx.tune_trial_id, running)
 
     def _reset_meters(self) -> None:
         self.t0, self.losses, self.samples, self.tokens = time.perf_counter(), [], 0, 0

@@ -143,6 +143,7 @@ def build_trainer(
     feature_cache: str | bool | None = True,
     rung_state: str | None = None,
     tune_trial_id: str | None = None,
+    slots: str | None = None,
 ):
     """The TorchTrainer of one trial. Pretraining and calibration run here (cached) if not given.
 
@@ -152,7 +153,8 @@ def build_trainer(
     ``stop_at``: end the run after its report at epoch >= ``stop_at``; a later TorchTrainer of the same
     trial (same name and storage) continues from that checkpoint (seed-group rungs). With
     ``rung_state`` (the seed-group scheduler's state file) and ``tune_trial_id``, the run goes on past
-    ``stop_at`` when the trial's group is promoted there at once (it reported last)."""
+    ``stop_at`` when the trial's group is promoted there at once (it reported last), and with ``slots``
+    (the sweep's Train slot actor) it holds at ``stop_at`` while the group's others are on their way."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
 
@@ -182,6 +184,7 @@ def build_trainer(
         feature_cache=feature_cache or None,
         rung_state=rung_state,
         tune_trial_id=tune_trial_id,
+        slots=slots,
     )
     r = spec.resources
     use_gpu = r.gpus_per_worker > 0

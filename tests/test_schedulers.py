@@ -694,3 +694,53 @@ def test_in_trial_needs_a_state_path():
         sgasha(wait="in_trial")
     with pytest.raises(ValueError, match="wait must be"):
         sgasha(wait="sometimes")
+
+
+def test_a_member_holds_at_its_rung_only_while_every_other_member_still_to_report_is_running(tmp_path):
+    import json
+
+    from gapinit_ray.schedulers import HOLD, MemberPlan, group_on_its_way, promoted_plan
+
+    path = tmp_path / "state.json"
+
+    def write(values: dict, decisions: dict | None = None, members=("a", "b", "c"), status=None) -> None:
+        status = status or {}
+        trials = {
+            t: {"group": "g", "status": status.get(t, "active"), "values": values.get(t, {})} for t in members
+        }
+        group = {"members": list(members), "decisions": decisions or {}, "stopped_at": None}
+        path.write_text(
+            json.dumps(
+                {
+                    "settings": {"milestones": [1.0, 2.0], "group_size": 3},
+                    "trials": trials,
+                    "groups": {"g": group},
+                }
+            )
+        )
+
+    write({"a": {"0": 0.5}})
+    assert group_on_its_way(path, "a", ["a", "b", "c"])
+    assert not group_on_its_way(path, "a", ["a", "b"])  # c is waiting for a slot: a must free its own
+    assert promoted_plan(path, "a", 1.0, hold=lambda: True) == HOLD
+    assert promoted_plan(path, "a", 1.0, hold=lambda: False) is None
+    assert promoted_plan(path, "a", 1.0) is None  # no way to tell: end the run, as before
+    # b already reported at the rung (its run ended or holds): only c must be running
+    write({"a": {"0": 0.5}, "b": {"0": 0.7}})
+    assert group_on_its_way(path, "a", ["c"])
+    # a member that errored is not waited for
+    write({"a": {"0": 0.5}}, status={"c": "errored"})
+    assert group_on_its_way(path, "a", ["b"])
+    # the group is not whole yet (c not created): the decision is not on its way
+    write({"a": {"0": 0.5}}, members=("a", "b"))
+    assert not group_on_its_way(path, "a", ["a", "b"])
+    # the rung that matters is the first undecided one
+    write({"a": {"0": 0.5, "1": 0.6}, "b": {"0": 0.7}, "c": {"0": 0.1}}, {"0": "CONTINUE"})
+    assert not group_on_its_way(path, "a", [])
+    assert group_on_its_way(path, "a", ["b", "c"])
+    # decided: promoted goes on, stopped ends; an unreadable state never holds
+    write({"a": {"0": 0.5}, "b": {"0": 0.7}, "c": {"0": 0.1}}, {"0": "CONTINUE"})
+    assert promoted_plan(path, "a", 1.0, hold=lambda: True) == MemberPlan("train", 1, 2.0)
+    write({"a": {"0": 0.5}, "b": {"0": 0.7}, "c": {"0": 0.1}}, {"0": "STOP"})
+    assert promoted_plan(path, "a", 1.0, hold=lambda: True) is None
+    assert not group_on_its_way(tmp_path / "missing.json", "a", ["b", "c"])

@@ -41,6 +41,30 @@ def test_slots_serve_continuing_members_then_the_earliest_group_then_in_order(ra
     ray.kill(gate)
 
 
+def test_the_trials_starting_together_are_served_by_group_rank_not_by_arrival(ray_local) -> None:
+    ray = ray_local
+    gate = start_slots("test-slots-start", 2, expect=4)  # 4 trials start at once, 2 slots
+    # the groups' members arrive interleaved; the grid puts group G0 first
+    order = [("b1", "G1", 1), ("a1", "G0", 0), ("b2", "G1", 1)]
+    refs = {}
+    for tid, group, rank in order:
+        refs[tid] = gate.acquire.remote(tid, group, False, None, rank)
+        time.sleep(0.2)
+    assert not any(_granted(r) for r in refs.values())  # 3 of the 4 expected: nobody yet
+    refs["a2"] = gate.acquire.remote("a2", "G0", False, None, 0)
+    assert _granted(refs["a1"], 5) and _granted(refs["a2"], 5)  # the whole of G0, though it came later
+    assert not _granted(refs["b1"]) and not _granted(refs["b2"])
+    ray.kill(gate)
+
+    # fewer trials than expected (e.g. one failed before asking): the window ends after window_s
+    from gapinit_ray.slots import TrainSlots
+
+    late = TrainSlots.options(name="test-slots-window").remote(1, 5, 1.0)
+    ref = late.acquire.remote("x", "G", False)
+    assert not _granted(ref, 0.3) and _granted(ref, 5)
+    ray.kill(late)
+
+
 def test_released_by_the_driver_when_its_holder_died_and_the_block_form_gives_it_back(ray_local) -> None:
     ray = ray_local
     gate = start_slots("test-slots-dead", 1)
@@ -63,7 +87,13 @@ def test_released_by_the_driver_when_its_holder_died_and_the_block_form_gives_it
 
     with train_slot("test-slots-dead", "t", "G", False):
         assert ray.get(gate.state.remote())["holders"] == {"t": 1}
+        assert ray.get(gate.running.remote()) == []  # no Tune id given
+    with train_slot("test-slots-dead", "t", "G", False, tune_id="T7"):
+        assert ray.get(gate.running.remote()) == []  # holds a permit; its run has no workers yet
+        ray.get(gate.started.remote("T7"))
+        assert ray.get(gate.running.remote()) == ["T7"]  # who trains now, by Tune id
     assert ray.get(gate.state.remote())["holders"] == {}
+    assert ray.get(gate.running.remote()) == []
     with train_slot(None, "t", "G", False):  # no gate: nothing to acquire
         pass
     ray.kill(gate)

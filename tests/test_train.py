@@ -193,11 +193,16 @@ def test_killed_train_worker_resumes_from_checkpoint(ray_local, tmp_path) -> Non
 
 
 @pytest.mark.slow
-def test_a_member_promoted_at_its_rung_goes_on_in_the_same_run_with_a_restarts_results(
+def test_a_member_held_at_its_rung_goes_on_in_the_same_run_with_a_restarts_results(
     ray_local, tmp_path
 ) -> None:
+    """Seed-group rungs inside a Train run: a member whose sibling is training holds its run at the
+    rung (neither ends nor goes on) until the group is decided, then goes on in the same run, with the
+    numbers a restart from the rung's checkpoint gives."""
+    from gapinit_ray.slots import start_slots
     from gapinit_ray.trial import sweep_dir
 
+    ray = ray_local
     params = {"init": "gap", "seed": 5}
     tid = trial_id(params)
     spec = tiny_spec(tmp_path, epochs=2)
@@ -206,24 +211,50 @@ def test_a_member_promoted_at_its_rung_goes_on_in_the_same_run_with_a_restarts_r
         result = build_trainer(spec, params, progress=False, stop_at=stop_at).fit()
         assert result.error is None
     restarted = _reports(result)
-    # the seed-group scheduler's state says the member's group was promoted at rung 0 (epoch 1) when
-    # its report came in (it reported last): the run goes on to the end without a restart
+
+    # held: the member's group is T1 (this run) and T2, which holds a Train slot and is training
     promoted = spec.model_copy(update={"name": "promoted"})
+    gate = start_slots("test-hold-slots", 2)
+    ray.get(gate.acquire.remote("sibling", "g", False, "T2"))
+    ray.get(gate.started.remote("T2"))
     state = tmp_path / "scheduler_state.json"
-    state.write_text(
-        json.dumps(
-            {
-                "settings": {"milestones": [1.0]},
-                "trials": {"T1": {"group": "g", "values": {"0": 0.1}}},
-                "groups": {"g": {"decisions": {"0": "CONTINUE"}, "stopped_at": None}},
-            }
-        )
+
+    def write(decisions: dict, recorded: bool) -> None:
+        trials = {
+            "T1": {"group": "g", "status": "active", "values": {"0": 0.1} if recorded else {}},
+            "T2": {"group": "g", "status": "active", "values": {}},
+        }
+        group = {"members": ["T1", "T2"], "decisions": decisions, "stopped_at": None}
+        settings = {"milestones": [1.0], "group_size": 2}
+        state.write_text(json.dumps({"settings": settings, "trials": trials, "groups": {"g": group}}))
+
+    write({}, recorded=False)
+    log = EpochLog(str(tmp_path / "epochs.log"))
+    trainer = build_trainer(
+        promoted,
+        params,
+        callbacks=[log.callback],
+        progress=False,
+        stop_at=1,
+        rung_state=str(state),
+        tune_trial_id="T1",
+        slots="test-hold-slots",
     )
-    result = build_trainer(
-        promoted, params, progress=False, stop_at=1, rung_state=str(state), tune_trial_id="T1"
-    ).fit()
-    assert result.error is None
-    continued = _reports(result)
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.setdefault("result", trainer.fit()))
+    thread.start()
+    deadline = time.time() + 300
+    while log.epochs() != [1] and time.time() < deadline:
+        time.sleep(0.2)
+    assert log.epochs() == [1]
+    write({}, recorded=True)  # the scheduler recorded T1 at the rung; T2 has yet to report
+    time.sleep(8)
+    assert thread.is_alive() and log.epochs() == [1]  # holding: neither ended nor went on
+    write({"0": "CONTINUE"}, recorded=True)  # T2 reported; the group is promoted
+    thread.join(timeout=300)
+    assert box["result"].error is None
+    continued = _reports(box["result"])
+    ray.kill(gate)
 
     def runs(s) -> list[tuple[int, float | None]]:
         lines = (sweep_dir(s) / "captions" / tid / "train_runs.jsonl").read_text().splitlines()
