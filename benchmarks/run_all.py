@@ -51,12 +51,12 @@ def headlines(name: str, r: dict) -> list[str]:
             f"{_get(fixed, 'ray_w1', fmt='{:.1f}')}, W=2 {_get(fixed, 'ray_w2', fmt='{:.1f}')}",
         ]
     if name == "trial":
-        ratios = r.get("service_over_plain_time_per_step", {})
-        if not isinstance(ratios, dict):  # files written before the per-stage runs: ZeRO-2 only
-            ratios = {"zero2": ratios}
+        stages = r.get("by_zero_stage", {})
         return [
-            f"service / plain time per step, {stage}: {_get(v, fmt='{:.2f}')}× (target ≤ 1.10)"
-            for stage, v in ratios.items()
+            f"{stage}: time per step, service / the same loop in a plain process "
+            f"{_get(v, 'service_over_same_loop_time_per_step')}× (target ≤ 1.10); the same loop (DeepSpeed) / "
+            f"a plain torch loop {_get(v, 'same_loop_over_torch_loop_time_per_step')}×"
+            for stage, v in stages.items()
         ]
     if name == "sweep":
         s = r.get("schedulers", {})
