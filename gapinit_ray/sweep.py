@@ -31,7 +31,7 @@ from typing import Any
 
 from gapinit_ray.atomic import write_atomic
 from gapinit_ray.errors import GapinitError
-from gapinit_ray.spec import Choice, LogUniform, SweepSpec, Uniform
+from gapinit_ray.spec import Choice, LogUniform, SweepSpec, Uniform, grid_size
 from gapinit_ray.trial import (
     prepare_artifact,
     prepare_backbone,
@@ -513,7 +513,7 @@ def run_sweep(spec: SweepSpec, *, quiet: bool = False):
         # the handle keeps the actor alive until this function returns (it is not detached)
         # the trials Tune starts at once ask for a slot together: served by group, not by arrival
         # (a resumed sweep restarts only its unfinished trials: served as they come)
-        starting = min(len(grid_points(spec)) * spec.search.num_samples, _max_concurrent(spec))
+        starting = min(grid_size(spec), _max_concurrent(spec))
         if tune.Tuner.can_restore(str(root / "tune")):
             starting = 0
         gate = start_slots(slots, _max_concurrent(spec, per_group=False), expect=starting)

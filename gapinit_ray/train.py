@@ -436,8 +436,7 @@ class TrialWorker:
         if plan is None:
             return stop_at, True
         self._seed_rng(*resume_at)  # as a restart from the checkpoint would
-        if hasattr(self, "t0"):
-            self.t0 += time.perf_counter() - held  # a mid-epoch hold is not training time
+        self.t0 += time.perf_counter() - held  # a mid-epoch hold is not training time
         return plan.stop_at, False
 
     def _tell_started(self) -> None:
