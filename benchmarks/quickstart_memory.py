@@ -24,17 +24,34 @@ from benchmarks.common import machine, write_result
 ROOT = Path(__file__).parents[1]
 
 
-def _tree_memory(root: psutil.Process) -> tuple[float, float, int]:
+def _kind(p: psutil.Process) -> str:
+    """What a process is: a Ray actor's class (``ray::TrainController``), java, raylet, the driver..."""
+    cmd = p.cmdline()
+    if not cmd:
+        return p.name()
+    head = cmd[0]
+    if head.startswith("ray::"):
+        return head.split()[0]
+    if "gapinit_ray.cli" in cmd:
+        return "driver (gapinit run)"
+    return Path(head).name
+
+
+def _tree_memory(root: psutil.Process) -> tuple[float, float, int, dict[str, float]]:
+    """PSS and RSS (GiB) of ``root`` and its descendants, their number, and PSS (GiB) by kind."""
     pss = rss = 0.0
+    by_kind: dict[str, float] = {}
     procs = [root, *root.children(recursive=True)]
     for p in procs:
         try:
             info = p.memory_full_info()
-            pss += getattr(info, "pss", info.rss)
-            rss += info.rss
+            kind = _kind(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    return pss / 2**30, rss / 2**30, len(procs)
+        pss += getattr(info, "pss", info.rss)
+        rss += info.rss
+        by_kind[kind] = by_kind.get(kind, 0.0) + getattr(info, "pss", info.rss) / 2**30
+    return pss / 2**30, rss / 2**30, len(procs), by_kind
 
 
 def main() -> dict:
@@ -51,17 +68,17 @@ def main() -> dict:
         t0 = time.time()
         proc = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         root = psutil.Process(proc.pid)
-        peak = {"pss_gib": 0.0, "rss_gib": 0.0, "processes": 0}
+        peak: dict = {"pss_gib": 0.0, "rss_gib": 0.0, "processes": 0, "by_kind": {}}
         stop = threading.Event()
 
         def sample() -> None:
             while not stop.is_set():
                 try:
-                    pss, rss, n = _tree_memory(root)
+                    pss, rss, n, by_kind = _tree_memory(root)
                 except psutil.NoSuchProcess:
                     return
                 if pss > peak["pss_gib"]:
-                    peak.update(pss_gib=pss, rss_gib_at_peak=rss)
+                    peak.update(pss_gib=pss, rss_gib_at_peak=rss, by_kind=by_kind)
                 peak["rss_gib"] = max(peak["rss_gib"], rss)
                 peak["processes"] = max(peak["processes"], n)
                 time.sleep(0.5)
@@ -72,6 +89,10 @@ def main() -> dict:
         stop.set()
         thread.join()
         wall = time.time() - t0
+        # Train runs the sweep started (each trial logs one line per run of its own)
+        train_runs = sum(
+            len(f.read_text().splitlines()) for f in Path(tmp, "store").rglob("train_runs.jsonl")
+        )
     if proc.returncode != 0:
         raise RuntimeError(f"quickstart failed: {err[-2000:]}")
     result = {
@@ -80,8 +101,11 @@ def main() -> dict:
         "peak_pss_gib_all_processes": peak["pss_gib"],
         "peak_rss_gib_all_processes": peak["rss_gib"],
         "max_processes": peak["processes"],
+        "train_runs": train_runs,
+        # where the peak's memory is: PSS (GiB) summed by process kind at the peak sample
+        "peak_pss_gib_by_kind": dict(sorted(peak["by_kind"].items(), key=lambda kv: -kv[1])),
         "target": {"peak_pss_gib_all_processes": "<= 8"},
-        "includes": "first run on a fresh storage: synthetic data generation, tiny-backbone pretraining, calibration, 9 trials (3 inits x 3 seeds, seed-group ASHA)",
+        "includes": "first run on a fresh storage: synthetic data generation, tiny-backbone pretraining, calibration, 9 trials (3 inits x 3 seeds, seed-group ASHA, 3 Train runs at once on 2 CPUs, one METEOR JVM at a time)",
         "machine": machine(),
     }
     write_result("quickstart_memory", result)
@@ -92,5 +116,6 @@ if __name__ == "__main__":
     r = main()
     print(
         f"quickstart: {r['wall_s']:.0f} s, peak memory of all its processes {r['peak_pss_gib_all_processes']:.2f} GiB PSS "
-        f"({r['peak_rss_gib_all_processes']:.2f} GiB RSS), up to {r['max_processes']} processes"
+        f"({r['peak_rss_gib_all_processes']:.2f} GiB RSS), up to {r['max_processes']} processes, "
+        f"{r['train_runs']} Train runs"
     )

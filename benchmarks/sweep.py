@@ -129,7 +129,9 @@ def run_scheduler(kind: str, configs: int, storage: str) -> dict:
             "configs": configs,
             "log_dir": str(log_dir),
         },
-        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=24),
+        # reuse_actors: a trial's process is kept for the next trial (and for a paused trial's resume)
+        # instead of a new one per start; the epochs counted do not change, the wall time falls ~10x
+        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=24, reuse_actors=True),
         run_config=tune.RunConfig(
             name=kind,
             storage_path=storage,
@@ -490,7 +492,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"(score = q_c(1-exp(-epoch/{TAU})) + seed offset U(-0.02, 0.02) + jitter U(-0.005, 0.005), "
                 f"q_c in [0.5, 0.9], {EPOCH_S * 1000:.0f} ms/epoch, "
                 f"checkpoint per report, resume from it), max_t={MAX_T}, grace_period=1, "
-                "reduction_factor=3, group_size=3, max_concurrent_trials=24, ray.init(num_cpus=2); "
+                "reduction_factor=3, group_size=3, max_concurrent_trials=24, reuse_actors=True, ray.init(num_cpus=2); "
                 "epochs_run counts every epoch a trial ran (re-runs included)"
             ),
             "true_best_config": max(range(args.configs), key=lambda c: quality(c, args.configs)),

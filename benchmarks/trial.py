@@ -15,8 +15,11 @@ few seconds, long enough that the shared machine's background blips average out 
 single epochs varied by ±15 %). The service and same-loop figures are what ``TrialWorker`` reports
 (``samples_per_s``); the service worker's peak RSS is its reported ``peak_memory_mb``.
 
-Every path runs once per ZeRO stage in ``--zero`` (0: the quickstart's; 2: ZeRO-2's partitioned
-optimizer and gradient buckets), one after the other, so drifting load hits them alike.
+Per ZeRO stage in ``--zero`` (0: the quickstart's; 2: ZeRO-2's partitioned optimizer and gradient
+buckets) the paths run one after the other: same loop, service, same loop again, torch loop. The same
+loop's figure is the median over both of its runs' timed epochs, so a drift of the machine's load
+during the stage weighs on both sides of the headline ratio; the two runs' ratio is recorded as the
+drift seen.
 
     python -m benchmarks.trial [--steps 96] [--epochs 5] [--zero 0,2]
 """
@@ -104,7 +107,7 @@ def plain_loop(spec, artifact_path: str, epochs: int) -> list[float]:
     return rates
 
 
-def same_loop(spec, artifact_path: str) -> list[float]:
+def same_loop(spec, artifact_path: str, name: str = "same-loop") -> list[float]:
     """The service's own per-worker loop (``TrialWorker``: DeepSpeed engine, reports, checkpoints) run in
     this process as a one-process gloo group, without Ray. Returns steps/s per epoch as it reports."""
     import os
@@ -127,22 +130,21 @@ def same_loop(spec, artifact_path: str) -> list[float]:
         backbone=bspec.model_dump(mode="json"),
         backbone_path=None,
         artifact_path=artifact_path,
-        trial_id="same-loop",
-        out_dir=os.path.join(spec.storage, "same-loop"),
+        trial_id=name,
+        out_dir=os.path.join(spec.storage, name),
     )
     reports: list[dict] = []
     TrialWorker(ctx, lambda metrics, checkpoint=None: reports.append(metrics), lambda: None).run()
     return [float(r["samples_per_s"]) / spec.train.batch_size for r in reports]
 
 
-def service_path(spec) -> tuple[list[float], float, str]:
+def service_path(spec, artifact: str) -> tuple[list[float], float]:
     """Steps/s of every epoch and peak RSS (MiB), as the Ray Train + DeepSpeed worker reported them
     (read back from the results store the reports were written to)."""
     from gapinit_ray.results import ResultsStore
     from gapinit_ray.sweep import ResultsCallback
-    from gapinit_ray.trial import build_trainer, prepare_artifact
+    from gapinit_ray.trial import build_trainer
 
-    artifact = prepare_artifact(spec, spec.backbones[0], None, progress=False)
     params = {"init": "gap", "seed": 42}
     callback = ResultsCallback(spec.storage, spec.name, "bench", params)
     trainer = build_trainer(spec, params, callbacks=[callback], artifact_path=artifact, progress=False)
@@ -151,7 +153,7 @@ def service_path(spec) -> tuple[list[float], float, str]:
         raise result.error
     rows = ResultsStore(spec.storage, spec.name).metrics().to_pandas().sort_values("epoch")
     rates = [float(v) / spec.train.batch_size for v in rows["samples_per_s"]]
-    return rates, float(rows["peak_memory_mb"].max()), artifact
+    return rates, float(rows["peak_memory_mb"].max())
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -164,6 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     import ray
 
+    from gapinit_ray.trial import prepare_artifact
+
     torch.set_num_threads(1)
     by_stage, rss = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -172,19 +176,28 @@ def main(argv: list[str] | None = None) -> dict:
             for stage in [int(z) for z in args.zero.split(",")]:
                 # a storage per stage: the same trial name in one storage would resume the last run
                 spec = make_spec(f"{tmp}/zero{stage}", args.steps, args.epochs, stage)
-                service_rates, rss[f"service_worker_zero{stage}"], artifact = service_path(spec)
-                same_rates = same_loop(spec, artifact)
+                artifact = prepare_artifact(spec, spec.backbones[0], None, progress=False)
+                # the same loop runs before and after the service (a fresh out dir each time: a second
+                # run in the first's would resume its checkpoint), so a drift of the machine's load
+                # over the stage weighs on both sides, and shows as the spread of its two runs
+                same_runs = [same_loop(spec, artifact, "same-loop-1")]
+                service_rates, rss[f"service_worker_zero{stage}"] = service_path(spec, artifact)
+                same_runs.append(same_loop(spec, artifact, "same-loop-2"))
                 torch_rates = plain_loop(spec, artifact, args.epochs)
+                same_rates = [r for run in same_runs for r in run[1:]]
                 service, same, plain = (
-                    statistics.median(r[1:]) for r in (service_rates, same_rates, torch_rates)
+                    statistics.median(r) for r in (service_rates[1:], same_rates, torch_rates[1:])
                 )
                 by_stage[f"zero{stage}"] = {
                     "steps_per_s": {"service": service, "same_loop": same, "torch_loop": plain},
                     "steps_per_s_by_epoch": {
                         "service": service_rates,
-                        "same_loop": same_rates,
+                        "same_loop": same_runs,
                         "torch_loop": torch_rates,
                     },
+                    # the two same-loop runs' medians, later / earlier: the machine's drift in between
+                    "same_loop_second_over_first_steps_per_s": statistics.median(same_runs[1][1:])
+                    / statistics.median(same_runs[0][1:]),
                     "service_over_same_loop_time_per_step": same / service,
                     "same_loop_over_torch_loop_time_per_step": plain / same,
                     "service_over_torch_loop_time_per_step": plain / service,

@@ -67,6 +67,45 @@ _SHOWN = 5  # offending ids spelled out in an error message; the rest are only c
 # One scoring at a time per process: each call starts JVMs (PTB tokenizer, METEOR with its 2 GB heap,
 # SPICE with 8 GB), and pycocoevalcap's SPICE shares a cache directory inside its package.
 _SCORING_LOCK = threading.Lock()
+#: the metrics whose scorer is a long-lived JVM holding ~1 GiB (the PTB tokenizer's JVM is brief and small)
+_HEAVY_JAVA = ("meteor", "spice")
+#: how often an evaluation waiting for a free Java slot tries again
+JAVA_SLOT_POLL_S = 0.2
+
+
+@contextlib.contextmanager
+def machine_slot(name: str, slots: int | None, poll_s: float = JAVA_SLOT_POLL_S):
+    """Hold one of ``slots`` machine-wide slots called ``name`` (None: no limit) for the block.
+
+    A slot is an exclusive ``flock`` on one of ``slots`` files in a per-user directory under the temp
+    dir, so the limit holds across every process on this machine (every Train worker of every sweep),
+    and a slot is freed when its holder leaves the block or dies (the kernel drops the lock). A caller
+    finding every slot taken retries every ``poll_s`` seconds.
+    """
+    if slots is None:
+        yield
+        return
+    import fcntl
+    import time
+
+    root = Path(tempfile.gettempdir()) / f"gapinit-{os.getuid()}-{name}-slots"
+    root.mkdir(exist_ok=True)
+    while True:
+        for i in range(slots):
+            fd = os.open(root / f"{i}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+            return
+        time.sleep(poll_s)
+
 
 # Only for the pure-Python fallback tokenizer: PTB rewrites brackets as -LRB- etc. (which survive
 # pycocoevalcap's filter, lower-cased, since it lists them upper-case) and '"' as `` / '' (which do not).
@@ -114,6 +153,7 @@ def score_captions(
     references: Mapping[Any, Sequence[str]],
     predictions: Mapping[Any, str],
     metrics: Sequence[str],
+    java_slots: int | None = None,
 ) -> dict[str, float]:
     """Score predicted captions against references with the official COCO caption metrics.
 
@@ -139,6 +179,8 @@ def score_captions(
         references: image id -> its reference captions (at least one non-empty each).
         predictions: image id -> the predicted caption; exactly the ids of ``references``.
         metrics: names from :data:`gapinit_ray.spec.CAPTION_METRICS`.
+        java_slots: at most this many METEOR / SPICE scorings at once on this machine, across processes
+            (each holds a JVM of ~1 GiB; see :func:`machine_slot`); None: no limit.
 
     Returns:
         metric name -> score, in the order of ``metrics``, minus the metrics left out.
@@ -156,7 +198,8 @@ def score_captions(
     runnable = [m for m in wanted if m not in skipped]
     if not runnable:
         return {}
-    with _SCORING_LOCK:
+    heavy_java = java_slots if any(m in _HEAVY_JAVA for m in runnable) else None
+    with _SCORING_LOCK, machine_slot("java", heavy_java):
         meteor = None
         try:
             if "meteor" in runnable:
@@ -581,7 +624,7 @@ def evaluate_split(
     _check_inputs(references, merged)  # a lost or foreign id fails here, before a misleading file is written
     if out_dir is not None:
         _write_captions(Path(out_dir), references, merged)
-    return score_captions(references, merged, eval_spec.metrics)
+    return score_captions(references, merged, eval_spec.metrics, java_slots=eval_spec.java_max_concurrent)
 
 
 def _generate_kwargs(model: Any, backbone: Backbone, generation: GenerationSpec) -> dict[str, Any]:

@@ -111,8 +111,9 @@ def cone_stats(z_v: torch.Tensor, z_t: torch.Tensor) -> dict[str, float]:
         z = z.double()
         n = z.shape[0]
         u = z / z.norm(dim=1, keepdim=True).clamp_min(1e-30)
-        c = u @ u.T
-        pair = float((c.sum() - c.diagonal().sum()) / max(n * (n - 1), 1))
+        # the sum over i != j of u_i . u_j is |sum_i u_i|^2 - sum_i |u_i|^2: O(N d), not the N x N
+        # Gram matrix (4096 samples: 4.4 s -> ms per module)
+        pair = float((u.sum(0).square().sum() - u.square().sum()) / max(n * (n - 1), 1))
         dominance = float(z.mean(0).norm() ** 2 / (z.norm(dim=1) ** 2).mean().clamp_min(1e-30))
         return pair, dominance
 

@@ -379,6 +379,12 @@ class EvalSpec(_Strict):
         description="caption metrics computed only at a trial's last report, not at every epoch (METEOR "
         "and SPICE each start a Java process per evaluation); trials stopped early have none",
     )
+    java_max_concurrent: int | None = Field(
+        None,
+        ge=1,
+        description="at most this many METEOR / SPICE scorings at once per machine, across all trials "
+        "(each runs a JVM of ~1 GiB; an evaluation waits for a free slot); none: no limit",
+    )
     split: Literal["val", "test"] = "val"
     subset: int | None = Field(None, ge=1, description="evaluate a fixed subset of N images")
     batch_size: int = Field(16, ge=1)

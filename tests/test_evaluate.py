@@ -188,6 +188,78 @@ def test_meteor_process_dying_is_left_out_with_a_notice(monkeypatch):
     started[0].__del__()
 
 
+def _hold_slot(name: str, slots: int):
+    """A process that holds one of ``slots`` machine slots ``name`` until killed; returns once it holds."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time\n"
+        "from gapinit_ray.evaluate import machine_slot\n"
+        f"with machine_slot({name!r}, {slots}):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def _in_thread(fn):
+    import threading
+
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.update(value=fn()), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_machine_slots_limit_holders_across_processes_and_free_when_a_holder_dies():
+    import uuid
+
+    from gapinit_ray.evaluate import machine_slot
+
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    first = _hold_slot(name, 2)
+    second = _hold_slot(name, 2)  # two slots: a second holder gets in at once
+    try:
+        thread, out = _in_thread(lambda: machine_slot(name, 2).__enter__() or "got")
+        thread.join(1.5)
+        assert thread.is_alive(), "a third holder got a slot while both were held"
+        second.kill()  # the kernel drops a dead holder's lock: its slot is free
+        second.wait()
+        thread.join(5)
+        assert out.get("value") == "got"
+    finally:
+        for p in (first, second):
+            p.kill()
+            p.wait()
+    with machine_slot(name, None):  # no limit: never waits
+        pass
+
+
+@needs_java
+def test_meteor_waits_for_a_free_java_slot_then_scores():
+    holder = _hold_slot("java", 1)
+    refs = {"a": ["a man riding a wave on a surfboard"]}
+    try:
+        thread, out = _in_thread(lambda: score_captions(refs, {"a": refs["a"][0]}, ["meteor"], java_slots=1))
+        thread.join(2)
+        assert thread.is_alive(), "METEOR started while the only Java slot was held by another process"
+    finally:
+        holder.kill()
+        holder.wait()
+    thread.join(60)
+    assert out["value"]["meteor"] > 0.9
+    # BLEU alone starts no heavy JVM: it does not wait for the slot
+    holder = _hold_slot("java", 1)
+    try:
+        assert score_captions(refs, {"a": refs["a"][0]}, ["bleu1"], java_slots=1)["bleu1"] == approx(1.0)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 # -------------------------------------------------------------------------------- inputs and skips
 def test_mismatched_ids_are_named():
     refs = {"a": ["a cat"], "only-ref": ["a dog"]}

@@ -128,6 +128,11 @@ def test_cone_statistics_see_a_narrow_cone() -> None:
     c = cone_stats(narrow, wide)
     assert c["vision_pairwise_cos"] > 0.7 and abs(c["text_pairwise_cos"]) < 0.1
     assert c["vision_mean_dominance"] > 0.8 and c["text_mean_dominance"] < 0.2
+    # the mean pairwise cosine equals the brute-force mean over the N x N cosine matrix's off-diagonal
+    for z, key in ((narrow, "vision_pairwise_cos"), (wide, "text_pairwise_cos")):
+        cos = torch.nn.functional.cosine_similarity(z[:, None, :].double(), z[None, :, :].double(), dim=-1)
+        off = cos[~torch.eye(len(z), dtype=torch.bool)]
+        assert abs(c[key] - float(off.mean())) < 1e-12
 
 
 def test_artifact_round_trip_and_mismatch(tmp_path) -> None:
