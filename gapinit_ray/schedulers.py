@@ -980,6 +980,29 @@ def group_on_its_way(state_path: str | os.PathLike[str], trial_id: str, running:
     )
 
 
+def may_hold(
+    state_path: str | os.PathLike[str],
+    trial_id: str,
+    running: Iterable[str],
+    starting: Iterable[str],
+    held_s: float,
+    starting_grace_s: float,
+) -> bool:
+    """Whether a member at its group's undecided rung may keep (hold) its Train run there.
+
+    Yes when the group's other members still to report are all running (:func:`group_on_its_way`).
+    Members whose Train run is still starting (``starting``: they hold a Train slot but their workers
+    are not up yet, e.g. waiting for a placement group) count too, but only for the first
+    ``starting_grace_s`` seconds of the hold (``held_s`` so far): a sibling that the cluster's CPUs/GPUs
+    fit starts within that; one that waits for the resources this member holds never would, so the
+    member then ends its run and frees them.
+    """
+    running = list(running)
+    if group_on_its_way(state_path, trial_id, running):
+        return True
+    return held_s < starting_grace_s and group_on_its_way(state_path, trial_id, [*running, *starting])
+
+
 #: :func:`promoted_plan`'s answer while a member holds its run at a rung (ask again later).
 HOLD = "hold"
 

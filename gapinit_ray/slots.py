@@ -93,6 +93,11 @@ class TrainSlots:
         """Tune trial ids of the holders whose Train run has started (see :meth:`started`)."""
         return [self._tune_ids[t] for t in self._holders if t in self._started and t in self._tune_ids]
 
+    def holders(self) -> tuple[list[str], list[str]]:
+        """Tune trial ids of the holders whose Train run has started, and of those still starting."""
+        tune = [(self._tune_ids[t], t in self._started) for t in self._holders if t in self._tune_ids]
+        return [u for u, up in tune if up], [u for u, up in tune if not up]
+
     def release(self, trial_id: str) -> None:
         """Give back every permit ``trial_id`` holds and drop its waiting requests (idempotent)."""
         self._free += self._holders.pop(trial_id, 0)

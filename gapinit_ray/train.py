@@ -32,6 +32,8 @@ from gapinit_ray.pretrain import caption_loss
 TRAINER_STATE = "trainer_state.json"
 #: How often a run holding at a seed-group rung asks whether its group was decided (see _past_rung).
 HOLD_POLL_S = 1.0
+#: how long a member at a rung holds its run for siblings whose Train run is still starting
+HOLD_STARTING_GRACE_S = 120.0
 TRAIN_RUNS = "train_runs.jsonl"  # one line per Train run of a trial (TrialWorker._log_run)
 ADAPTER_DIR = "adapter"
 DS_TAG = "ds"
@@ -409,7 +411,8 @@ class TrialWorker:
         if that decided the group and promoted it (this member reported last), every rank goes on to the
         next rung in this run instead of ending it and starting a new Train run from the checkpoint.
         While the group is undecided but its other members still to report are all running (they hold
-        Train slots, :func:`~gapinit_ray.schedulers.group_on_its_way`), the run holds at the rung,
+        Train slots, :func:`~gapinit_ray.schedulers.may_hold`; one still starting counts for the first
+        ``HOLD_STARTING_GRACE_S`` of the hold), the run holds at the rung,
         rank 0 asking again every ``HOLD_POLL_S`` and telling the other ranks each time (no collective
         waits longer than that), and goes on or ends once the group is decided.
         """
@@ -422,7 +425,10 @@ class TrialWorker:
             plan = None
             if self.rank == 0 and self.ctx.rung_state and self.ctx.tune_trial_id:
                 plan = promoted_plan(
-                    self.ctx.rung_state, self.ctx.tune_trial_id, value, hold=self._group_on_its_way
+                    self.ctx.rung_state,
+                    self.ctx.tune_trial_id,
+                    value,
+                    hold=lambda: self._may_hold(time.perf_counter() - held),
                 )
             if self.world > 1:
                 import torch.distributed as dist
@@ -451,19 +457,22 @@ class TrialWorker:
         with contextlib.suppress(ValueError):  # no slot actor (the sweep is ending): nobody holds
             ray.get_actor(self.ctx.slots).started.remote(self.ctx.tune_trial_id)
 
-    def _group_on_its_way(self) -> bool:
-        """Rank 0 at a rung: are the group's members still to report there all running a Train job?"""
+    def _may_hold(self, held_s: float) -> bool:
+        """Rank 0 at a rung, ``held_s`` into a hold: are the group's members still to report there all
+        training, or (for the first ``HOLD_STARTING_GRACE_S``) starting their Train run with a slot?"""
         if not self.ctx.slots:
             return False
         import ray
 
-        from gapinit_ray.schedulers import group_on_its_way
+        from gapinit_ray.schedulers import may_hold
 
         try:
-            running = ray.get(ray.get_actor(self.ctx.slots).running.remote(), timeout=30)
+            running, starting = ray.get(ray.get_actor(self.ctx.slots).holders.remote(), timeout=30)
         except Exception:  # the slot actor is gone (sweep ending) or busy: end the run, as without it
             return False
-        return group_on_its_way(self.ctx.rung_state, self.ctx.tune_trial_id, running)
+        return may_hold(
+            self.ctx.rung_state, self.ctx.tune_trial_id, running, starting, held_s, HOLD_STARTING_GRACE_S
+        )
 
     def _reset_meters(self) -> None:
         self.t0, self.losses, self.samples, self.tokens = time.perf_counter(), [], 0, 0

@@ -699,7 +699,7 @@ def test_in_trial_needs_a_state_path():
 def test_a_member_holds_at_its_rung_only_while_every_other_member_still_to_report_is_running(tmp_path):
     import json
 
-    from gapinit_ray.schedulers import HOLD, MemberPlan, group_on_its_way, promoted_plan
+    from gapinit_ray.schedulers import HOLD, MemberPlan, group_on_its_way, may_hold, promoted_plan
 
     path = tmp_path / "state.json"
 
@@ -725,6 +725,11 @@ def test_a_member_holds_at_its_rung_only_while_every_other_member_still_to_repor
     assert promoted_plan(path, "a", 1.0, hold=lambda: True) == HOLD
     assert promoted_plan(path, "a", 1.0, hold=lambda: False) is None
     assert promoted_plan(path, "a", 1.0) is None  # no way to tell: end the run, as before
+    # c holds a slot but its run is still starting: a holds for the grace period only, then ends
+    assert may_hold(path, "a", ["b"], ["c"], held_s=5.0, starting_grace_s=120.0)
+    assert not may_hold(path, "a", ["b"], ["c"], held_s=121.0, starting_grace_s=120.0)
+    assert may_hold(path, "a", ["b", "c"], [], held_s=1e6, starting_grace_s=120.0)  # running: no limit
+    assert not may_hold(path, "a", ["b"], [], held_s=0.0, starting_grace_s=120.0)  # c queued: never
     # b already reported at the rung (its run ended or holds): only c must be running
     write({"a": {"0": 0.5}, "b": {"0": 0.7}})
     assert group_on_its_way(path, "a", ["c"])
