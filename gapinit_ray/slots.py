@@ -19,11 +19,12 @@ one for the duration of each TorchTrainer run (:func:`train_slot`). Waiting requ
 A trial that dies holding a permit gets it taken back by the sweep driver (``release`` on the trial's
 error or completion), so a crashed trainable never leaks a slot.
 
-The actor also tells which trials are training now (:meth:`TrainSlots.running`, by Tune trial id: they
-hold a permit and their Train run has its workers, as :meth:`TrainSlots.started` told it): a member
-at a rung whose group's other members are all on their way there keeps its run (and its slot) instead
-of ending it (see :func:`gapinit_ray.schedulers.group_on_its_way`). A holder whose run has not started
-does not count: it may be waiting for CPUs/GPUs that the members holding at the rung would never free.
+The actor also tells which trials are training now and which are still starting
+(:meth:`TrainSlots.holders`, by Tune trial id: they hold a permit, and their Train run has its
+workers or not yet, as :meth:`TrainSlots.started` told it): a member at a rung whose group's other
+members are all on their way there keeps its run (and its slot) instead of ending it (see
+:func:`gapinit_ray.schedulers.may_hold`). A holder whose run has not started counts only for a
+limited time: it may be waiting for CPUs/GPUs that the members holding at the rung would never free.
 """
 
 from __future__ import annotations
@@ -88,10 +89,6 @@ class TrainSlots:
     def started(self, tune_id: str) -> None:
         """The Train run of the holder with Tune id ``tune_id`` has its workers and is training."""
         self._started.update(t for t, u in self._tune_ids.items() if u == tune_id and t in self._holders)
-
-    def running(self) -> list[str]:
-        """Tune trial ids of the holders whose Train run has started (see :meth:`started`)."""
-        return [self._tune_ids[t] for t in self._holders if t in self._started and t in self._tune_ids]
 
     def holders(self) -> tuple[list[str], list[str]]:
         """Tune trial ids of the holders whose Train run has started, and of those still starting."""

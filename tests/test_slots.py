@@ -87,15 +87,14 @@ def test_released_by_the_driver_when_its_holder_died_and_the_block_form_gives_it
 
     with train_slot("test-slots-dead", "t", "G", False):
         assert ray.get(gate.state.remote())["holders"] == {"t": 1}
-        assert ray.get(gate.running.remote()) == []  # no Tune id given
+        assert ray.get(gate.holders.remote()) == ([], [])  # no Tune id given
     with train_slot("test-slots-dead", "t", "G", False, tune_id="T7"):
-        assert ray.get(gate.running.remote()) == []  # holds a permit; its run has no workers yet
-        assert ray.get(gate.holders.remote()) == ([], ["T7"])  # (training, starting)
+        # holds a permit; its run has no workers yet: (training, starting)
+        assert ray.get(gate.holders.remote()) == ([], ["T7"])
         ray.get(gate.started.remote("T7"))
-        assert ray.get(gate.running.remote()) == ["T7"]  # who trains now, by Tune id
-        assert ray.get(gate.holders.remote()) == (["T7"], [])
+        assert ray.get(gate.holders.remote()) == (["T7"], [])  # who trains now, by Tune id
     assert ray.get(gate.state.remote())["holders"] == {}
-    assert ray.get(gate.running.remote()) == []
+    assert ray.get(gate.holders.remote()) == ([], [])
     with train_slot(None, "t", "G", False):  # no gate: nothing to acquire
         pass
     ray.kill(gate)
