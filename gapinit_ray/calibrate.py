@@ -1,12 +1,18 @@
 """Calibration forward passes (pure, Ray-free): pooled per-sample vision and caption vectors.
 
-For a batch of (image, caption) pairs, one forward pass of the frozen model with forward hooks on every
-target module of every LM decoder layer, plus the decoder layer itself (its output is the residual
-stream after that layer). For each hooked module and each sample i the hook pools the module's
-**output** (the space LoRA's B lives in: ``lora_B.weight`` is ``(d_out, r)``):
+For a batch of (image, caption) pairs, forward passes of the frozen model with forward hooks on every
+target module of every LM decoder layer, plus the decoder layer itself (its output is the hidden state
+h^(ℓ), the residual stream after that layer). For each hooked module and each sample i the hook pools the
+module's **output** (the space LoRA's B lives in: ``lora_B.weight`` is ``(d_out, r)``):
 
     z_v[i] = mean of the output over the sample's image-token positions    (paper §4.2, h_v)
     z_t[i] = mean of the output over the sample's caption-token positions  (h_t)
+
+``passes="separate"`` (the paper's, §4.2 and Alg. 1 lines 5-6: z_v = h_v(x_img), z_t = h_t(x_txt)):
+z_v from an image-only pass and z_t from a text-only pass, in which the caption never sees the image
+(:meth:`~gapinit_ray.backbones.base.Backbone.build_image_batch` / ``build_text_batch`` say what each
+family's passes hold). ``passes="joint"``: both from one image+caption pass, where the caption tokens
+attend to the image (an option; the gaps differ, see the README).
 
 Padding, BOS/EOS, prompt and image-delimiter tokens are in neither mask, so they never leak into the
 pools. The per-sample gap is g_i = z_t[i] − z_v[i]; the reduction to a mean gap, SPOT-Gap and the
@@ -25,6 +31,8 @@ import torch
 from gapinit_ray.errors import GapinitError
 
 RESIDUAL = "residual"
+#: how z_v and z_t are taken: from separate image-only and text-only passes (the paper's), or one joint pass
+PASSES = ("separate", "joint")
 
 
 class CalibrationError(GapinitError):
@@ -118,8 +126,12 @@ def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def pool_batch(backbone, batch, points: dict[str, torch.nn.Module]) -> tuple[dict, dict]:
-    """One forward pass with hooks; returns ``({name: z_v (B, d)}, {name: z_t (B, d)})`` on CPU."""
+def pool_batch(
+    backbone, batch, points: dict[str, torch.nn.Module], *, text_only: bool = False
+) -> tuple[dict, dict]:
+    """One forward pass with hooks; returns ``({name: z_v (B, d)}, {name: z_t (B, d)})`` on CPU (a pool
+    over an empty mask is 0: an image-only batch has no caption positions, a text-only one no image
+    positions). ``text_only``: a :meth:`build_text_batch` batch, run through ``backbone.text_forward``."""
     z_v: dict[str, torch.Tensor] = {}
     z_t: dict[str, torch.Tensor] = {}
     image_mask, caption_mask = batch.image_mask, batch.caption_mask
@@ -143,8 +155,11 @@ def pool_batch(backbone, batch, points: dict[str, torch.nn.Module]) -> tuple[dic
     handles = [m.register_forward_hook(make_hook(n)) for n, m in points.items()]
     try:
         device = next(backbone.model.parameters()).device
-        inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.inputs.items()}
-        backbone.model(**inputs)
+        if text_only:
+            backbone.text_forward(batch.to(device))
+        else:
+            inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.inputs.items()}
+            backbone.model(**inputs)
     finally:
         for h in handles:
             h.remove()
@@ -160,12 +175,16 @@ def calibrate(
     batch_size: int = 16,
     prompt: str | None = None,
     progress: Callable[[int], None] | None = None,
+    passes: str = "separate",
 ) -> PooledShard:
     """Pooled z_v / z_t for every (sample_id, PIL image, caption) in ``pairs``, in input order.
 
-    No gradients, eval mode, batched. Raises :class:`CalibrationError` naming the sample ids when an
-    activation is NaN/inf or a sample has no image or caption positions.
+    No gradients, eval mode, batched. ``passes``: ``"separate"`` (image-only and text-only passes, the
+    paper's) or ``"joint"`` (one image+caption pass). Raises :class:`CalibrationError` naming the sample
+    ids when an activation is NaN/inf or a sample has no image or caption positions.
     """
+    if passes not in PASSES:
+        raise CalibrationError(f"calibration passes {passes!r}: use one of {', '.join(PASSES)}")
     backbone.model.eval()
     points = hook_points(backbone, target_modules, residual_stream)
     ids = [p[0] for p in pairs]
@@ -175,17 +194,26 @@ def calibrate(
     start = time.perf_counter()
     for lo in range(0, len(pairs), batch_size):
         part = pairs[lo : lo + batch_size]
-        batch = backbone.build_batch([p[1] for p in part], [p[2] for p in part], prompt=prompt)
+        images, captions = [p[1] for p in part], [p[2] for p in part]
+        if passes == "joint":
+            image_batch = text_batch = backbone.build_batch(images, captions, prompt=prompt)
+        else:
+            image_batch = backbone.build_image_batch(images)
+            text_batch = backbone.build_text_batch(captions, prompt=prompt)
         empty = [
             part[i][0]
             for i in range(len(part))
-            if not batch.image_mask[i].any() or not batch.caption_mask[i].any()
+            if not image_batch.image_mask[i].any() or not text_batch.caption_mask[i].any()
         ]
         if empty:
             raise CalibrationError(
                 f"sample(s) {', '.join(empty)} have no image or no caption tokens after tokenization"
             )
-        z_v, z_t = pool_batch(backbone, batch, points)
+        if passes == "joint":
+            z_v, z_t = pool_batch(backbone, image_batch, points)
+        else:
+            z_v, _ = pool_batch(backbone, image_batch, points)
+            _, z_t = pool_batch(backbone, text_batch, points, text_only=True)
         for name in sorted(points, key=list(z_v).index):  # execution order: name the first bad module
             bad = ~(torch.isfinite(z_v[name]).all(1) & torch.isfinite(z_t[name]).all(1))
             if bad.any():
@@ -196,7 +224,9 @@ def calibrate(
                 )
             chunks_v[name].append(z_v[name])
             chunks_t[name].append(z_t[name])
-        tokens += int(batch.inputs["attention_mask"].sum())
+        tokens += int(image_batch.inputs["attention_mask"].sum())
+        if text_batch is not image_batch:
+            tokens += int(text_batch.inputs["attention_mask"].sum())
         if progress:
             progress(len(part))
     if not ids:

@@ -71,6 +71,7 @@ class ShardPayload:
     residual_stream: bool
     batch_size: int
     prompt: str | None
+    passes: str = "separate"
 
 
 def _run_shard(backbone, payload: ShardPayload) -> PooledShard:
@@ -82,6 +83,7 @@ def _run_shard(backbone, payload: ShardPayload) -> PooledShard:
         residual_stream=payload.residual_stream,
         batch_size=payload.batch_size,
         prompt=payload.prompt,
+        passes=payload.passes,
     )
 
 
@@ -127,6 +129,7 @@ def artifact_parts(spec, bspec, pairs, backbone_path: str | None = None) -> dict
         "calibration_set": calibration_set_hash(pairs),
         "target_modules": target_modules_for(spec, bspec),
         "residual_stream": cal.residual_stream,
+        "passes": cal.passes,
         "pooling": cal.pooling,
         "spot": dict(spot.__dict__),
         "prompt": spec.train.prompt,
@@ -179,7 +182,7 @@ def run_calibration(
     payloads, lo = [], 0
     for s in sizes:
         payloads.append(
-            ShardPayload(items[lo : lo + s], targets, cal.residual_stream, cal.batch_size, prompt)
+            ShardPayload(items[lo : lo + s], targets, cal.residual_stream, cal.batch_size, prompt, cal.passes)
         )
         lo += s
     bar = _progress_bar(len(items), f"calibrating {bspec.key}") if progress else None

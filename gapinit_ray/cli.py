@@ -1,8 +1,10 @@
 """The `gapinit` command.
 
 A user's mistake (bad spec, missing file, unreachable cluster: any :class:`GapinitError`) prints one
-line per problem, prefixed ``gapinit: error:``, and exits with code 2. Anything else is a bug in
-gapinit-ray and keeps its traceback.
+line per problem, prefixed ``gapinit: error:``, and exits with code 2. A sweep in which some trial
+failed after its retries exits with code 1 after one line per failed trial; 0 means every trial
+finished or was stopped by the scheduler. Anything else is a bug in gapinit-ray and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 from gapinit_ray.errors import GapinitError
 
 EXIT_USER_ERROR = 2
+EXIT_TRIALS_FAILED = 1  # the sweep ran, but some trial failed after its retries
 
 
 def _add_spec(p: argparse.ArgumentParser) -> None:
@@ -30,6 +33,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from gapinit_ray.spec import describe, load_spec
 
     spec = load_spec(args.spec, args.overrides)
+    from gapinit_ray.data.resolve import check_storage
+
+    check_storage(spec.storage)  # the same check `run` makes first, writing nothing
     if args.check_data:
         from gapinit_ray.data.resolve import check_spec_data
 
@@ -114,23 +120,41 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_sweep(spec, args: argparse.Namespace) -> int:
+    """Run (or resume) the sweep, print its aggregate table and one line per failed trial.
+
+    Exit code 0 when every trial ended normally (finished, or stopped by the scheduler), 1 when any
+    trial failed after its retries (its line says why and where the full error is)."""
     from gapinit_ray.cluster import ray_session
     from gapinit_ray.spec import describe
-    from gapinit_ray.sweep import preflight, run_sweep
+    from gapinit_ray.sweep import failed_trials, preflight, run_sweep
 
     preflight(spec)  # before Ray starts: a storage or sweep-dir problem is reported alone, at once
     with ray_session(args.address, num_cpus=args.num_cpus):
         print(describe(spec), file=sys.stderr)
         run_sweep(spec, quiet=args.quiet)
-    return _print_results(
-        spec.storage,
-        spec.name,
-        by=None,
-        metric=spec.scheduler.metric,
-        at="last",
-        mode=spec.scheduler.mode,
-        fmt="table",
-    )
+    failures = failed_trials(spec)
+    from gapinit_ray.results import ResultsStore
+
+    if ResultsStore(spec.storage, spec.name).metrics().num_rows or not failures:
+        _print_results(
+            spec.storage,
+            spec.name,
+            by=None,
+            metric=spec.scheduler.metric,
+            at="last",
+            mode=spec.scheduler.mode,
+            fmt="table",
+        )
+    for line in failures:
+        print(f"gapinit: {line}", file=sys.stderr)
+    if failures:
+        print(
+            f"gapinit: {len(failures)} trial(s) failed; fix the cause, then `gapinit resume "
+            f"{spec.storage.rstrip('/')}/{spec.name}` re-runs them",
+            file=sys.stderr,
+        )
+        return EXIT_TRIALS_FAILED
+    return 0
 
 
 def _print_results(storage: str, sweep: str, *, by, metric: str, at: str, mode: str, fmt: str) -> int:
@@ -210,7 +234,14 @@ def _print_comparison(storage: str, sweep: str, args: argparse.Namespace, by: li
     arm_cols = {a.column for a in parse_arms(metrics, args.compare)}
     strata = [c for c in resolve_by(metrics, by) if c not in arm_cols]
     table = compare(
-        metrics, args.compare, metric=args.metric, at=args.at, mode=args.mode, by=strata, n_boot=args.n_boot
+        metrics,
+        args.compare,
+        metric=args.metric,
+        at=args.at,
+        mode=args.mode,
+        by=strata,
+        n_boot=args.n_boot,
+        min_effect=args.min_effect,
     )
     print(format_comparison(table, args.format))
     return 0
@@ -240,7 +271,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from gapinit_ray.spec import load_spec
 
     overrides = list(args.overrides) + ([f"storage={args.storage}"] if args.storage else [])
-    spec = load_spec(args.spec, overrides)
+    # the cluster's filesystem is not this machine's: relative paths are refused, not resolved here
+    spec = load_spec(args.spec, overrides, resolve_paths=False)
     from gapinit_ray.cluster import check_submittable
 
     check_submittable(spec, args.spec)  # before connecting: a spec problem is reported as such
@@ -371,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_resume)
 
     for name, what in [
-        ("results", "aggregate a sweep's results: n seeds, mean, std, 95% CI, min, max per group"),
+        ("results", "aggregate a sweep's results: n seeds, mean, std, 95%% CI, min, max per group"),
         ("report", "write learning curves and the final comparison as PNG + markdown/HTML"),
     ]:
         p = sub.add_parser(name, help=what)
@@ -381,14 +413,25 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--mode", choices=["max", "min"], default="max", help="what 'best' means")
         compare_help = (
             "compare arms over seeds, the first against each other: e.g. init=gap,init=random,"
-            "init=random-direction (bootstrap CI of the difference, effect size, t-tests, verdict)"
+            "init=random-direction (exact permutation test, Holm-adjusted over the comparisons, t interval "
+            "of the difference, effect size, IQM, P(arm1 > arm2), seeds needed, verdict)"
         )
         if name == "report":
             compare_help += "; default: the first init (gap if present) vs each other one; 'none': no section"
         p.add_argument("--compare", metavar="ARMS", help=compare_help)
         if name == "results":
             p.add_argument("--at", default="last", help="best | last | epoch=N (--compare: also curve)")
-            p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples of --compare")
+            p.add_argument(
+                "--n-boot",
+                type=int,
+                default=10000,
+                help="bootstrap resamples of --compare (a bootstrap CI is shown only from 20 seeds per arm)",
+            )
+            p.add_argument(
+                "--min-effect",
+                type=float,
+                help="--compare: also say how many seeds would resolve a difference of this size (metric units)",
+            )
             p.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table")
             p.set_defaults(func=cmd_results)
         else:

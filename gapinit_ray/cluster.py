@@ -186,14 +186,22 @@ def resolve_token(token_file: str | None = None) -> str | None:
 
 
 def check_submittable(spec, source: str) -> str:
-    """The spec's storage, if a cluster can use it: an absolute (shared) path or a URI."""
-    storage = str(spec.storage)
-    if "://" not in storage and not Path(storage).expanduser().is_absolute():
+    """The spec's storage, if a cluster can use it: an absolute (shared) path or a URI. Every other
+    local path the spec names (data files, image dirs, checkpoint dirs) must be absolute too: the job
+    runs in a working dir of the cluster's choosing, so a relative path would mean nothing there."""
+    from gapinit_ray.spec import relative_paths
+
+    for field, value in relative_paths(spec):
+        if field == "storage":
+            raise ClusterError(
+                f"{source}: storage: {value!r} is relative; on a cluster give an absolute shared path "
+                "or a URI (e.g. storage=/mnt/shared/gapinit or --storage s3://bucket/gapinit)"
+            )
         raise ClusterError(
-            f"{source}: storage: {storage!r} is relative; on a cluster give an absolute shared path "
-            "or a URI (e.g. storage=/mnt/shared/gapinit or --storage s3://bucket/gapinit)"
+            f"{source}: {field}: {value!r} is relative; on a cluster give the absolute path every node "
+            "sees (a shared volume) or a URI"
         )
-    return storage
+    return str(spec.storage)
 
 
 class JobsClient:

@@ -24,6 +24,7 @@ Choices where the paper is silent (each documented again where it is made):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -224,22 +225,40 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b / (a.norm() * b.norm()))
 
 
-def _gap_vector(artifact: GapArtifact, backbone: Any, name: str, d_out: int, opts: Any) -> torch.Tensor:
-    """The gap g ``(d_out,)`` that B[:, 0] of module ``name`` is aligned with.
+def gap_space(backbone: Any, name: str, d_out: int, opts: Any) -> str:
+    """Which gap module ``name`` gets under ``init_options.space``: ``"layer"`` (its decoder layer's
+    hidden-state gap, the paper's g^(ℓ), §4.2 / Alg. 1 line 16) or ``"module"`` (the gap at its own
+    output).
 
-    ``space="module"``: the gap at that module's own output. ``space="residual"``: the residual-stream gap
-    after the module's decoder layer (the paper's variant); only defined where d_out equals the LM width.
-    """
+    ``space="layer"`` (the paper's recipe, the default): the layer's gap where the module's output lives
+    in the hidden space (d_out = d_model: q, k, v, o, fc2 on OPT); elsewhere (OPT's fc1, d_out = ffn dim;
+    grouped-query k/v on Qwen2-VL / Gemma 3) the paper does not say, and the module's own output gap is
+    used. ``space="module"``: every module its own output gap (an ablation). ``space="residual"``: the
+    layer gap only, refusing modules whose d_out differs (no fallback)."""
+    if opts.space == "module":
+        return "module"
+    hidden = backbone.lm_hidden_size
+    if d_out == hidden:
+        return "layer"
     if opts.space == "residual":
+        raise LoraInitError(
+            f"init_options.space='residual': module {name} has d_out={d_out} but the layer's hidden state "
+            f"has d={hidden}; use space='layer' (the layer gap where dims match, the module's own gap "
+            "elsewhere) or 'module', or target only modules that write the hidden space"
+        )
+    return "module"
+
+
+def _gap_vector(artifact: GapArtifact, backbone: Any, name: str, d_out: int, opts: Any) -> torch.Tensor:
+    """The gap g ``(d_out,)`` that B[:, 0] of module ``name`` is aligned with (see :func:`gap_space`)."""
+    if gap_space(backbone, name, d_out, opts) == "layer":
         layer = layer_index(name, backbone.lm_layers_path)
-        hidden = backbone.lm_hidden_size
-        if d_out != hidden:
-            raise LoraInitError(
-                f"init_options.space='residual': module {name} has d_out={d_out} but the residual stream "
-                f"has d={hidden}; use space='module' (allowed: module, residual) or target only modules "
-                "that write the residual stream"
-            )
         name = f"{backbone.lm_layers_path}.{layer}"
+        if name not in artifact.gaps:
+            raise ArtifactMismatch(
+                f"GapArtifact {artifact.key} has no hidden-state gap of layer {layer} ({name}); "
+                "calibrate with calibration.residual_stream: true, or use init_options.space: module"
+            )
     g = artifact.vector(name, opts.gap_source)
     if g.numel() != d_out:
         raise ArtifactMismatch(
@@ -293,6 +312,8 @@ class InitReport:
     alignment: dict[str, float | None]
     alignment_summary: dict[str, float | None]
     alignment_note: str
+    # per adapted LM module: which gap its B[:, 0] is (or would be) aligned with, "layer" or "module"
+    gap_spaces: dict[str, str]
     norm_A: float
     norm_B: float
     notes: list[str] = field(default_factory=list)
@@ -425,6 +446,18 @@ def _overwrite(
 def _report(backbone, lora, method, seed, layers, vis_names, peft_model, adapted, alignment, artifact):
     opts = lora.init_options
     notes: list[str] = []
+    gap_spaces = {}
+    for name, layer in adapted.items():
+        if name.startswith(backbone.lm_layers_path + "."):
+            with contextlib.suppress(GapinitError):
+                gap_spaces[name] = gap_space(backbone, name, _weights(layer)[1].shape[0], opts)
+    fallback = sorted(n for n, sp in gap_spaces.items() if sp == "module")
+    if opts.space == "layer" and fallback:
+        kinds = sorted({n.rsplit(".", 1)[-1] for n in fallback})
+        notes.append(
+            f"space 'layer': {', '.join(kinds)} ({len(fallback)} module(s)) write outside the hidden space "
+            "(d_out != d_model); they got their own output gap (see gap_spaces)"
+        )
     if lora.layers.top_k > backbone.num_lm_layers:
         notes.append(f"top_k {lora.layers.top_k} > {backbone.num_lm_layers} LM layers: every layer adapted")
     if vis_names:
@@ -464,6 +497,7 @@ def _report(backbone, lora, method, seed, layers, vis_names, peft_model, adapted
         alignment=alignment,
         alignment_summary=summary,
         alignment_note=note,
+        gap_spaces=gap_spaces,
         norm_A=math.sqrt(sq_a),
         norm_B=math.sqrt(sq_b),
         notes=notes,

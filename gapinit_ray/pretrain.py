@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-PRETRAIN_VERSION = 1
+PRETRAIN_VERSION = 2  # 2: a share of the pairs in the restyle phrasing (the LM knows both styles)
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,11 @@ class PretrainSettings:
     weight_decay: float = 0.01
     warmup_steps: int = 50
     seed: int = 0
+    # images captioned in the ``restyle`` phrasing, as a share of ``num_images``: the LM learns the
+    # words and sentence forms of both styles (as a real LLM knows its language), while the images are
+    # mostly captioned in the ``pretrain`` style, which greedy decoding then follows. Adapting to the
+    # restyle set is then a change of style a rank-1 LoRA can make, not new vocabulary.
+    restyle_share: float = 0.25
 
 
 def _key(name: str, s: PretrainSettings) -> str:
@@ -72,7 +77,8 @@ def ensure_pretrained(
 
 
 def pretrain(name: str, cache: Path, s: PretrainSettings, out: Path, progress: bool = True) -> dict:
-    """Full fine-tune of a tiny preset on the synthetic ``pretrain`` captions; saves it to ``out``."""
+    """Full fine-tune of a tiny preset on the synthetic ``pretrain`` captions (and a share of
+    ``restyle`` ones, see :class:`PretrainSettings`); saves it to ``out``."""
     from gapinit_ray.backbones import load_backbone
     from gapinit_ray.data import generate_synthetic, load_caption_set, load_image
 
@@ -82,6 +88,16 @@ def pretrain(name: str, cache: Path, s: PretrainSettings, out: Path, progress: b
         str(data_dir), variant="pretrain", num_images=s.num_images, seed=s.data_seed, image_size=s.image_size
     )
     records = load_caption_set("karpathy", dataset, None, "train")
+    n_restyle = round(s.num_images * s.restyle_share)
+    if n_restyle:
+        restyled = generate_synthetic(
+            str(cache / "data" / f"shapes-restyle-s{s.data_seed}-n{n_restyle}-px{s.image_size}"),
+            variant="restyle",
+            num_images=n_restyle,
+            seed=s.data_seed,
+            image_size=s.image_size,
+        )
+        records += load_caption_set("karpathy", restyled, None, "train")
     images = {r.image_id: load_image(r) for r in records}
     pairs = [(r.image_id, c) for r in records for c in r.captions]
 

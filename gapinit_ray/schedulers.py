@@ -178,7 +178,7 @@ def make_scheduler(
     )
 
 
-def _asha_milestones(grace_period: float, max_t: float, reduction_factor: float) -> list[float]:
+def asha_milestones(grace_period: float, max_t: float, reduction_factor: float) -> list[float]:
     """The rung milestones of Ray's one-bracket ASHA that can ever decide anything.
 
     Ray builds ``int(log(max_t/grace)/log(η) + 1)`` rungs ``grace·η**k`` (same float arithmetic here);
@@ -294,7 +294,7 @@ class SeedGroupASHA(TrialScheduler):
         self._group_size = group_size
         self._seed_key = seed_key
         self._state_path = os.fspath(state_path) if state_path is not None else None
-        self._milestones = _asha_milestones(grace_period, max_t, reduction_factor)
+        self._milestones = asha_milestones(grace_period, max_t, reduction_factor)
         self._reset_state()
         # runtime-only flags (not part of the saved state)
         self._autoload_checked = False

@@ -65,6 +65,31 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """YAML says mapping keys are unique, and PyYAML silently keeps the last one: in a spec a second
+    ``lora:`` or ``name:`` is almost always a paste mistake that changes the experiment, so refuse it."""
+    first: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            seen = first.get(key)
+        except TypeError:  # an unhashable key: the mapping constructor reports it
+            continue
+        if seen is not None:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {key!r} (first on line {seen + 1}); keys must be unique: merge the two, "
+                "or remove one",
+                key_node.start_mark,
+            )
+        first[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
 def yaml_load(text: str) -> Any:
     loader = _Loader(text)
     try:
@@ -139,7 +164,11 @@ class SourceSpec(_Strict):
     content: Literal["caption", "vqa", "pope"] = Field(
         "caption", description="synthetic only: captions, or VQA / POPE questions about the same images"
     )
-    variant: Literal["pretrain", "downstream"] = Field("downstream", description="synthetic only")
+    variant: Literal["pretrain", "restyle", "downstream"] = Field(
+        "downstream",
+        description="synthetic only: pretrain (what tiny presets are pretrained on), restyle (the same "
+        "images in a new caption style), downstream (new colours, shapes, background and style)",
+    )
     num_images: int = Field(512, ge=8, description="synthetic only")
     image_size: int = Field(32, ge=32, le=1024, description="synthetic only")
     seed: int = Field(0, description="synthetic only: generator seed")
@@ -228,7 +257,14 @@ class CalibrationSpec(_Strict):
     target_modules: list[str] | None = Field(
         None, description="module names to hook; default: the LoRA targets / the backbone's defaults"
     )
-    residual_stream: bool = Field(True, description="also record the residual stream per layer")
+    residual_stream: bool = Field(
+        True, description="also record each layer's hidden state (what init_options.space 'layer' uses)"
+    )
+    passes: Literal["separate", "joint"] = Field(
+        "separate",
+        description="separate (the paper's, §4.2 / Alg. 1 lines 5-6): z_v from an image-only pass, z_t "
+        "from a text-only pass; joint: both from one image+caption pass (caption tokens attend to the image)",
+    )
     pooling: Literal["mean"] = "mean"
     spot: SpotSpec = SpotSpec()
     batch_size: int = Field(16, ge=1)
@@ -255,8 +291,12 @@ class LayerSelectionSpec(_Strict):
 class InitOptions(_Strict):
     gap_source: Literal["mean", "spot"] = Field("spot", description="which gap sets B[:,0] (gap init)")
     noise_eps: float = Field(0.0, ge=0.0, description="g' = normalize(g + ε·η), paper App. E")
-    space: Literal["module", "residual"] = Field(
-        "module", description="gap in each module's output space, or the residual stream where dims match"
+    space: Literal["layer", "module", "residual"] = Field(
+        "layer",
+        description="layer (the paper's recipe, §4.2 / Alg. 1): each module gets its decoder layer's "
+        "hidden-state gap g^(l) where its output is in the hidden space (d_out = d_model), else its own "
+        "output gap (recorded per module in the init report); module: every module its own output gap; "
+        "residual: the layer gap only, refusing modules with d_out != d_model",
     )
     norm: float | Literal["match-default"] | None = Field(
         None,
@@ -574,6 +614,11 @@ class SweepSpec(_Strict):
                 )
         if len({b.key for b in self.backbones}) != len(self.backbones):
             raise ValueError("backbones: the same backbone is listed twice")
+        if self.lora.init_options.space != "module" and not self.calibration.residual_stream:
+            raise ValueError(
+                f"lora.init_options.space {self.lora.init_options.space!r} uses each layer's hidden-state "
+                "gap: set calibration.residual_stream: true, or use space: module"
+            )
         self._check_task_data()
         metric = self.scheduler.metric
         if metric not in self.reported_metrics() and metric.removeprefix("val_") in self.eval.final_metrics:
@@ -737,11 +782,17 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
+def load_spec(
+    path: str | Path, overrides: list[str] | None = None, *, resolve_paths: bool = True
+) -> SweepSpec:
     """Read, override and validate a spec file; raise SpecError listing every problem.
 
     ``env:VAR`` reads the spec's text from environment variable ``VAR`` (how `gapinit submit` hands a
-    validated spec to its job without uploading files)."""
+    validated spec to its job without uploading files).
+
+    ``resolve_paths``: make every relative local path the spec names absolute, relative to the
+    directory the command runs in (:func:`absolute_paths`). Only ``submit`` turns it off: the cluster's
+    filesystem is not the user's, so it refuses relative paths instead."""
     if str(path).startswith("env:"):
         var = str(path)[4:]
         if var not in os.environ:
@@ -749,12 +800,17 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec
         raw = yaml_load(os.environ[var])
         if not isinstance(raw, dict):
             raise SpecError(f"{path}: the spec must be a YAML mapping")
-        return spec_from_dict(raw, source=f"${var}", overrides=overrides)
+        spec = spec_from_dict(raw, source=f"${var}", overrides=overrides)
+        return absolute_paths(spec) if resolve_paths else spec
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(f"{path}: spec file not found") from None
+    except UnicodeDecodeError as e:
+        raise SpecError(
+            f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason}); a spec is YAML text, see sweeps/"
+        ) from None
     except OSError as e:
         raise SpecError(f"{path}: cannot read spec file ({e.strerror})") from None
     try:
@@ -766,7 +822,64 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec
         raise SpecError(f"{where}: invalid YAML: {problem}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: the spec must be a YAML mapping (name: ..., storage: ..., ...)")
-    return spec_from_dict(raw, source=str(path), overrides=overrides, lines=_line_map(text))
+    spec = spec_from_dict(raw, source=str(path), overrides=overrides, lines=_line_map(text))
+    return absolute_paths(spec) if resolve_paths else spec
+
+
+def _is_uri(value: str) -> bool:
+    return "://" in value
+
+
+def _absolute(value: str, base: Path) -> str:
+    """``value`` as an absolute, normalized local path (``~`` expanded; ``file://`` kept as a prefix)."""
+    prefix = "file://" if value.startswith("file://") else ""
+    path = os.path.expanduser(value.removeprefix(prefix))
+    return prefix + os.path.normpath(os.path.join(base, path))
+
+
+def _looks_local(path: str, base: Path) -> bool:
+    """A backbone ``path`` is a local checkpoint dir (not a hub id) when it is written as one (``/``,
+    ``~``, ``./``, ``../``) or exists relative to ``base`` (transformers loads an existing dir first)."""
+    return path.startswith(("/", "~", "./", "../")) or path in (".", "..") or (base / path).exists()
+
+
+def relative_paths(spec: SweepSpec) -> list[tuple[str, str]]:
+    """(field, value) of every local path in ``spec`` that is relative (hub ids and URIs are not)."""
+    out: list[tuple[str, str]] = []
+    if not _is_uri(spec.storage) and not os.path.isabs(os.path.expanduser(spec.storage)):
+        out.append(("storage", spec.storage))
+    for name, src in spec.data.sources.items():
+        for f in ("annotations", "questions", "images"):
+            v = getattr(src, f)
+            if v and not _is_uri(v) and not os.path.isabs(os.path.expanduser(v)):
+                out.append((f"data.sources.{name}.{f}", v))
+    for i, b in enumerate(spec.backbones):
+        if b.path and _looks_local(b.path, Path.cwd()) and not os.path.isabs(os.path.expanduser(b.path)):
+            out.append((f"backbones[{i}].path", b.path))
+    return out
+
+
+def absolute_paths(spec: SweepSpec, base: str | Path | None = None) -> SweepSpec:
+    """The spec with every relative local path made absolute against ``base`` (default: the current
+    directory): ``storage``, the data sources' ``annotations`` / ``questions`` / ``images``, and
+    backbone ``path``s that name a local dir (hub ids stay as they are).
+
+    Paths are resolved once, here, at the edge: Ray Tune runs each trainable in its own working
+    directory and Ray workers start wherever their node puts them, so nothing downstream may depend on
+    the cwd. ``spec.json`` stores the resolved values. URIs (``s3://``...) are left alone."""
+    base = Path(base) if base is not None else Path.cwd()
+    raw = spec.model_dump(mode="json")
+    if not _is_uri(raw["storage"]) or raw["storage"].startswith("file://"):
+        raw["storage"] = _absolute(raw["storage"], base)
+    for src in raw["data"]["sources"].values():
+        for f in ("annotations", "questions", "images"):
+            v = src.get(f)
+            if v and (not _is_uri(v) or v.startswith("file://")):
+                src[f] = _absolute(v, base)
+    for b in raw["backbones"]:
+        if b.get("path") and _looks_local(b["path"], base):
+            b["path"] = _absolute(b["path"], base)
+    return SweepSpec.model_validate(raw)
 
 
 def spec_from_dict(

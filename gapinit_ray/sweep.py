@@ -26,11 +26,13 @@ import json
 import socket
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from gapinit_ray.atomic import write_atomic
 from gapinit_ray.errors import GapinitError
+from gapinit_ray.progress import ProgressView, SweepStatus, rung_summary
 from gapinit_ray.spec import Choice, LogUniform, SweepSpec, Uniform, grid_size
 from gapinit_ray.trial import (
     prepare_artifact,
@@ -139,6 +141,7 @@ def trainable(
     config: dict[str, Any],
     spec_dict: dict,
     backbone_paths: dict[str, str | None],
+    artifact_paths: dict[str, str] | None = None,
     state_path: str | None = None,
     feature_caches: dict[str, str | None] | None = None,
     slots: str | None = None,
@@ -165,7 +168,14 @@ def trainable(
     tid = trial_id(params)
     group = _group_key(params)
     rank = _group_rank(spec, group)
-    _, bspec = trial_spec(spec, params)
+    tspec, bspec = trial_spec(spec, params)
+    # the driver calibrated every key of the grid; a sampled axis may reach one it did not: then this
+    # process computes it (no Ray actors: the trial's placement group has no room for them), cached
+    artifact_path = (artifact_paths or {}).get(calibration_key(tspec, bspec))
+    if artifact_path is None:
+        artifact_path = prepare_artifact(
+            tspec, bspec, backbone_paths[bspec.key], progress=False, use_ray=False
+        )
 
     def fit(stop_at: float | None, continuing: bool = False) -> float:
         """One Train run; returns the epoch of its last report (where it actually ended)."""
@@ -181,6 +191,7 @@ def trainable(
                 params,
                 callbacks=callbacks,
                 backbone_path=backbone_paths[bspec.key],
+                artifact_path=artifact_path,
                 progress=False,
                 feature_cache=(feature_caches or {}).get(bspec.key),
                 stop_at=stop_at,
@@ -279,24 +290,25 @@ class SweepProgress:
         store = ResultsStore(spec.storage, spec.name)
         metric, mode = spec.scheduler.metric, spec.scheduler.mode
 
+        view = ProgressView(quiet=quiet)
+
         class _Progress(Callback):
             def __init__(self) -> None:
                 self.best: tuple[float, str] | None = None
-                self.t0 = time.time()
 
             def _params(self, trial) -> tuple[str, dict]:
                 params = params_of(trial.config, spec)
                 return trial_id(params), result_config(spec, params)
 
             def _line(self, trials) -> None:
-                if quiet:
-                    return
-                counts: dict[str, int] = {}
-                for t in trials:
-                    counts[t.status] = counts.get(t.status, 0) + 1
-                best = f"best {metric} {self.best[0]:.4g} ({self.best[1]})" if self.best else "no result yet"
-                parts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
-                print(f"[{time.time() - self.t0:6.0f}s] {parts}; {best}", file=sys.stderr, flush=True)
+                status = SweepStatus(Counter(t.status for t in trials), metric=metric, best=self.best)
+                if hasattr(scheduler, "rung_state"):
+                    status.groups, status.rungs = rung_summary(scheduler.rung_state())
+                view.update(status)
+
+            def on_experiment_end(self, trials, **info):
+                self._line(trials)
+                view.close()
 
             def on_trial_result(self, iteration, trials, trial, result, **info):
                 tid, params = self._params(trial)
@@ -328,7 +340,7 @@ class SweepProgress:
             def on_trial_complete(self, iteration, trials, trial, **info):
                 tid, params = self._params(trial)
                 self._release(tid)
-                stopped = _stop_reason(scheduler, trial)
+                stopped = _stop_reason(spec, scheduler, trial)
                 last = trial.last_result or {}
                 store.write_trial(
                     tid,
@@ -343,18 +355,23 @@ class SweepProgress:
             def on_trial_error(self, iteration, trials, trial, **info):
                 tid, params = self._params(trial)
                 self._release(tid)
-                error, reason = _trial_error(trial, spec.resources.max_failures)
+                error, reason, text = _trial_error(trial, spec.resources.max_failures)
+                with contextlib.suppress(OSError, GapinitError):  # a full disk must not hide the failure
+                    write_atomic(error_file(spec, tid), text)
                 store.write_trial(tid, params, status="ERROR", stop_reason=reason, error=error)
                 self._line(trials)
 
         return _Progress()
 
 
-def _trial_error(trial, max_failures: int) -> tuple[str, str]:
-    """(error, stop reason) of a trial Tune gave up on: the last line of its latest failure, from the
-    error file Tune appends every failure to (``Failure # N ...`` then the error), e.g.
-    ``LoraInitError: lora.target_modules ... match nothing ...``, and how many attempts failed."""
+def _trial_error(trial, max_failures: int) -> tuple[str, str, str]:
+    """(error, stop reason, full text) of a trial Tune gave up on: the last line of its latest failure,
+    from the error file Tune appends every failure to (``Failure # N ...`` then the error), e.g.
+    ``LoraInitError: lora.target_modules ... match nothing ...``, how many attempts failed, and the
+    whole file."""
     import re
+
+    from gapinit_ray.results.stop_reason import error_stop
 
     text = ""
     with contextlib.suppress(OSError, TypeError):  # no error file: the trial never got a directory
@@ -363,22 +380,54 @@ def _trial_error(trial, max_failures: int) -> tuple[str, str]:
     lines = [line.strip() for line in latest if line.strip()]
     # `gapinit_ray.lora_init.LoraInitError: ...` -> `LoraInitError: ...`
     error = re.sub(r"^(?:[A-Za-z_]\w*\.)+(?=\w+: )", "", lines[-1]) if lines else "error (no message)"
-    n = max(int(getattr(trial, "num_failures", 0) or 0), 1)
-    return error, f"error after {n} attempt{'s' if n > 1 else ''} (resources.max_failures={max_failures})"
+    n = int(getattr(trial, "num_failures", 0) or 0)
+    return error, error_stop(n, max_failures).text(), text or error
 
 
-def _stop_reason(scheduler, trial) -> str | None:
-    """Why the scheduler stopped a trial before max_t (None when it ran to the end)."""
-    if hasattr(scheduler, "rung_state"):
-        group = scheduler.rung_state()["groups"].get(scheduler.group_of(trial), {})
-        if group.get("stopped_at") is not None:
-            return f"seed-group asha: group stopped at rung {group['stopped_at']:g}"
-        return None
-    from ray.tune.schedulers import AsyncHyperBandScheduler
+def failed_trials(spec: SweepSpec) -> list[str]:
+    """One line per trial of the sweep that failed after its retries: its id, attempts, the last line
+    of its error and the file holding the whole error text."""
+    from gapinit_ray.results import ResultsStore
+    from gapinit_ray.results.stop_reason import parse
+
+    lines = []
+    for row in ResultsStore(spec.storage, spec.name).trials().to_pylist():
+        if row.get("status") != "ERROR":
+            continue
+        reason = parse(row.get("stop_reason"))
+        attempts = reason.attempts if reason is not None and reason.attempts else 1
+        path = error_file(spec, row["trial_id"])
+        where = f" (full error: {path})" if path.exists() else ""
+        lines.append(
+            f"trial {row['trial_id']} failed after {attempts} attempt{'s' if attempts != 1 else ''}: "
+            f"{row.get('error') or 'no error message'}{where}"
+        )
+    return lines
+
+
+def error_file(spec: SweepSpec, tid: str) -> Path:
+    """Where a failed trial's full error text is kept: ``<sweep>/errors/<trial id>.txt``."""
+    return sweep_dir(spec) / "errors" / f"{tid}.txt"
+
+
+def _stop_reason(spec: SweepSpec, scheduler, trial) -> str | None:
+    """Why the scheduler stopped a trial before max_t (None when it ran to the end), as
+    :class:`~gapinit_ray.results.stop_reason.StopReason` text."""
+    from gapinit_ray.results.stop_reason import asha_stop, seed_group_stop
+    from gapinit_ray.schedulers import asha_milestones
 
     last = (trial.last_result or {}).get("epoch")
-    if isinstance(scheduler, AsyncHyperBandScheduler) and last is not None and last < scheduler._max_t:
-        return f"asha: stopped at epoch {last:g}"
+    s = spec.scheduler
+    milestones = asha_milestones(s.grace_period, spec.max_t, s.reduction_factor)
+    if hasattr(scheduler, "rung_state"):
+        group = scheduler.rung_state()["groups"].get(scheduler.group_of(trial), {})
+        if group.get("stopped_at") is None:
+            return None
+        at = float(group["stopped_at"])  # the milestone (epoch) of the rung
+        index = milestones.index(at) if at in milestones else sum(1 for m in milestones if m < at)
+        return seed_group_stop(index, at).text()
+    if s.type == "asha" and last is not None and last < spec.max_t:
+        return asha_stop(float(last), milestones).text()
     return None
 
 
@@ -416,9 +465,19 @@ def _max_concurrent(spec: SweepSpec, per_group: bool = True) -> int:
     return max(1, int(fits)) * group
 
 
-def prepare(spec: SweepSpec, progress: bool = True) -> dict[str, str | None]:
+def calibration_key(tspec: SweepSpec, bspec) -> str:
+    """What a trial's GapArtifact depends on beyond the data (its backbone and calibration settings):
+    trials with the same key share one artifact, computed once by :func:`prepare`."""
+    return json.dumps(
+        [bspec.key, tspec.calibration.model_dump(mode="json"), tspec.train.prompt], sort_keys=True
+    )
+
+
+def prepare(spec: SweepSpec, progress: bool = True) -> tuple[dict[str, str | None], dict[str, str]]:
     """Before any trial starts: pretrain tiny presets and calibrate every key the grid needs, once.
-    Returns each backbone's weights path (see :func:`prepare_features` for the feature caches)."""
+    Returns each backbone's weights path and each :func:`calibration_key`'s GapArtifact dir: trials
+    are handed these paths and never derive or compute an artifact themselves (see
+    :func:`prepare_feature_caches` for the feature caches)."""
     from gapinit_ray.data.resolve import check_spec_data
 
     for line in check_spec_data(spec):
@@ -427,16 +486,13 @@ def prepare(spec: SweepSpec, progress: bool = True) -> dict[str, str | None]:
     backbone_paths: dict[str, str | None] = {}
     for b in spec.backbones:
         backbone_paths[b.key] = prepare_backbone(spec, b, progress)
-    seen: set[str] = set()
+    artifacts: dict[str, str] = {}
     for point in grid_points(spec):
         tspec, bspec = trial_spec(spec, point)
-        key = json.dumps(
-            [bspec.key, tspec.calibration.model_dump(mode="json"), tspec.train.prompt], sort_keys=True
-        )
-        if key not in seen:
-            seen.add(key)
-            prepare_artifact(tspec, bspec, backbone_paths[bspec.key], progress)
-    return backbone_paths
+        key = calibration_key(tspec, bspec)
+        if key not in artifacts:
+            artifacts[key] = prepare_artifact(tspec, bspec, backbone_paths[bspec.key], progress)
+    return backbone_paths, artifacts
 
 
 def prepare_feature_caches(
@@ -497,7 +553,7 @@ def run_sweep(spec: SweepSpec, *, quiet: bool = False):
     root = sweep_dir(spec)
     root.mkdir(parents=True, exist_ok=True)
     _check_same_sweep(spec, root)
-    backbone_paths = prepare(spec, progress=not quiet)
+    backbone_paths, artifact_paths = prepare(spec, progress=not quiet)
     feature_caches = prepare_feature_caches(spec, backbone_paths, progress=not quiet)
     # The trial function only waits on its TorchTrainer. A fractional CPU for it would leave, e.g., 2 CPUs
     # able to hold one 1-CPU Train worker group and the trial functions but never a second group
@@ -522,6 +578,7 @@ def run_sweep(spec: SweepSpec, *, quiet: bool = False):
             trainable,
             spec_dict=spec.model_dump(mode="json"),
             backbone_paths=backbone_paths,
+            artifact_paths=artifact_paths,
             feature_caches=feature_caches,
             state_path=str(root / "scheduler_state.json") if seed_groups else None,
             slots=slots,

@@ -154,6 +154,21 @@ def lr_lambda(total_steps: int, warmup_steps: int, schedule: str):
     return f
 
 
+def prefer_env_ninja() -> None:
+    """Put this Python environment's ``bin`` first on PATH when it holds ``ninja``.
+
+    torch compiles DeepSpeed's CPU op with whichever ``ninja`` PATH finds, and two ninja versions keep
+    incompatible build logs (1.13 hashes commands differently from 1.11): a venv used both activated and
+    not (its ninja vs the system's) would recompile the op, about a minute, at every switch."""
+    import sys
+
+    bindir = os.path.dirname(sys.executable)
+    if os.path.exists(os.path.join(bindir, "ninja")):
+        path = os.environ.get("PATH", "")
+        if path.split(os.pathsep)[0] != bindir:
+            os.environ["PATH"] = bindir + os.pathsep + path
+
+
 def build_cpu_comm_op() -> str:
     """Compile DeepSpeed's shared-memory CPU collective op now; returns what happened, in words.
 
@@ -163,6 +178,7 @@ def build_cpu_comm_op() -> str:
     calls this on machines without a GPU so it happens at install time instead. A GPU machine never needs it.
     """
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    prefer_env_ninja()
     from deepspeed.comm.torch import build_shm_op
 
     try:
@@ -273,6 +289,8 @@ class TrialWorker:
         spec, train, seed = self.spec, self.spec.train, self.spec.seed
         on_gpu = torch.cuda.is_available()
         if not deepspeed.comm.is_initialized():
+            if not on_gpu:
+                prefer_env_ninja()  # the ninja install.sh compiled DeepSpeed's CPU op with
             deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
         self.rank, self.world = _distributed_setup()
         self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
@@ -337,6 +355,7 @@ class TrialWorker:
         """Load the latest checkpoint, if any; return (epoch, step in epoch) to continue from."""
         self.micro_steps = 0
         ckpt = self._get_checkpoint()
+        self.resumed = ckpt is not None
         if ckpt is None:
             return 0, 0
         with ckpt.as_directory() as d:
@@ -354,6 +373,11 @@ class TrialWorker:
         stop_at = self.ctx.stop_at
         self._log_run(start_epoch, start_step, stop_at)
         self._tell_started()
+        if not self.resumed:
+            # epoch 0: the backbone with its LoRA at init (ΔW = 0 for the methods that promise it), so
+            # every arm's curve starts from the same measured point and training's effect is visible
+            self._reset_meters()
+            self.report(0.0, 0, 0)
         if stop_at is not None and start_step == 0 and start_epoch >= stop_at:
             # the checkpoint is already at the rung (its report was lost, e.g. the driver died right
             # after it): report it again rather than train past the rung
@@ -496,15 +520,16 @@ class TrialWorker:
 
         spec, rank, world = self.spec, self.rank, self.world
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        trained = bool(self.losses) or epoch_value > 0  # the epoch-0 report has no training to show
         metrics = {
             "epoch": epoch_value,
-            "train_loss": _mean_all(self.losses, world),
+            "train_loss": _mean_all(self.losses, world) if trained else None,
             "val_loss": validation_loss(
                 self.engine, self.val_set, self.val_collate, spec.eval.batch_size, self.device, rank, world
             ),
             "lr": float(self.scheduler.get_last_lr()[0]),
-            "samples_per_s": self.samples * world / elapsed,
-            "tokens_per_s": self.tokens * world / elapsed,
+            "samples_per_s": self.samples * world / elapsed if trained else None,
+            "tokens_per_s": self.tokens * world / elapsed if trained else None,
             "peak_memory_mb": peak_memory_mb(),
             "worker_host": _worker_host(),
             "optimizer_steps": self.micro_steps // spec.train.grad_accum,
@@ -519,21 +544,23 @@ class TrialWorker:
         for name, records in self.eval_sets:
             # the in-task split writes into epoch_<e>/, a transfer set into epoch_<e>/<name>/
             out_dir = os.path.join(self.ctx.out_dir, f"epoch_{epoch_value:g}", "" if name == "val" else name)
-            scores = evaluate_split(
-                self.engine.module,
-                self.backbone,
-                records,
-                eval_spec,
-                prompt=spec.train.prompt,
-                question_prompt=spec.train.question_prompt,
-                rank=rank,
-                world_size=world,
-                gather=_gather_objects if world > 1 else None,
-                out_dir=out_dir if rank == 0 else None,
-            )
+            with _root_params_gathered(self.backbone.model):
+                scores = evaluate_split(
+                    self.engine.module,
+                    self.backbone,
+                    records,
+                    eval_spec,
+                    prompt=spec.train.prompt,
+                    question_prompt=spec.train.question_prompt,
+                    rank=rank,
+                    world_size=world,
+                    gather=_gather_objects if world > 1 else None,
+                    out_dir=out_dir if rank == 0 else None,
+                )
             metrics.update({f"{name}_{k}": v for k, v in (_broadcast(scores, world) or {}).items()})
-        # the init report (alignment, ΔW = 0, gradient norms) goes with the first report only
-        metrics["init_checks"] = json.dumps(self.checks, default=str) if next_epoch <= 1 else ""
+        # the init report (alignment, ΔW = 0, gradient norms) goes with the epoch-0 report only
+        metrics["init_checks"] = json.dumps(self.checks, default=str) if epoch_value == 0 else ""
+        metrics = {k: v for k, v in metrics.items() if v is not None}
         with tempfile.TemporaryDirectory() as tmp:
             self.engine.save_checkpoint(tmp, tag=DS_TAG, exclude_frozen_parameters=True)
             if rank == 0:
@@ -542,6 +569,22 @@ class TrialWorker:
                 (Path(tmp) / TRAINER_STATE).write_text(json.dumps(state))
             self._report(metrics, checkpoint=Checkpoint.from_directory(tmp))
         self._reset_meters()
+
+
+def _root_params_gathered(model: torch.nn.Module):
+    """Under ZeRO-3, the parameters the model owns directly (not through a submodule), gathered for the
+    block: ``generate`` reads some of them outside any ``forward`` (BLIP-2's ``query_tokens``), where
+    ZeRO-3's hooks do not fetch them. Until the first training step has made such small parameters
+    persistent, they are still partitioned (an epoch-0 evaluation). A collective: every rank enters it.
+    A no-op without ZeRO-3."""
+    import contextlib
+
+    params = [p for p in model.parameters(recurse=False) if hasattr(p, "ds_id")]
+    if not params:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
 
 def _worker_host() -> str:

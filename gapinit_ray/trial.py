@@ -79,14 +79,21 @@ def prepare_backbone(spec: SweepSpec, bspec: BackboneSpec, progress: bool = True
 
 
 def prepare_artifact(
-    spec: SweepSpec, bspec: BackboneSpec, backbone_path: str | None, progress: bool = True
+    spec: SweepSpec,
+    bspec: BackboneSpec,
+    backbone_path: str | None,
+    progress: bool = True,
+    use_ray: bool | None = None,
 ) -> str:
     """Compute (or find in the cache) the GapArtifact of this backbone + calibration settings. Every
-    method gets it: the alignment cos(B[:,0], g) is recorded for all of them (paper Fig. 2)."""
+    method gets it: the alignment cos(B[:,0], g) is recorded for all of them (paper Fig. 2).
+    ``use_ray``: as :func:`~gapinit_ray.calibration_job.run_calibration` (None: when Ray is up)."""
     from gapinit_ray.calibration_job import run_calibration
     from gapinit_ray.data.resolve import cache_dir
 
-    artifact, _ = run_calibration(spec, bspec, backbone_path=backbone_path, progress=progress)
+    artifact, _ = run_calibration(
+        spec, bspec, backbone_path=backbone_path, progress=progress, use_ray=use_ray
+    )
     return str(cache_dir(spec.storage) / "gaps" / artifact.key)
 
 

@@ -10,6 +10,9 @@ import pytest
 ROOT = Path(__file__).parents[1]
 QUICKSTART = ROOT / "sweeps" / "quickstart.yaml"
 
+#: the environment the test session started with, before the settings below: what a user's shell has
+USER_ENV = dict(os.environ)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")

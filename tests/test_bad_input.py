@@ -123,6 +123,23 @@ def broken_yaml(tmp):
     return ["validate", write_spec(tmp, "name: x\nstorage: [unclosed\n")], ["spec.yaml", "invalid YAML"]
 
 
+def duplicate_section(tmp):
+    text = yaml.safe_dump(raw_spec(tmp), sort_keys=False) + "lora:\n  rank: 4\n"
+    return ["validate", write_spec(tmp, text)], ["spec.yaml:", "duplicate key 'lora'", "first on line"]
+
+
+def binary_spec(tmp):
+    path = tmp / "spec.yaml"
+    path.write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(128, 256)))
+    return ["validate", path], ["spec.yaml", "not a UTF-8 text file"]
+
+
+def storage_is_a_file_validate(tmp):
+    (tmp / "taken").write_text("a file")
+    spec = write_spec(tmp, raw_spec(tmp, storage=str(tmp / "taken" / "store")))
+    return ["validate", spec], ["storage", "taken", "is a file, not a directory"]
+
+
 def not_a_mapping(tmp):
     return ["validate", write_spec(tmp, "- name: x\n- storage: y\n")], ["spec.yaml", "YAML mapping"]
 
@@ -291,6 +308,9 @@ CASES: dict[str, Setup] = {
     "missing spec file": missing_spec,
     "broken YAML": broken_yaml,
     "spec not a mapping": not_a_mapping,
+    "duplicate section": duplicate_section,
+    "binary file as the spec": binary_spec,
+    "validate: storage under a file": storage_is_a_file_validate,
     "unknown top-level key": _spec_case("bogus=1", expect=["spec.yaml:", "bogus", "unknown key"]),
     "unknown nested key": unknown_nested_key,
     "wrong type (int)": _spec_case("train.epochs=abc", expect=["spec.yaml:", "train.epochs", "integer"]),

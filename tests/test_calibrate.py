@@ -61,7 +61,7 @@ def brute_force_pool(bb, pairs, module_name: str):
 def test_pooled_gap_equals_brute_force(backbone, shapes) -> None:
     pairs = shapes[:6]
     targets = list(backbone.default_target_modules[:2])
-    shard = calibrate(backbone, pairs, targets, batch_size=4)
+    shard = calibrate(backbone, pairs, targets, batch_size=4, passes="joint")
     names = list(hook_points(backbone, targets))
     layer0 = f"{backbone.lm_layers_path}.0"
     assert layer0 in names  # residual stream of layer 0
@@ -75,7 +75,7 @@ def test_pooled_gap_equals_brute_force(backbone, shapes) -> None:
 def test_residual_stream_matches_output_hidden_states(shapes) -> None:
     bb = load_backbone("tiny-blip2", seed=0)
     pairs = shapes[:3]
-    shard = calibrate(bb, pairs, ["q_proj"], batch_size=3)
+    shard = calibrate(bb, pairs, ["q_proj"], batch_size=3, passes="joint")
     batch = bb.build_batch([p[1] for p in pairs], [p[2] for p in pairs])
     with torch.no_grad():
         hs = bb.model(**batch.inputs, output_hidden_states=True).language_model_outputs.hidden_states
@@ -90,11 +90,89 @@ def test_padding_never_leaks_into_the_pools(shapes) -> None:
     bb = load_backbone("tiny-blip2", seed=0)
     short = shapes[0]
     long = (shapes[1][0], shapes[1][1], shapes[1][2] + " and a lot of extra words to force padding " * 3)
-    alone = calibrate(bb, [short], ["fc1"], batch_size=1)
-    padded = calibrate(bb, [short, long], ["fc1"], batch_size=2)
-    for name in alone.z_v:
-        torch.testing.assert_close(padded.z_v[name][0], alone.z_v[name][0], rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(padded.z_t[name][0], alone.z_t[name][0], rtol=1e-4, atol=1e-5)
+    for passes in ("separate", "joint"):
+        alone = calibrate(bb, [short], ["fc1"], batch_size=1, passes=passes)
+        padded = calibrate(bb, [short, long], ["fc1"], batch_size=2, passes=passes)
+        for name in alone.z_v:
+            torch.testing.assert_close(padded.z_v[name][0], alone.z_v[name][0], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(padded.z_t[name][0], alone.z_t[name][0], rtol=1e-4, atol=1e-5)
+
+
+#: each family's text-only template, written out by hand: (before the caption, after it)
+TEXT_ONLY = {
+    "tiny-blip2": ("<s>", "</s>"),
+    "tiny-qwen2-vl": (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|im_end|>\n"
+        "<|im_start|>assistant\n",
+        "<|im_end|>",
+    ),
+    "tiny-gemma3": ("<bos><start_of_turn>user\n<end_of_turn>\n<start_of_turn>model\n", "<end_of_turn>"),
+}
+
+
+def _hidden_states(bb, run) -> list[torch.Tensor]:
+    """Each LM decoder layer's output (the hidden state h^(l)) of one forward, captured by own hooks."""
+    seen: dict[int, torch.Tensor] = {}
+    hooks = [
+        layer.register_forward_hook(
+            lambda _m, _i, o, j=j: seen.__setitem__(j, o[0] if isinstance(o, tuple) else o)
+        )
+        for j, layer in enumerate(bb.lm_layers())
+    ]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return [seen[j][0].double() for j in range(len(seen))]
+
+
+def test_separate_passes_equal_hand_run_image_only_and_text_only_forwards(backbone, shapes) -> None:
+    """Paper §4.2 / Alg. 1 lines 5-6: z_v from the image alone, z_t from the caption alone. Each
+    sample is run by hand, alone (no batching, no padding): the image in the family's template without
+    any text, and the caption in a text-only template typed out here, through the LM with no image."""
+    bb = backbone
+    pairs = shapes[:5]
+    shard = calibrate(bb, pairs, list(bb.default_target_modules[:1]), batch_size=3, prompt="")
+    tok = bb.tokenizer
+    head, tail = TEXT_ONLY[bb.name]
+    lm = bb.model.language_model if bb.name == "tiny-blip2" else bb.model
+    for i, (_, image, caption) in enumerate(pairs):
+        # image-only: the image placeholders' positions of a pass with no caption
+        batch = bb.build_image_batch([image])
+        ids = batch.inputs["input_ids"][0]
+        assert not batch.caption_mask.any() and (ids == bb.image_token_id).sum() > 0
+        hs = _hidden_states(bb, lambda batch=batch: bb.model(**batch.inputs))
+        img = (ids == bb.image_token_id).nonzero().flatten()
+        # text-only: the caption, no image token anywhere
+        cap = bb.caption_token_ids(caption, "")
+        text = (
+            tok(head, add_special_tokens=False).input_ids
+            + cap
+            + tok(tail, add_special_tokens=False).input_ids
+        )
+        text_ids = torch.tensor([text])
+        assert bb.image_token_id not in text
+        ht = _hidden_states(bb, lambda text_ids=text_ids: lm(input_ids=text_ids))
+        start = len(tok(head, add_special_tokens=False).input_ids)
+        for j in range(bb.num_lm_layers):
+            name = f"{bb.lm_layers_path}.{j}"
+            torch.testing.assert_close(shard.z_v[name][i].double(), hs[j][img].mean(0), rtol=1e-4, atol=1e-5)
+            want = ht[j][start : start + len(cap)].mean(0)
+            torch.testing.assert_close(shard.z_t[name][i].double(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_separate_text_pass_never_sees_the_image_and_joint_does(shapes) -> None:
+    bb = load_backbone("tiny-blip2", seed=0)
+    pairs = shapes[:4]
+    swapped = [(sid, pairs[(i + 1) % 4][1], cap) for i, (sid, _, cap) in enumerate(pairs)]
+    sep, sep_swapped = (calibrate(bb, p, ["q_proj"], passes="separate") for p in (pairs, swapped))
+    joint, joint_swapped = (calibrate(bb, p, ["q_proj"], passes="joint") for p in (pairs, swapped))
+    layer = f"{bb.lm_layers_path}.1"
+    torch.testing.assert_close(sep.z_t[layer], sep_swapped.z_t[layer])  # captions alone: images irrelevant
+    assert not torch.allclose(joint.z_t[layer], joint_swapped.z_t[layer])  # captions attend to the image
+    torch.testing.assert_close(sep.z_v[layer][1:], sep_swapped.z_v[layer][:3])  # z_v follows the image
 
 
 def test_bad_inputs_are_named(shapes) -> None:

@@ -49,26 +49,28 @@ def test_missing_spec_file() -> None:
     assert r.returncode == 2 and "does-not-exist.yaml: spec file not found" in r.stderr
 
 
-@pytest.mark.parametrize(
-    "cmd",
-    [
-        "validate",
-        "run",
-        "calibrate",
-        "resume",
-        "results",
-        "report",
-        "diagnose",
-        "submit",
-        "status",
-        "logs",
-        "stop",
-        "list",
-    ],
-)
+def _commands() -> list[str]:
+    import argparse
+
+    from gapinit_ray.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sorted(sub.choices)
+
+
+def test_top_level_help() -> None:
+    """`gapinit --help` lists every command (argparse %-formats help strings: a bare `%` once broke it)."""
+    r = gapinit("--help")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.stdout.startswith("usage: gapinit")
+    for cmd in _commands():
+        assert cmd in r.stdout
+
+
+@pytest.mark.parametrize("cmd", _commands())
 def test_help_on_every_command(cmd: str) -> None:
     r = gapinit(cmd, "--help")
-    assert r.returncode == 0 and "usage: gapinit" in r.stdout
+    assert r.returncode == 0 and "usage: gapinit" in r.stdout, r.stderr
 
 
 def test_calibrate_prints_the_per_layer_table(tmp_path: Path) -> None:

@@ -34,71 +34,125 @@ X = {42: 141.2, 123: 137.9, 2024: 143.5, 999: 139.0, 7: 140.4}
 Y = {42: 139.1, 123: 136.2, 2024: 140.9, 999: 138.3, 7: 137.7}
 
 
+def _scipy_sign_flip(d) -> float:
+    return stats.permutation_test(
+        (np.asarray(d),), np.mean, permutation_type="samples", n_resamples=np.inf, vectorized=False
+    ).pvalue
+
+
 def test_paired_statistics_match_scipy():
-    st = compare_values(X, Y, n_boot=2000)
+    st = compare_values(X, Y)
     x, y = np.array(list(X.values())), np.array(list(Y.values()))
     assert st["paired"] is True and st["effect_kind"] == "d_z" and st["n1"] == st["n2"] == 5
     assert st["p_paired"] == pytest.approx(stats.ttest_rel(x, y).pvalue, rel=1e-12)
     assert st["p_welch"] == pytest.approx(stats.ttest_ind(x, y, equal_var=False).pvalue, rel=1e-12)
     d = x - y
+    assert st["p_exact"] == pytest.approx(_scipy_sign_flip(d), rel=1e-12) and st["test"] == "exact sign-flip"
+    ci = stats.ttest_rel(x, y).confidence_interval()
+    assert (st["diff_ci_low"], st["diff_ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-12)
     assert st["diff"] == pytest.approx(d.mean())
     assert st["effect_size"] == pytest.approx(d.mean() / d.std(ddof=1))
     assert st["sd_ratio"] == pytest.approx(x.std(ddof=1) / y.std(ddof=1))
+    assert st["iqm1"] == pytest.approx(stats.trim_mean(x, 0.25))
     # pairing removes the seed effect: the paired p is far below Welch's on these data
     assert st["p_paired"] < 0.01 < st["p_welch"]
     # the order of the seeds does not matter, only which values share a seed
-    shuffled = compare_values(dict(reversed(list(X.items()))), Y, n_boot=2000)
-    assert shuffled["diff_ci_low"] == st["diff_ci_low"] and shuffled["p_paired"] == st["p_paired"]
+    shuffled = compare_values(dict(reversed(list(X.items()))), Y)
+    assert shuffled["diff_ci_low"] == st["diff_ci_low"] and shuffled["p_exact"] == st["p_exact"]
+    # below 20 seeds no bootstrap interval is given (it under-covers there)
+    assert math.isnan(st["boot_ci_low"]) and math.isnan(st["boot_ci_high"])
 
 
 def test_unpaired_statistics_match_scipy():
     x, y = [10.0, 12.5, 11.0, 13.2], [9.1, 12.0, 9.8, 12.1, 8.7]
-    st = compare_values(x, y, n_boot=2000)
+    st = compare_values(x, y)
     assert st["paired"] is False and st["effect_kind"] == "d" and math.isnan(st["p_paired"])
     assert st["p_welch"] == pytest.approx(stats.ttest_ind(x, y, equal_var=False).pvalue, rel=1e-12)
+    ci = stats.ttest_ind(x, y, equal_var=False).confidence_interval()
+    assert (st["diff_ci_low"], st["diff_ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-12)
+    perm = stats.permutation_test(
+        (x, y),
+        lambda a, b: np.mean(a) - np.mean(b),
+        permutation_type="independent",
+        n_resamples=np.inf,
+        vectorized=False,
+    )
+    assert st["p_exact"] == pytest.approx(perm.pvalue, rel=1e-12) and st["test"] == "exact permutation"
     a, b = np.array(x), np.array(y)
     pooled = math.sqrt((3 * a.var(ddof=1) + 4 * b.var(ddof=1)) / 7)
     assert st["effect_size"] == pytest.approx((a.mean() - b.mean()) / pooled)
     assert (st["mean1"], st["mean2"]) == pytest.approx((a.mean(), b.mean()))
+    mw = stats.mannwhitneyu(x, y).statistic / (len(x) * len(y))
+    assert st["p_superior"] == pytest.approx(mw)
+    assert st["p_superior_ci_low"] <= st["p_superior"] <= st["p_superior_ci_high"]
     # different seed sets are not paired either, even as dicts
     assert compare_values({1: 1.0, 2: 2.0, 3: 2.5}, {1: 1.0, 2: 2.0, 4: 3.0})["paired"] is False
 
 
-def test_bootstrap_ci_covers_the_true_difference_and_is_deterministic():
+def test_at_three_seeds_no_verdict_may_claim_a_difference():
+    """n = 3 paired: all three differences large and positive, the paired t-test even says p < 0.05,
+    but the exact test's smallest possible p is 2/8 = 0.25: the verdict says no verdict is possible."""
+    x, y = {1: 10.0, 2: 11.0, 3: 12.0}, {1: 9.0, 2: 9.95, 3: 11.1}
+    st = compare_values(x, y)
+    assert st["p_exact"] == pytest.approx(_scipy_sign_flip([1.0, 1.05, 0.9])) == pytest.approx(0.25)
+    assert st["p_min"] == 0.25 and st["p_paired"] < 0.01
+    text = verdict(st, "gap", "random")
+    assert text.startswith(
+        "no verdict possible at n=3: the exact sign-flip test's smallest possible p is 0.25"
+    )
+    assert "higher" not in text and "lower" not in text
+    # the same shape at n = 8 is resolved, and the verdict says by which test
+    x8 = {s: 10.0 + s for s in range(8)}
+    y8 = {s: 9.0 + s + 0.01 * s for s in range(8)}
+    st8 = compare_values(x8, y8)
+    assert st8["p_exact"] == pytest.approx(2 / 256)
+    assert verdict(st8, "gap", "random").startswith("gap higher than random by 0.96 (95% paired t CI ")
+    assert "exact sign-flip p=0.0078, n=8" in verdict(st8, "gap", "random")
+
+
+def test_holm_on_a_hand_made_example():
+    from gapinit_ray.results.stats import holm
+
+    # m = 4: sorted 0.005, 0.01, 0.03, 0.04 -> 4*0.005, 3*0.01, 2*0.03, 1*0.04, made monotone
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, float("nan"), 0.01]) == pytest.approx([0.5, float("nan"), 0.02], nan_ok=True)
+    assert holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])  # 2 x 0.8 capped at 1, then monotone
+
+
+def test_sample_sizes_match_textbook_values():
+    """G*Power / Cohen (1988): a two-sided t-test at alpha 0.05 with 80 % power needs 34 pairs for
+    d_z = 0.5, 10 for d_z = 1, and 64 per group for d = 0.5 unpaired."""
+    from gapinit_ray.results.stats import seeds_needed
+
+    assert seeds_needed(0.5, 1.0) == 34
+    assert seeds_needed(1.0, 1.0) == 10
+    assert seeds_needed(0.5, 1.0, paired=False) == 64
+    assert seeds_needed(2.0, 4.0) == 34  # only the ratio matters
+    assert math.isinf(seeds_needed(0.0, 1.0)) and math.isnan(seeds_needed(1.0, 0.0))
+
+
+def test_bootstrap_only_from_twenty_seeds_and_deterministic():
     rng = np.random.default_rng(7)
-    covered = 0
-    for _ in range(40):
-        x, y = rng.normal(2.0, 1.0, 12), rng.normal(0.0, 1.0, 12)
-        st = compare_values(list(x), list(y), n_boot=2000, seed=1)
-        covered += st["diff_ci_low"] < 2.0 < st["diff_ci_high"]
-    assert covered >= 32  # nominal 95 %; the percentile bootstrap runs a little narrow at n=12
-    # paired: a shared seed effect (sd 10) that only the paired bootstrap removes
-    base = rng.normal(0, 10, 8)
-    x = {s: b + 2.0 + e for s, (b, e) in enumerate(zip(base, rng.normal(0, 0.3, 8), strict=True))}
-    y = {s: b + e for s, (b, e) in enumerate(zip(base, rng.normal(0, 0.3, 8), strict=True))}
+    base = rng.normal(0, 10, 24)
+    x = {s: b + 2.0 + e for s, (b, e) in enumerate(zip(base, rng.normal(0, 0.3, 24), strict=True))}
+    y = {s: b + e for s, (b, e) in enumerate(zip(base, rng.normal(0, 0.3, 24), strict=True))}
     paired = compare_values(x, y, seed=3)
-    unpaired = compare_values(list(x.values()), list(y.values()), seed=3)
+    assert paired["boot_ci_low"] < 2.0 < paired["boot_ci_high"]
     assert paired["diff_ci_low"] < 2.0 < paired["diff_ci_high"]
+    unpaired = compare_values(list(x.values()), list(y.values()), seed=3)
     assert paired["diff_ci_high"] - paired["diff_ci_low"] < 0.2 * (
         unpaired["diff_ci_high"] - unpaired["diff_ci_low"]
     )
     again = compare_values(x, y, seed=3)
     assert all(again[k] == paired[k] or (math.isnan(again[k]) and math.isnan(paired[k])) for k in paired)
-    other = compare_values(x, y, seed=4)
-    assert other["diff_ci_low"] != paired["diff_ci_low"]
     assert paired["sd_ratio_ci_low"] <= paired["sd_ratio"] <= paired["sd_ratio_ci_high"]
 
 
 def test_verdicts():
-    same = compare_values({1: 10.0, 2: 11.0, 3: 9.5}, {1: 10.4, 2: 10.2, 3: 10.1})
-    assert same["diff_ci_low"] < 0 < same["diff_ci_high"]
-    assert verdict(same, "gap", "random") == "difference within noise at n=3"
-    st = compare_values(X, Y)
-    text = verdict(st, "gap", "random")
-    assert text.startswith(f"gap higher than random by {st['diff']:.2f} (95% CI ")
-    assert f"{st['diff_ci_low']:.2f}..{st['diff_ci_high']:.2f}" in text
-    low = compare_values(Y, X)
-    assert verdict(low, "random", "gap").startswith("random lower than gap by")
+    same = compare_values({s: 10.0 + (s % 3) for s in range(8)}, {s: 10.1 + (s % 2) for s in range(8)})
+    assert verdict(same, "gap", "random").startswith("no resolved difference: diff ")
+    st = compare_values(X, Y)  # n = 5: smallest p 2/32 = 0.0625 > 0.05, whatever the data
+    assert verdict(st, "gap", "random").startswith("no verdict possible at n=5")
     one = compare_values({1: 1.0}, {1: 2.0, 2: 2.5})
     assert math.isnan(one["p_welch"]) and math.isnan(one["diff_ci_low"]) and math.isnan(one["effect_size"])
     assert verdict(one, "gap", "random").startswith(NOT_ENOUGH)
@@ -107,17 +161,17 @@ def test_verdicts():
 def test_zero_spread_gives_no_exception():
     st = compare_values({1: 1.0, 2: 1.0, 3: 1.0}, {1: 1.0, 2: 1.0, 3: 1.0})
     assert math.isnan(st["effect_size"]) and math.isnan(st["sd_ratio"])
-    assert verdict(st, "a", "b") == "difference within noise at n=3"
+    assert verdict(st, "a", "b").startswith("no verdict possible at n=3")
 
 
 # --------------------------------------------------------------------------------- on a store
 
 INITS = ("gap", "random", "random-direction")
-SEEDS = (1, 2, 3, 4)
+SEEDS = (1, 2, 3, 4, 5, 6, 7, 8)  # 8 paired seeds: the exact test can resolve a difference (p >= 2/256)
 
 
 def _value(init: str, seed: int, rank: int, epoch: int) -> float:
-    seed_effect = {1: 0.0, 2: 4.0, 3: -3.0, 4: 1.5}[seed]
+    seed_effect = {1: 0.0, 2: 4.0, 3: -3.0, 4: 1.5, 5: -1.0, 6: 2.5, 7: -2.0, 8: 0.5}[seed]
     jitter = ((seed * 7 + rank * 3 + epoch + 2 * INITS.index(init)) % 5) * 0.05
     return 120.0 + seed_effect + epoch + (6.0 if init == "gap" and epoch == 3 else 0.0) + jitter
 
@@ -153,17 +207,24 @@ def test_compare_on_a_store_agrees_with_aggregate(store):
         means = {(r["init"], r["rank"]): r["mean"] for r in agg}
         assert [(r["rank"], r["arm2"]) for r in t] == [(r, a) for r in (1, 8) for a in arms[1:]]
         for r in t:
-            assert r["paired"] and r["n1"] == r["n2"] == 4 and r["note"] == ""
+            assert r["paired"] and r["n1"] == r["n2"] == 8 and r["note"] == ""
             assert r["mean1"] == pytest.approx(means[("gap", r["rank"])])
             assert r["mean2"] == pytest.approx(means[(r["arm2"].split("=")[1], r["rank"])])
     last = compare(m, "init=gap,init=random", metric="val_cider", by=["lora.rank"]).to_pylist()
-    assert all(r["verdict"].startswith("gap higher than random by 6.") for r in last)
+    assert all(r["verdict"].startswith("gap higher than random by ") for r in last)
+    assert all(abs(r["diff"] - 6.0) < 0.2 for r in last)
     at2 = compare(m, ["init=gap", "init=random"], metric="val_cider", at="epoch=2", by=["rank"]).to_pylist()
-    assert all(r["verdict"] == "difference within noise at n=4" for r in at2)
+    assert all(r["verdict"].startswith("no resolved difference") for r in at2)
+    # Holm over the comparisons of one call: 2 ranks x 2 pairs = 4 exact p-values of 2/256
+    three = compare(m, arms, metric="val_cider", by=["rank"]).to_pylist()
+    assert [r["p_exact"] for r in three] == pytest.approx([2 / 256] * 4)
+    assert [r["p_holm"] for r in three] == pytest.approx([4 * 2 / 256] * 4)
+    assert all("Holm-adjusted 0.031" in r["verdict"] for r in three)
     # no stratum: each arm holds two trials per seed (the ranks), so it is not paired, and says so
     pooled = compare(m, ["init=gap", "init=random"], metric="val_cider").to_pylist()
-    assert len(pooled) == 1 and not pooled[0]["paired"] and pooled[0]["n1"] == 8
-    assert "8 trials over 4 seeds" in pooled[0]["note"]
+    assert len(pooled) == 1 and not pooled[0]["paired"] and pooled[0]["n1"] == 16
+    assert "16 trials over 8 seeds" in pooled[0]["note"]
+    assert pooled[0]["test"] == "permutation (Monte Carlo)"  # C(32, 16) relabelings: too many to list
 
 
 def test_compare_over_the_curve(store):
@@ -203,12 +264,14 @@ def test_cli_compare(store):
         "results", sweep, "--compare", "init=gap,init=random,init=random-direction", "--n-boot", "500"
     )
     assert r.returncode == 0, r.stderr
-    assert "arm1" in r.stdout and "verdict" in r.stdout and "gap higher than random by" in r.stdout
+    assert "arm1" in r.stdout and "p_holm" in r.stdout and "gap higher than random by" in r.stdout
     assert "gap higher than random-direction by" in r.stdout
+    # the sample-size line, per comparison
+    assert "init=gap vs init=random: ~" in r.stdout and "seeds (paired) for 80% power" in r.stdout
     r = gapinit("results", sweep, "--compare", "init=gap,init=random", "--format", "json", "--at", "epoch=2")
     records = json.loads(r.stdout)
     assert len(records) == 2 and {x["rank"] for x in records} == {1, 8}  # strata: the --by axes left
-    assert all(x["verdict"] == "difference within noise at n=4" for x in records)
+    assert all(x["verdict"].startswith("no resolved difference") for x in records)
     bad = gapinit("results", sweep, "--compare", "init=gap,init=gapp")
     lines = bad.stderr.strip().splitlines()
     assert (

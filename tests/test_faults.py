@@ -124,8 +124,16 @@ def test_a_trial_that_raises_is_retried_then_recorded_failed_and_the_others_comp
     spec_path.write_text(yaml.safe_dump(raw))
     proc = _run_cli("run", str(spec_path), "--num-cpus", "2", "--quiet", cwd=tmp_path)
     out, err = _finish(proc, 840)
-    assert proc.returncode == 0, err[-3000:]  # the sweep finishes; the table says a trial failed
+    # the sweep finishes and prints its table (which counts the failed trial), then one line per failed
+    # trial on stderr, and exits 1: some trial failed after its retries
+    assert proc.returncode == 1, err[-3000:]
     assert "1 ERROR" in out
+    failed_lines = [line for line in err.splitlines() if line.startswith("gapinit: trial ")]
+    assert len(failed_lines) == 1, err[-3000:]
+    assert "failed after 2 attempts: LoraInitError: lora.target_modules no_such_proj" in failed_lines[0]
+    error_path = Path(failed_lines[0].rsplit("(full error: ", 1)[1].rstrip(")"))
+    assert error_path.parent == tmp_path / "store" / "faulty" / "errors"
+    assert error_path.read_text().count("LoraInitError: lora.target_modules") == 2
 
     store = ResultsStore(str(tmp_path / "store"), "faulty")
     trials = store.trials().to_pandas()
@@ -144,7 +152,8 @@ def test_a_trial_that_raises_is_retried_then_recorded_failed_and_the_others_comp
     assert sorted(others["init"]) == ["gap", "random"]
     assert set(others["status"]) == {"TERMINATED"} and set(others["last_epoch"]) == {1.0}
     metrics = store.metrics().to_pandas()
-    assert sorted(metrics["trial_id"]) == sorted(others["trial_id"])
+    assert sorted(set(metrics["trial_id"])) == sorted(others["trial_id"])
+    assert sorted(metrics["epoch"]) == [0.0, 0.0, 1.0, 1.0]  # epoch 0 (at init) and the one trained
     assert metrics["val_cider"].notna().all()
 
 

@@ -22,7 +22,7 @@ from gapinit_ray.features import (
 from gapinit_ray.train import CaptionPairs, Collate
 from gapinit_ray.trial import build_trainer, prepare_backbone, trial_spec
 
-from .test_train import _reports
+from .test_train import EpochLog
 from .test_train import tiny_spec as _trial_spec
 
 
@@ -81,7 +81,10 @@ def test_build_is_incremental_and_keyed_by_image_content(tmp_path) -> None:
     first = build_feature_cache(
         tspec.storage, bspec, records, backbone_path=path, use_ray=False, batch_size=5
     )
-    assert (first.images, first.computed) == (12, 12)
+    # synthetic scenes can repeat pixel for pixel: the cache holds each distinct image once
+    distinct = len({Image.open(r.image_path).convert("RGB").tobytes() for r in records})
+    assert distinct >= 10
+    assert (first.images, first.computed) == (distinct, distinct)
     again = build_feature_cache(tspec.storage, bspec, records, backbone_path=path, use_ray=False)
     assert (again.root, again.computed) == (first.root, 0)
 
@@ -97,7 +100,7 @@ def test_build_is_incremental_and_keyed_by_image_content(tmp_path) -> None:
     img = Image.open(records[0].image_path).convert("RGB").transpose(Image.Transpose.FLIP_TOP_BOTTOM)
     img.save(records[0].image_path)
     changed = build_feature_cache(tspec.storage, bspec, records, backbone_path=path, use_ray=False)
-    assert changed.computed == 1 and len(FeatureCache(first.root)) == 13
+    assert changed.computed == 1 and len(FeatureCache(first.root)) == distinct + 1
 
     # a sample missing from the cache is computed by the collate itself, identically
     items = CaptionPairs(split_records(tspec.data, tspec.data.train, tspec.storage)[10:16]).items[:6]
@@ -151,13 +154,15 @@ def test_trial_trains_identically_with_and_without_the_cache(ray_local, tmp_path
     for on in (True, False):
         spec = tiny_spec(tmp_path / str(on), epochs=2, feature_cache=on)
         spec.calibration.workers = 2  # the cache is built by 2 Ray actors, like calibration
-        result = build_trainer(spec, {"init": "gap", "seed": 3}, progress=False).fit()
+        log = EpochLog(str(tmp_path / f"reports-{on}.jsonl"))
+        trainer = build_trainer(spec, {"init": "gap", "seed": 3}, progress=False, callbacks=[log.callback])
+        result = trainer.fit()
         assert result.error is None
-        runs[on] = _reports(result)
-    checks = json.loads(runs[True][0]["init_checks"])
+        runs[on] = log.reports()
+    checks = json.loads(runs[True][0]["init_checks"])  # the epoch-0 report carries the init checks
     assert checks["feature_cache"] and json.loads(runs[False][0]["init_checks"])["feature_cache"] is None
     assert checks["frozen_eval_modules"] == ["vision_model", "qformer", "language_projection"]
-    assert [r["epoch"] for r in runs[True]] == [r["epoch"] for r in runs[False]] == [1, 2]
+    assert [r["epoch"] for r in runs[True]] == [r["epoch"] for r in runs[False]] == [0, 1, 2]
     for a, b in zip(runs[True], runs[False], strict=True):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, abs=1e-6)
+        assert a.get("train_loss", 0) == pytest.approx(b.get("train_loss", 0), rel=1e-5, abs=1e-6)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5, abs=1e-6)

@@ -199,7 +199,10 @@ def test_gap_noise_on_a_backbone(artifacts, pairs):
     art = artifacts("tiny-gemma3")
     eps = 0.5
     bb, pm, report = build(
-        "tiny-gemma3", art, init="gap", init_options={"noise_eps": eps, "gap_source": "mean"}
+        "tiny-gemma3",
+        art,
+        init="gap",
+        init_options={"noise_eps": eps, "gap_source": "mean", "space": "module"},
     )
     predicted, seen = [], []
     for name, cos in report.alignment.items():
@@ -388,10 +391,21 @@ def test_artifact_of_another_backbone_refused(artifacts):
 
 def test_artifact_missing_a_module_refused(artifacts):
     art = artifacts("tiny-blip2")
-    gone = "language_model.model.decoder.layers.1.fc2"
+    # fc2 writes the hidden space: under the default space it takes the layer gap; fc1 (d_out = ffn dim)
+    # falls back to its own gap, so that one must be there
+    gone = "language_model.model.decoder.layers.1.fc1"
     partial = dataclasses.replace(art, gaps={k: v for k, v in art.gaps.items() if k != gone})
     with pytest.raises(ArtifactMismatch, match=gone):
         build("tiny-blip2", partial, init="gap")
+    fc2 = "language_model.model.decoder.layers.1.fc2"
+    no_fc2 = dataclasses.replace(art, gaps={k: v for k, v in art.gaps.items() if k != fc2})
+    build("tiny-blip2", no_fc2, init="gap")  # the layer gap serves it
+    with pytest.raises(ArtifactMismatch, match=fc2):
+        build("tiny-blip2", no_fc2, init="gap", init_options={"space": "module"})
+    layer = "language_model.model.decoder.layers.1"
+    no_layer = dataclasses.replace(art, gaps={k: v for k, v in art.gaps.items() if k != layer})
+    with pytest.raises(ArtifactMismatch, match="no hidden-state gap of layer 1"):
+        build("tiny-blip2", no_layer, init="gap")
     narrow = dataclasses.replace(art, meta={**art.meta, "target_modules": ["q_proj"]})
     with pytest.raises(ArtifactMismatch, match="target_modules"):
         build("tiny-blip2", narrow, init="gap")
@@ -435,3 +449,59 @@ def test_spec_models_still_validate():
     # the options this module reads come from spec models; keep the field names in sync
     assert set(InitOptions().model_dump()) == {"gap_source", "noise_eps", "space", "norm"}
     assert set(LayerSelectionSpec().model_dump()) == {"selection", "top_k"}
+
+
+# ------------------------------------------------------------------------- the paper's gap space
+
+
+def test_layer_space_is_the_papers_hidden_state_gap_with_the_module_gap_for_fc1(artifacts, pairs):
+    """Paper §4.2 / Alg. 1 line 16: B^(l) = g^(l)/||g^(l)||, g^(l) the mean over pairs of the layer's
+    hidden state on the caption alone minus on the image alone. Hooked here independently (own hooks on
+    the decoder layers, one sample at a time) and compared with B[:, 0] of every adapted module: q, k, v,
+    out_proj and fc2 (d_out = d_model) get the layer gap; fc1 (d_out = ffn dim) gets its own output gap,
+    and the init report says which each got."""
+    from .test_calibrate import TEXT_ONLY, _hidden_states
+
+    art = artifacts("tiny-blip2")
+    _, pm, report = build("tiny-blip2", art, init="gap", init_options={"gap_source": "mean"})
+    assert report.init_options["space"] == "layer"  # the default
+    ref = load_backbone("tiny-blip2", seed=0)
+    tok = ref.tokenizer
+    head, tail = TEXT_ONLY["tiny-blip2"]
+    gaps = torch.zeros(ref.num_lm_layers, ref.lm_hidden_size, dtype=torch.float64)
+    for _, image, caption in pairs:
+        batch = ref.build_image_batch([image])
+        img = (batch.inputs["input_ids"][0] == ref.image_token_id).nonzero().flatten()
+        hv = _hidden_states(ref, lambda batch=batch: ref.model(**batch.inputs))
+        cap = ref.caption_token_ids(caption, "")
+        ids = torch.tensor([tok(head, add_special_tokens=False).input_ids + cap + [tok.eos_token_id]])
+        ht = _hidden_states(ref, lambda ids=ids: ref.model.language_model(input_ids=ids))
+        for j in range(ref.num_lm_layers):
+            gaps[j] += ht[j][1 : 1 + len(cap)].mean(0) - hv[j][img].mean(0)
+    gaps /= len(pairs)
+    assert tail == "</s>"
+    kinds = set()
+    for name in report.modules:
+        b0 = weights(pm, name)[1][:, 0].double()
+        kind = name.rsplit(".", 1)[-1]
+        kinds.add(kind)
+        if kind == "fc1":
+            assert report.gap_spaces[name] == "module"
+            assert (
+                float(torch.nn.functional.cosine_similarity(b0, art.vector(name, "mean").double(), 0))
+                > 1 - 1e-6
+            )
+        else:
+            assert report.gap_spaces[name] == "layer"
+            layer = int(name.split(".layers.")[1].split(".")[0])
+            assert float(torch.nn.functional.cosine_similarity(b0, gaps[layer], 0)) > 1 - 1e-5, name
+    assert kinds == {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}
+    assert any("fc1" in n and "own output gap" in n for n in report.notes)
+    # the module space (an ablation arm): every module its own output gap
+    _, pm_m, rep_m = build(
+        "tiny-blip2", art, init="gap", init_options={"gap_source": "mean", "space": "module"}
+    )
+    assert set(rep_m.gap_spaces.values()) == {"module"}
+    fc2 = next(n for n in rep_m.modules if n.endswith("fc2"))
+    b0 = weights(pm_m, fc2)[1][:, 0].double()
+    assert float(torch.nn.functional.cosine_similarity(b0, art.vector(fc2, "mean").double(), 0)) > 1 - 1e-6

@@ -225,9 +225,10 @@ def test_resume_after_the_driver_is_killed(tmp_path) -> None:
     metrics = store.metrics().to_pandas()
     assert not metrics.duplicated(["trial_id", "epoch"]).any()
     assert metrics.groupby("trial_id")["epoch"].max().eq(3).all()
-    # finished trials were not re-run: all their rows were written before the driver was killed
+    assert metrics.groupby("trial_id")["epoch"].min().eq(0).all()  # each has its epoch-0 report
+    # finished trials were not re-run: all their rows (epochs 0-3) were written before the driver was killed
     before = metrics[metrics["trial_id"].isin(done_before)]
-    assert len(before) == 3 * len(done_before)
+    assert len(before) == 4 * len(done_before)
     assert (before["timestamp"] < killed_at).all()
     # the finished sweep is compacted: one file per trial, and the sweep-level file covering them all
     assert sorted(p.name for p in (sweep / "results" / "metrics").rglob("*.parquet")) == [

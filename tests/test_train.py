@@ -36,7 +36,8 @@ def tiny_spec(tmp_path: Path, **train_over):
 
 
 class EpochLog:
-    """A Ray Train callback (runs in the controller) that appends every report's epoch to a file."""
+    """A Ray Train callback (runs in the controller) that appends every report (rank 0's metrics) to a
+    file, one JSON line each."""
 
     def __init__(self, path: str) -> None:
         from ray.train.v2.api.callback import UserCallback
@@ -44,15 +45,18 @@ class EpochLog:
         class _Cb(UserCallback):
             def after_report(self, run_context, metrics, checkpoint):
                 with open(path, "a") as f:
-                    f.write(json.dumps(metrics[0]["epoch"]) + "\n")
+                    f.write(json.dumps(metrics[0]) + "\n")
 
         self.callback = _Cb()
         self.path = path
 
+    def reports(self) -> list[dict]:
+        if not os.path.exists(self.path):
+            return []
+        return [json.loads(x) for x in Path(self.path).read_text().splitlines() if x.strip()]
+
     def epochs(self) -> list[float]:
-        return (
-            [json.loads(x) for x in Path(self.path).read_text().split()] if os.path.exists(self.path) else []
-        )
+        return [r["epoch"] for r in self.reports()]
 
 
 def test_trial_params_and_ids(tmp_path) -> None:
@@ -97,11 +101,15 @@ def test_two_worker_zero2_trial_learns_and_saves_a_loadable_adapter(ray_local, t
     spec = tiny_spec(tmp_path, zero={"stage": 2}, epochs=2)
     spec.resources.workers_per_trial = 2
     spec.eval.final_metrics = ["rouge_l"]
-    result = _run(spec, {"init": "gap", "seed": 42})
+    log = EpochLog(str(tmp_path / "reports.jsonl"))
+    result = _run(spec, {"init": "gap", "seed": 42}, log)
     assert result.error is None
-    reports = _reports(result)
-    assert [r["epoch"] for r in reports] == [1, 2]
-    first, last = reports
+    reports = log.reports()
+    assert [r["epoch"] for r in reports] == [0, 1, 2]
+    at_init, first, last = reports
+    # epoch 0: the model at init, evaluated before any step (no training figures), with the init checks
+    assert "train_loss" not in at_init and "samples_per_s" not in at_init and "val_cider" in at_init
+    assert [r["epoch"] for r in _reports(result)] == [1, 2]  # checkpoints kept: the last 2
     assert "val_rouge_l" not in first and last["val_rouge_l"] >= 0  # final_metrics: at the last report only
     for key in (
         "train_loss",
@@ -115,7 +123,8 @@ def test_two_worker_zero2_trial_learns_and_saves_a_loadable_adapter(ray_local, t
     ):
         assert key in last and last[key] == last[key], key  # present, not NaN
     assert last["val_loss"] < first["val_loss"] or last["train_loss"] < first["train_loss"]
-    checks = json.loads(first["init_checks"])
+    assert not first["init_checks"]  # the init report goes with the epoch-0 report only
+    checks = json.loads(at_init["init_checks"])
     assert checks["checks"]["passed"] and checks["checks"]["max_abs_logit_diff"] == 0.0
     assert checks["alignment_summary"]["min"] >= 1 - 1e-6
 
@@ -150,8 +159,8 @@ def test_one_worker_zero3_trial(ray_local, tmp_path) -> None:
     result = _run(spec, {"init": "random", "seed": 1})
     assert result.error is None
     reports = _reports(result)
-    assert [r["epoch"] for r in reports] == [1]
-    assert reports[0]["train_loss"] > 0 and "val_cider" in reports[0]
+    assert [r["epoch"] for r in reports] == [0, 1]  # epoch 0 evaluated under ZeRO-3 before any step
+    assert reports[1]["train_loss"] > 0 and "val_cider" in reports[0] and "val_cider" in reports[1]
 
 
 def _train_workers() -> list[psutil.Process]:
@@ -177,7 +186,7 @@ def test_killed_train_worker_resumes_from_checkpoint(ray_local, tmp_path) -> Non
     )
     thread.start()
     deadline = time.time() + 300
-    while not log.epochs() and time.time() < deadline:  # wait for the epoch-1 checkpoint
+    while 1 not in log.epochs() and time.time() < deadline:  # wait for the epoch-1 checkpoint
         time.sleep(0.2)
     victims = _train_workers()
     assert victims, "no Ray Train worker process found"
@@ -187,8 +196,7 @@ def test_killed_train_worker_resumes_from_checkpoint(ray_local, tmp_path) -> Non
     result = box["result"]
     assert result.error is None
     epochs = log.epochs()
-    assert epochs == sorted(set(epochs)) and epochs[-1] == 3, epochs  # none twice, all reported
-    assert len(epochs) == 3
+    assert epochs == [0, 1, 2, 3], epochs  # each once (epoch 0 too: the restart resumed from epoch 1)
     assert killed not in [p.pid for p in _train_workers()]
 
 
@@ -244,12 +252,12 @@ def test_a_member_held_at_its_rung_goes_on_in_the_same_run_with_a_restarts_resul
     thread = threading.Thread(target=lambda: box.setdefault("result", trainer.fit()))
     thread.start()
     deadline = time.time() + 300
-    while log.epochs() != [1] and time.time() < deadline:
+    while log.epochs() != [0, 1] and time.time() < deadline:
         time.sleep(0.2)
-    assert log.epochs() == [1]
+    assert log.epochs() == [0, 1]
     write({}, recorded=True)  # the scheduler recorded T1 at the rung; T2 has yet to report
     time.sleep(8)
-    assert thread.is_alive() and log.epochs() == [1]  # holding: neither ended nor went on
+    assert thread.is_alive() and log.epochs() == [0, 1]  # holding: neither ended nor went on
     write({"0": "CONTINUE"}, recorded=True)  # T2 reported; the group is promoted
     thread.join(timeout=300)
     assert box["result"].error is None

@@ -403,7 +403,7 @@ def test_tiny_vqa_sweep_with_pope_and_caption_transfer_runs_end_to_end(tmp_path)
 
     sweep_dir = tmp_path / "store" / "tiny_vqa"
     metrics = ResultsStore(str(tmp_path / "store"), "tiny_vqa").metrics().to_pandas()
-    assert sorted(metrics["epoch"]) == [1.0, 2.0]
+    assert sorted(metrics["epoch"]) == [0.0, 1.0, 2.0]  # epoch 0: the model at init
     for column in ("val_vqa_acc", "pope_pope_f1", "pope_pope_yes_ratio", "shapes_cider", "val_loss"):
         assert column in metrics.columns, column
     last = metrics.sort_values("epoch").iloc[-1]

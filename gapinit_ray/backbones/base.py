@@ -362,6 +362,42 @@ class Backbone:
         samples = [self._layout(n, p, ids) for n, p, ids in zip(n_tokens, prompts, caption_ids, strict=True)]
         return self._collate(samples, pixel_inputs, padding_side="right", with_labels=with_labels)
 
+    # ------------------------------------------------------------------ separate calibration passes
+    def build_image_batch(self, images: list[Image.Image]) -> Batch:
+        """The image-only pass of calibration (paper §4.2, z_v = h_v(x_img); Alg. 1 line 5): each image
+        in the family's template with no prompt and no caption (BLIP-2 ``[<img>×Q][BOS]``; Qwen2-VL and
+        Gemma 3 the user turn holding only the image, then the assistant turn opener). Only
+        ``image_mask`` matters; ``caption_mask`` is all False."""
+        if not images:
+            raise BackboneError("build_image_batch got no images: pass at least one")
+        pixel_inputs, n_tokens = self._encode_images(self._check_images(images))
+        samples = [self._layout(n, "", None) for n in n_tokens]
+        return self._collate(samples, pixel_inputs, padding_side="right", with_labels=False)
+
+    def build_text_batch(self, captions: list[str], prompt: str | Sequence[str] | None = None) -> Batch:
+        """The text-only pass of calibration (z_t = h_t(x_txt); Alg. 1 line 6): each caption in the
+        family's text-only template, no image and no image delimiters (:meth:`_text_layout`), run through
+        :meth:`text_forward`. ``caption_mask`` marks the caption's own tokens; ``image_mask`` is all
+        False. ``prompt`` as in :meth:`build_batch` (the same text the joint pass puts before the
+        caption)."""
+        if not captions:
+            raise BackboneError("build_text_batch got no captions: pass at least one")
+        prompts = self._prompts(prompt, len(captions))
+        caption_ids = self._caption_ids(captions, prompts)
+        samples = [self._text_layout(p, ids) for p, ids in zip(prompts, caption_ids, strict=True)]
+        return self._collate(samples, {}, padding_side="right", with_labels=False)
+
+    def _text_layout(self, prompt: str, caption_ids: list[int]) -> list[tuple[list[int], int]]:
+        """A caption without an image: by default the joint layout with its image placeholders left out
+        (families whose template wraps the image in delimiters override this to leave those out too)."""
+        return [seg for seg in self._layout(0, prompt, caption_ids) if seg[1] != IMAGE]
+
+    def text_forward(self, batch: Batch) -> Any:
+        """Forward a :meth:`build_text_batch` batch through the LM (hooks on the LM layers see it). By
+        default the whole model with no pixel inputs (Qwen2-VL and Gemma 3 take text-only input);
+        BLIP-2, whose model always runs its vision tower, overrides it to call its OPT alone."""
+        return self.model(**batch.inputs)
+
     def _caption_ids(self, captions: Sequence[str], prompts: list[str]) -> list[list[int]]:
         out = []
         for i, cap in enumerate(captions):

@@ -75,6 +75,12 @@ class Blip2Backbone(Backbone):
             segments += [(caption_ids, CAPTION), ([tok.eos_token_id], END)]
         return segments
 
+    def text_forward(self, batch):
+        """The text-only pass: BLIP-2's OPT alone on ``[BOS][prompt][caption][EOS]`` (the model itself
+        always runs its vision tower and Q-Former; the LM without the query prefix is the text-only LM)."""
+        keys = ("input_ids", "attention_mask")
+        return self.model.language_model(**{k: batch.inputs[k] for k in keys})
+
     @classmethod
     def adapt_checkpoint(cls, model: Any, tokenizer: Any) -> tuple[Any, Any]:
         """Old BLIP-2 checkpoints lack ``image_token_index``: add ``<image>`` and grow the embeddings.

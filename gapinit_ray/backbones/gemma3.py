@@ -58,6 +58,17 @@ class Gemma3Backbone(Backbone):
             segments += [(caption_ids, CAPTION), (self.text_ids(END_OF_TURN), END)]
         return segments
 
+    def _text_layout(self, prompt, caption_ids):
+        """Text-only chat: ``<bos>`` and a user turn holding only the prompt (no begin/end-of-image),
+        then the caption as the model's turn."""
+        head = f"{START_OF_TURN}user\n{prompt}{END_OF_TURN}\n{START_OF_TURN}model\n"
+        return [
+            ([self.tokenizer.bos_token_id], OTHER),
+            (self.text_ids(head), OTHER),
+            (caption_ids, CAPTION),
+            (self.text_ids(END_OF_TURN), END),
+        ]
+
     def _extra_inputs(self, input_ids: torch.Tensor, image_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         # 1 = image soft token: the model's mask lets each image block attend to itself bidirectionally.
         return {"token_type_ids": image_mask.to(torch.long)}

@@ -77,6 +77,12 @@ class Qwen2VLBackbone(Backbone):
             segments += [(caption_ids, CAPTION), (self.text_ids(IM_END), END)]
         return segments
 
+    def _text_layout(self, prompt, caption_ids):
+        """Text-only chat: the user turn holds only the prompt (no vision start/end), then the caption as
+        the assistant's answer (``mm_token_type_ids`` all 0: plain 1-D positions in every M-RoPE axis)."""
+        head = f"{IM_START}system\n{SYSTEM_MESSAGE}{IM_END}\n{IM_START}user\n{prompt}{IM_END}\n{IM_START}assistant\n"
+        return [(self.text_ids(head), OTHER), (caption_ids, CAPTION), (self.text_ids(IM_END), END)]
+
     def _encoder_output(self, features):
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 

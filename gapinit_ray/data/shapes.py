@@ -11,6 +11,10 @@ differs from pre-training data, so that fine-tuning has something to adapt to:
 * ``downstream``: white background; adds the colours purple/orange and the shapes star/diamond;
   sizes little/big; positions "upper left part", "middle part", "lower right part"...; new
   phrasing like "there is one red circle located in the left part of the picture".
+* ``restyle``: the ``pretrain`` images (same palette, shapes and black background) with the
+  ``downstream`` phrasing and words: a shift in caption style only, the kind of adaptation a
+  rank-1 LoRA on the language model can make while the vision tower stays frozen (the quickstart's
+  task; ``downstream`` also changes what the frozen vision tower sees).
 
 An image holds one or two shapes on a 3x3 grid of cells (never two in one cell, never touching), so
 every position word is unambiguous.
@@ -18,7 +22,7 @@ every position word is unambiguous.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image, ImageDraw
 
@@ -46,29 +50,34 @@ class Vocabulary:
     cells: tuple[tuple[str, ...], ...]  # position phrase of each 3x3 grid cell, row by row
 
 
+_PRETRAIN = Vocabulary(
+    background="black",
+    colours=("red", "green", "blue", "yellow"),
+    shapes=("circle", "square", "triangle"),
+    sizes=("small", "large"),
+    cells=(
+        ("at the top left", "at the top", "at the top right"),
+        ("on the left", "in the center", "on the right"),
+        ("at the bottom left", "at the bottom", "at the bottom right"),
+    ),
+)
+_DOWNSTREAM = Vocabulary(
+    background="white",
+    colours=("red", "green", "blue", "yellow", "purple", "orange"),
+    shapes=("circle", "square", "triangle", "star", "diamond"),
+    sizes=("little", "big"),
+    cells=(
+        ("upper left", "upper middle", "upper right"),
+        ("left", "middle", "right"),
+        ("lower left", "lower middle", "lower right"),
+    ),
+)
 VARIANTS = {
-    "pretrain": Vocabulary(
-        background="black",
-        colours=("red", "green", "blue", "yellow"),
-        shapes=("circle", "square", "triangle"),
-        sizes=("small", "large"),
-        cells=(
-            ("at the top left", "at the top", "at the top right"),
-            ("on the left", "in the center", "on the right"),
-            ("at the bottom left", "at the bottom", "at the bottom right"),
-        ),
-    ),
-    "downstream": Vocabulary(
-        background="white",
-        colours=("red", "green", "blue", "yellow", "purple", "orange"),
-        shapes=("circle", "square", "triangle", "star", "diamond"),
-        sizes=("little", "big"),
-        cells=(
-            ("upper left", "upper middle", "upper right"),
-            ("left", "middle", "right"),
-            ("lower left", "lower middle", "lower right"),
-        ),
-    ),
+    "pretrain": _PRETRAIN,
+    # the pretraining world (palette, shapes, black background) captioned in the downstream phrasing: a
+    # caption-style shift with the visual world unchanged (what a frozen vision tower can still see)
+    "restyle": replace(_PRETRAIN, sizes=_DOWNSTREAM.sizes, cells=_DOWNSTREAM.cells),
+    "downstream": _DOWNSTREAM,
 }
 
 # Unit star outline (5 points, inner radius 0.45), written out so no libm rounding can change pixels.
@@ -173,10 +182,10 @@ def _downstream_captions(shapes: list[Shape], vocab: Vocabulary) -> list[str]:
     if len(shapes) == 1:
         only = shapes[0]
         first = f"there is one {located[0]} of the picture"
-        third = f"one {only.size} {only.colour} {only.kind} on a white background"
+        third = f"one {only.size} {only.colour} {only.kind} on a {vocab.background} background"
     else:
         first = "there are two shapes in the picture: one " + " and one ".join(located)
-        third = "two shapes on a white background, " + " and ".join(plain)
+        third = f"two shapes on a {vocab.background} background, " + " and ".join(plain)
     shows = " together with ".join(
         f"{_a(s.size)} {s.kind} colored {s.colour} in the {w} part"
         for s, w in zip(shapes, where, strict=True)

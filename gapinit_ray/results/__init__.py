@@ -4,8 +4,10 @@
   :func:`group_key`, :func:`config_columns`;
 * :mod:`~gapinit_ray.results.aggregate` — :func:`aggregate` (mean ± std / 95 % CI over seeds) and
   :func:`format_table`;
-* :mod:`~gapinit_ray.results.compare` — :func:`compare` (arm vs arm over seeds: bootstrap CI of the
-  difference, effect size, t-tests, verdict);
+* :mod:`~gapinit_ray.results.compare` — :func:`compare` (arm vs arm over seeds: exact permutation
+  tests, Holm, t intervals, effect size, robust aggregates, seeds needed, verdict), on the pure
+  functions of :mod:`~gapinit_ray.results.stats`;
+* :mod:`~gapinit_ray.results.stop_reason` — the one form of a trial's ``stop_reason``;
 * :mod:`~gapinit_ray.results.report` — :func:`write_report` (learning curves, final comparison, md/html).
 
 Split in modules so that the trainer / scheduler, which only write, import neither scipy nor

@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import math
-import re
 import statistics
 from collections import Counter
 from collections.abc import Sequence
@@ -27,7 +26,6 @@ from gapinit_ray.results.store import HEAD, STANDARD_CONFIG, axis_column, column
 # short names accepted in `by` besides the column names themselves
 _ALIASES = {key: column for column, (_, keys) in STANDARD_CONFIG.items() for key in keys}
 _NOT_METRICS = {"epoch", "iteration", *STANDARD_CONFIG}
-_STOP_RE = re.compile(r"^(seed-group )?asha rung (\d+)")
 FORMATS = ("table", "csv", "json", "markdown")
 
 
@@ -215,11 +213,13 @@ def fmt_pm(mean: float | None, std: float | None, digits: int = 2) -> str | None
 
 def _stopped(rows: list[dict]) -> str:
     """``"3 stopped at rung 1"`` (``"; 1 at rung 2"``...) for the members ASHA stopped early."""
+    from gapinit_ray.results.stop_reason import parse
+
     counts: Counter = Counter()
     for r in rows:
-        m = _STOP_RE.match(r.get("stop_reason") or "")
-        if m:
-            counts[(int(m.group(2)), bool(m.group(1)))] += 1
+        reason = parse(r.get("stop_reason"))
+        if reason is not None and reason.scheduler_stop:
+            counts[(reason.rung, reason.seed_group)] += 1
         elif r.get("status") == "STOPPED" and r.get("rung_reached") is not None:
             counts[(int(r["rung_reached"]), False)] += 1
     parts = [

@@ -1,11 +1,20 @@
-"""Honest comparisons between arms of a sweep (``init=gap`` vs ``init=random``): difference of means with
-a bootstrap CI over seeds, effect size, t-test p-values, spread ratio and a plain verdict.
+"""Honest comparisons between arms of a sweep (``init=gap`` vs ``init=random``) at the few seeds a sweep
+can afford: exact permutation tests, t intervals, Holm's correction, robust aggregates, how many seeds
+would resolve the difference, and a verdict written from the test that was used.
 
 Why: with 3-5 seeds a mean ± std table invites reading noise as an effect. The same seed gives the same
 batch order and dropout stream whatever the init (train.py), so two arms that ran the same seeds are
-compared seed by seed (paired bootstrap, d_z, ``ttest_rel``); arms with different seed sets fall back to
-independent resampling, Cohen's d and Welch's test. The paper's std comparison (random init 7.10 vs
-Gap-Init 1.44) gets its own bootstrap CI, as a ratio of standard deviations.
+compared seed by seed: the **exact sign-flip test** on the paired differences (all 2^n sign patterns;
+at n = 3 its smallest two-sided p is 0.25, so no verdict of a difference is possible, and the verdict
+says so), the paired-t interval of the mean difference, d_z and ``ttest_rel``. Arms with different seed
+sets use the exact two-sample permutation test, Welch's interval and test, and Cohen's d. Several
+comparisons in one call are Holm-adjusted (per point of ``at``); the verdict uses the adjusted p. The
+percentile bootstrap is reported only from :data:`~gapinit_ray.results.stats.BOOTSTRAP_MIN_N` seeds per
+arm on (below that it under-covers; see :mod:`gapinit_ray.results.stats`). Next to mean ± std: the
+interquartile mean and P(arm1 > arm2) with its interval (rliable's aggregates for few runs), and
+``seeds_needed``: about how many seeds a t-test would need for 80 % power at the observed difference
+and spread (and at a given ``min_effect``). The paper's std comparison (random init 7.10 vs Gap-Init
+1.44) is ``sd_ratio`` with its F-distribution interval (normal values assumed).
 
 Values per trial are picked exactly as :func:`~gapinit_ray.results.aggregate.aggregate` picks them
 (``at="last" | "best" | "epoch=N"``, through :func:`~gapinit_ray.results.aggregate.select`), so a
@@ -41,16 +50,31 @@ COLUMNS = (
     "mean2",
     "std1",
     "std2",
+    "iqm1",
+    "iqm2",
     "diff",
+    "ci_kind",
     "diff_ci_low",
     "diff_ci_high",
     "effect_size",
     "effect_kind",
-    "p_welch",
+    "test",
+    "p_exact",
+    "p_min",
+    "p_holm",
     "p_paired",
+    "p_welch",
+    "p_superior",
+    "p_superior_ci_low",
+    "p_superior_ci_high",
+    "boot_ci_low",
+    "boot_ci_high",
     "sd_ratio",
     "sd_ratio_ci_low",
     "sd_ratio_ci_high",
+    "seeds_needed",
+    "min_effect",
+    "seeds_needed_min_effect",
     "verdict",
     "note",
 )
@@ -60,7 +84,9 @@ _TYPES = {
     "paired": pa.bool_(),
     "n1": pa.int64(),
     "n2": pa.int64(),
+    "ci_kind": pa.string(),
     "effect_kind": pa.string(),
+    "test": pa.string(),
     "verdict": pa.string(),
     "note": pa.string(),
 }
@@ -153,21 +179,41 @@ def _ci(samples: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def _sd_ratio_interval(sd1: float, sd2: float, n1: int, n2: int) -> tuple[float, float]:
+    """95 % interval of sd1 / sd2 from the F distribution (normal values, independent arms)."""
+    from scipy import stats
+
+    if not (sd1 >= 0 and sd2 > 0) or n1 < 2 or n2 < 2:
+        return math.nan, math.nan
+    ratio2 = (sd1 / sd2) ** 2
+    lo = ratio2 / stats.f.ppf(0.975, n1 - 1, n2 - 1)
+    hi = ratio2 / stats.f.ppf(0.025, n1 - 1, n2 - 1)
+    return math.sqrt(lo), math.sqrt(hi)
+
+
 def compare_values(
     x: Sequence[float] | dict[Any, float],
     y: Sequence[float] | dict[Any, float],
     *,
     n_boot: int = 10000,
     seed: int = 0,
+    min_effect: float | None = None,
 ) -> dict[str, Any]:
-    """Statistics of arm x vs arm y (one value per seed each).
+    """Statistics of arm x vs arm y (one value per seed each); see the module docstring for the why.
 
-    Paired when both are dicts with the same keys (seeds): the bootstrap resamples seeds, keeping each
-    seed's two values together; effect size d_z = mean(x−y) / sd(x−y); ``p_paired`` from
-    ``scipy.stats.ttest_rel``. Otherwise x and y are resampled independently and the effect size is
-    Cohen's d (pooled sd). ``p_welch`` (``ttest_ind(equal_var=False)``) is given either way. Any arm
-    with fewer than 2 values gives NaN statistics. Same inputs and ``seed`` ⇒ same result."""
+    Paired when both are dicts with the same keys (seeds): the exact sign-flip test on x − y
+    (``p_exact``), the paired-t 95 % interval of the mean difference, d_z = mean(x−y) / sd(x−y),
+    ``ttest_rel``; ``seeds_needed`` from the sd of the differences. Otherwise: the exact (or, above
+    :data:`~gapinit_ray.results.stats.EXACT_LIMIT` relabelings, seeded Monte Carlo) two-sample
+    permutation test, Welch's interval, Cohen's d (pooled sd), ``seeds_needed`` per arm from the pooled
+    sd. ``p_welch`` is given either way; ``p_min`` is the smallest p the exact test can give at these
+    sizes. ``p_holm`` is set to ``p_exact`` here (one comparison); :func:`compare` adjusts it over its
+    rows. The percentile bootstrap interval (``boot_ci_*``, ``n_boot`` resamples from ``seed``) only
+    when each arm has at least ``BOOTSTRAP_MIN_N`` values, else NaN. Any arm with fewer than 2 values
+    gives NaN statistics. Same inputs and ``seed`` ⇒ same result."""
     from scipy import stats
+
+    from gapinit_ray.results import stats as st
 
     paired = isinstance(x, dict) and isinstance(y, dict) and set(x) == set(y)
     if paired:
@@ -186,33 +232,52 @@ def compare_values(
         "mean2": float(ya.mean()) if n2 else math.nan,
         "std1": _std(xa),
         "std2": _std(ya),
+        "iqm1": st.iqm(xa),
+        "iqm2": st.iqm(ya),
         "effect_kind": "d_z" if paired else "d",
+        "ci_kind": "paired t" if paired else "Welch",
+        "test": "exact sign-flip" if paired else "exact permutation",
+        "min_effect": float(min_effect) if min_effect is not None else math.nan,
     }
     out["diff"] = out["mean1"] - out["mean2"]
-    nan = dict.fromkeys(
-        ["diff_ci_low", "diff_ci_high", "effect_size", "p_welch", "p_paired", "sd_ratio"], math.nan
-    )
-    out.update(nan, sd_ratio_ci_low=math.nan, sd_ratio_ci_high=math.nan)
+    for k in ("diff_ci_low", "diff_ci_high", "effect_size", "p_exact", "p_holm", "p_paired", "p_welch"):
+        out[k] = math.nan
+    for k in ("boot_ci_low", "boot_ci_high", "sd_ratio", "sd_ratio_ci_low", "sd_ratio_ci_high"):
+        out[k] = math.nan
+    out["seeds_needed"] = out["seeds_needed_min_effect"] = math.nan
+    out["p_superior"], out["p_superior_ci_low"], out["p_superior_ci_high"] = st.prob_superior(xa, ya)
+    out["p_min"] = st.min_sign_flip_p(n1) if paired else st.min_permutation_p(n1, n2)
     if n1 < 2 or n2 < 2:
         return out
     out["sd_ratio"] = _div(out["std1"], out["std2"])
+    out["sd_ratio_ci_low"], out["sd_ratio_ci_high"] = _sd_ratio_interval(out["std1"], out["std2"], n1, n2)
     with warnings.catch_warnings():  # zero or tiny spread: scipy warns and may return NaN, fine here
         warnings.simplefilter("ignore", RuntimeWarning)
         out["p_welch"] = float(stats.ttest_ind(xa, ya, equal_var=False).pvalue)
         if paired:
             out["p_paired"] = float(stats.ttest_rel(xa, ya).pvalue)
     if paired:
-        out["effect_size"] = _div(out["diff"], _std(xa - ya))
+        d = xa - ya
+        out["p_exact"] = st.sign_flip_test(d, seed=seed)
+        out["diff_ci_low"], out["diff_ci_high"] = st.t_interval_paired(d)
+        sd = _std(d)
+        out["effect_size"] = _div(out["diff"], sd)
     else:
-        pooled = math.sqrt(((n1 - 1) * out["std1"] ** 2 + (n2 - 1) * out["std2"] ** 2) / (n1 + n2 - 2))
-        out["effect_size"] = _div(out["diff"], pooled)
-    rng = np.random.default_rng(seed)
-    i = rng.integers(0, n1, size=(n_boot, n1))
-    j = i if paired else rng.integers(0, n2, size=(n_boot, n2))
-    bx, by = xa[i], ya[j]
-    out["diff_ci_low"], out["diff_ci_high"] = _ci(bx.mean(axis=1) - by.mean(axis=1))
-    ratios = _ratio(np.std(bx, axis=1, ddof=1), np.std(by, axis=1, ddof=1))
-    out["sd_ratio_ci_low"], out["sd_ratio_ci_high"] = _ci(ratios)
+        exact = math.comb(n1 + n2, n1) <= st.EXACT_LIMIT
+        out["test"] = "exact permutation" if exact else "permutation (Monte Carlo)"
+        out["p_exact"] = st.permutation_test(xa, ya, seed=seed)
+        out["diff_ci_low"], out["diff_ci_high"] = st.welch_interval(xa, ya)
+        sd = math.sqrt(((n1 - 1) * out["std1"] ** 2 + (n2 - 1) * out["std2"] ** 2) / (n1 + n2 - 2))
+        out["effect_size"] = _div(out["diff"], sd)
+    out["p_holm"] = out["p_exact"]
+    out["seeds_needed"] = st.seeds_needed(out["diff"], sd, paired=paired)
+    if min_effect is not None:
+        out["seeds_needed_min_effect"] = st.seeds_needed(min_effect, sd, paired=paired)
+    if min(n1, n2) >= st.BOOTSTRAP_MIN_N:
+        rng = np.random.default_rng(seed)
+        i = rng.integers(0, n1, size=(n_boot, n1))
+        j = i if paired else rng.integers(0, n2, size=(n_boot, n2))
+        out["boot_ci_low"], out["boot_ci_high"] = _ci(xa[i].mean(axis=1) - ya[j].mean(axis=1))
     return out
 
 
@@ -221,21 +286,62 @@ def _short(arm: Arm, other: Arm) -> str:
     return str(arm.value) if arm.column == other.column else arm.text
 
 
-def verdict(stats_: dict[str, Any], name1: str, name2: str, digits: int = 2) -> str:
-    """One plain sentence: not enough seeds / within noise (the 95 % CI of the difference contains 0) /
-    ``"gap higher by 3.1 (95% CI 0.4..5.9)"``."""
+def _g(v: float) -> str:
+    return f"{v:.2g}"
+
+
+def verdict(stats_: dict[str, Any], name1: str, name2: str, digits: int = 2, alpha: float = 0.05) -> str:
+    """One plain sentence written from the exact test (``p_holm``: its p, Holm-adjusted when the
+    comparison was one of several) and never contradicting a p-value on the same row:
+
+    * ``not enough seeds`` (an arm has fewer than 2);
+    * ``no verdict possible at n=3: ...`` when even the most extreme outcome could not reach ``alpha``
+      (the exact test's smallest p is above it), with the t-test's p named as what it is;
+    * ``gap higher than random by 0.31 (95% paired-t CI 0.12..0.50; exact sign-flip p=0.008, n=8)``;
+    * ``no resolved difference ...`` otherwise."""
     n1, n2 = stats_["n1"], stats_["n2"]
     n = f"n={n1}" if n1 == n2 else f"n={n1} vs {n2}"
     if n1 < 2 or n2 < 2:
         return f"{NOT_ENOUGH} ({name1} n={n1}, {name2} n={n2}; need 2 each)"
-    lo, hi = stats_["diff_ci_low"], stats_["diff_ci_high"]
-    if not (lo > 0 or hi < 0):  # includes NaN
-        return f"difference within noise at {n}"
-    word = "higher" if stats_["diff"] > 0 else "lower"
-    return (
-        f"{name1} {word} than {name2} by {abs(stats_['diff']):.{digits}f} "
-        f"(95% CI {lo:.{digits}f}..{hi:.{digits}f}, {n})"
+    diff, lo, hi = stats_["diff"], stats_["diff_ci_low"], stats_["diff_ci_high"]
+    ci = f"95% {stats_['ci_kind']} CI {lo:.{digits}f}..{hi:.{digits}f}"
+    p, p_raw, test = stats_["p_holm"], stats_["p_exact"], stats_["test"]
+    holm = f", Holm-adjusted {_g(p)}" if not math.isclose(p, p_raw) else ""
+    tested = f"{test} p={_g(p_raw)}{holm}, {n}"
+    if stats_["p_min"] > alpha:
+        t_p = stats_["p_paired"] if stats_["paired"] else stats_["p_welch"]
+        t_name = "paired t-test" if stats_["paired"] else "Welch's t-test"
+        return (
+            f"no verdict possible at {n}: the {test} test's smallest possible p is {_g(stats_['p_min'])} "
+            f"> {alpha:g} (observed diff {diff:+.{digits}f}, {ci}; {t_name} p={_g(t_p)} rests on normality "
+            f"{n1 if n1 == n2 else 'these'} seeds cannot check)"
+        )
+    if p <= alpha:
+        word = "higher" if diff > 0 else "lower"
+        return f"{name1} {word} than {name2} by {abs(diff):.{digits}f} ({ci}; {tested})"
+    return f"no resolved difference: diff {diff:+.{digits}f} ({ci}; {tested})"
+
+
+def sample_size_line(row: dict[str, Any], digits: int = 2) -> str:
+    """``init=gap vs init=random: ~14 seeds would give 80% power ...`` (the sample-size line)."""
+    where = f"{row['arm1']} vs {row['arm2']}"
+    per = "seeds (paired)" if row["paired"] else "seeds per arm"
+    sd_kind = "sd of the paired differences" if row["paired"] else "pooled sd"
+    need = row["seeds_needed"]
+    if math.isnan(need):
+        return f"{where}: seeds needed unknown (fewer than 2 seeds per arm, or no spread)"
+    sd = abs(row["diff"]) / abs(row["effect_size"]) if row["effect_size"] not in (0, math.inf) else math.nan
+    text = (
+        f"{where}: ~{_n(need)} {per} for 80% power (two-sided t-test, alpha 0.05) at the observed "
+        f"difference {abs(row['diff']):.{digits}f} ({sd_kind} {sd:.{digits}g}; now n={row['n1']})"
     )
+    if not math.isnan(row.get("seeds_needed_min_effect", math.nan)):
+        text += f"; ~{_n(row['seeds_needed_min_effect'])} at --min-effect {row['min_effect']:g}"
+    return text
+
+
+def _n(v: float) -> str:
+    return "more than 10000" if math.isinf(v) else f"{int(v)}"
 
 
 # ----------------------------------------------------------------------------------------- tables
@@ -257,15 +363,18 @@ def compare(
     n_boot: int = 10000,
     seed: int = 0,
     digits: int = 2,
+    min_effect: float | None = None,
 ) -> pa.Table:
     """The first arm against each other arm, per stratum of ``by`` (e.g. ``rank``: gap vs random at
     every rank); ``at="curve"`` adds an ``epoch`` column and compares at every reported epoch.
 
-    One row per (stratum, [epoch,] pair): the ``by`` columns, then :data:`COLUMNS`: the arms, whether
-    the comparison is paired by seed, n / mean / std per arm, ``diff`` = mean1 − mean2 with its
-    bootstrap 95 % CI (``n_boot`` resamples from ``seed``), effect size (d_z paired, else Cohen's d),
-    Welch's and (paired) the paired t-test p-value, sd1/sd2 with a bootstrap 95 % CI, a verdict, and a
-    note when an arm holds several trials per seed (other axes vary inside it: add them to ``by``).
+    One row per (stratum, [epoch,] pair): the ``by`` columns, then :data:`COLUMNS` (see
+    :func:`compare_values`): the arms, whether the comparison is paired by seed, n / mean / std / IQM
+    per arm, ``diff`` = mean1 − mean2 with its t interval, effect size, the exact test's p and its
+    Holm-adjusted p over all rows at the same point (``p_holm``, the family being the comparisons of
+    this call), the t-tests' p, P(arm1 > arm2), the bootstrap interval where n allows it, sd1/sd2,
+    ``seeds_needed`` (and at ``min_effect``), a verdict from ``p_holm``, and a note when an arm holds
+    several trials per seed (other axes vary inside it: add them to ``by``).
 
     Raises:
         CompareError: malformed / unknown arm or value, an arm axis also in ``by``.
@@ -318,13 +427,14 @@ def compare(
                             f"{arm.text}: {len(vals)} trials over {n_seeds} seeds (other axes vary inside "
                             "the arm; add them to by)"
                         )
-                st = compare_values(x, y, n_boot=n_boot, seed=seed)
-                st["verdict"] = verdict(st, _short(first, other), _short(other, first), digits)
+                st = compare_values(x, y, n_boot=n_boot, seed=seed, min_effect=min_effect)
                 st["note"] = "; ".join(note)
                 st["arm1"], st["arm2"] = first.text, other.text
+                st["_names"] = (_short(first, other), _short(other, first))
                 row = {**dict(zip(cols, stratum, strict=True)), **({"epoch": epoch} if at == "curve" else {})}
-                row.update((c, st[c]) for c in COLUMNS)
+                row.update(st)
                 rows.append(((_sort_key(stratum), epoch or 0.0, pair), row))
+        _holm_and_verdicts([r for _, r in rows if r.get("epoch") == epoch], digits)
     rows.sort(key=lambda kr: kr[0])
     names = [*cols, *(["epoch"] if at == "curve" else []), *COLUMNS]
     types = {c: metrics.schema.field(c).type for c in cols}
@@ -332,6 +442,16 @@ def compare(
     return pa.Table.from_arrays(
         [pa.array([r[c] for _, r in rows], types.get(c, pa.float64())) for c in names], names=names
     )
+
+
+def _holm_and_verdicts(rows: list[dict[str, Any]], digits: int) -> None:
+    """Holm-adjust the exact p-values of one family of comparisons (one point of ``at``), then write
+    each row's verdict from its adjusted p."""
+    from gapinit_ray.results.stats import holm
+
+    for row, p in zip(rows, holm([r["p_exact"] for r in rows]), strict=True):
+        row["p_holm"] = p
+        row["verdict"] = verdict(row, *row.pop("_names"), digits)
 
 
 def _as_seeded(values: list[tuple[Any, float]], arm: Arm, has_seed: bool) -> dict | list:
@@ -342,13 +462,55 @@ def _as_seeded(values: list[tuple[Any, float]], arm: Arm, has_seed: bool) -> dic
     return [v for _, v in values]
 
 
+#: columns the text forms of :func:`format_comparison` show (csv / json carry every column)
+TEXT_COLUMNS = (
+    "arm1",
+    "arm2",
+    "n1",
+    "n2",
+    "mean1",
+    "mean2",
+    "iqm1",
+    "iqm2",
+    "diff",
+    "diff_ci_low",
+    "diff_ci_high",
+    "effect_size",
+    "p_exact",
+    "p_holm",
+    "p_min",
+    "p_superior",
+    "sd_ratio",
+    "seeds_needed",
+    "note",
+)
+
+
 def format_comparison(table: pa.Table, fmt: str = "table") -> str:
     """Render :func:`compare`'s table like ``gapinit results`` renders aggregates (``table``, ``csv``,
-    ``json``, ``markdown``); an all-empty ``note`` column is left out of the text forms."""
-    shown = fmt in ("table", "markdown")
-    if shown and "note" in table.column_names and not any(table.column("note").to_pylist()):
-        table = table.drop_columns(["note"])
-    return format_table(table, fmt)
+    ``json``, ``markdown``). The text forms show the main columns (:data:`TEXT_COLUMNS` after the
+    strata), then one verdict line and one sample-size line per comparison; an all-empty ``note``
+    column is left out."""
+    if fmt not in ("table", "markdown"):
+        return format_table(table, fmt)
+    rows = table.to_pylist()
+    keep = [c for c in table.column_names if c not in COLUMNS or c in TEXT_COLUMNS]
+    if "note" in keep and not any(table.column("note").to_pylist()):
+        keep.remove("note")
+    strata = [c for c in table.column_names if c not in COLUMNS and c != "epoch"]
+    lines = [format_table(table.select(keep), fmt).rstrip("\n"), ""]
+    for r in rows:
+        where = ", ".join(f"{c}={r[c]}" for c in strata)
+        at = f"epoch {r['epoch']:g}: " if "epoch" in r and r["epoch"] is not None else ""
+        lines.append(
+            f"{'- ' if fmt == 'markdown' else ''}{at}{where + ': ' if where else ''}"
+            f"{r['arm1']} vs {r['arm2']}: {r['verdict']}"
+        )
+    for r in rows:
+        if "epoch" in r and r is not rows[-1] and r["epoch"] != rows[-1]["epoch"]:
+            continue  # a curve: the sample size at the last point only
+        lines.append(f"{'- ' if fmt == 'markdown' else ''}{sample_size_line(r)}")
+    return "\n".join(lines)
 
 
 def describe_arms(arms: Sequence[Arm]) -> str:

@@ -1,5 +1,5 @@
 """A sweep's report: learning curves, the final comparison, the aggregate tables, the init comparison
-(bootstrap CI, effect size, verdict) and the gap-alignment curves (PNG + md + html).
+(exact tests, t intervals, verdicts, seeds needed) and the gap-alignment curves (PNG + md + html).
 
 Plots use matplotlib's object API (``Figure`` + the Agg canvas), never pyplot, so writing a report
 from a server or a thread touches no global state and needs no display.
@@ -22,12 +22,16 @@ from gapinit_ray.results._fs import ResultsError, resolve, write_bytes
 from gapinit_ray.results.aggregate import aggregate, check_metric, format_table, resolve_by, select
 from gapinit_ray.results.compare import COLUMNS as COMPARE_COLUMNS
 from gapinit_ray.results.compare import compare as compare_arms
-from gapinit_ray.results.compare import describe_arms, parse_arms
+from gapinit_ray.results.compare import describe_arms, parse_arms, sample_size_line
 from gapinit_ray.results.store import ResultsStore, column_axis
 
 _SHOWN = ["n", "n_missing", "mean_pm_std", "ci95_low", "ci95_high", "min", "max", "stopped", "status"]
-# the comparison table in a report: everything but the per-arm std (sd_ratio and its CI carry it)
-_COMPARE_SHOWN = [c for c in COMPARE_COLUMNS if c not in ("std1", "std2")]
+# the comparison table in a report: the numbers the verdicts rest on (the CLI's --format csv/json has all)
+_COMPARE_SHOWN = [
+    c
+    for c in COMPARE_COLUMNS
+    if c not in ("std1", "std2", "boot_ci_low", "boot_ci_high", "min_effect", "seeds_needed_min_effect")
+]
 #: the per-report alignment metric (cos(B[:,0], g), mean over modules) the report plots when present
 ALIGNMENT = "align_cos_mean"
 BANDS = ("std", "minmax")
@@ -238,10 +242,14 @@ def write_report(
     band_text = "min-max" if band == "minmax" else "mean ± std"
     compare_intro = (
         f"{metric} at each trial's last epoch, first arm minus each other arm. Paired by seed when both "
-        "arms ran the same seeds (paired bootstrap, effect size d_z, paired t-test), else independent "
-        f"resampling, Cohen's d and Welch's t-test; 95 % CI from {n_boot} bootstrap resamples; "
-        "sd_ratio = std1 / std2 with its bootstrap CI. A CI that contains 0 means the seeds cannot tell "
-        "the arms apart."
+        "arms ran the same seeds: exact sign-flip test over all 2^n sign patterns (p_exact), paired-t "
+        "95 % CI of the mean difference, effect size d_z, paired t-test (p_paired); else the exact "
+        "two-sample permutation test, Welch's CI and t-test, Cohen's d. The verdicts come from the exact "
+        "test's p, Holm-adjusted over the comparisons listed (p_holm); p_min is the smallest p the exact "
+        "test can give at these n (0.25 at 3 paired seeds: then no difference can be claimed). iqm: "
+        "interquartile mean; p_superior: P(arm1 > arm2) for a random seed of each, with its "
+        "Hanley-McNeil interval; sd_ratio = std1 / std2 with its F interval; seeds_needed: seeds for 80 % "
+        "power at the observed difference and spread. A bootstrap CI is given only from 20 seeds per arm."
     )
     align_intro = (
         "cos(B[:,0], g) between each LoRA module's first B column and its calibration gap, mean over "
@@ -253,6 +261,7 @@ def write_report(
     if comparison is not None:
         heading = f"Init comparison ({describe_arms(parse_arms(metrics, arms))})"
         verdicts = _comparison_text(comparison, strata)
+        verdicts += [sample_size_line(r) for r in comparison.to_pylist()]
         md_extra += [f"## {heading}", "", compare_intro, "", *(f"- {v}" for v in verdicts), ""]
         md_extra += [format_table(comparison, "markdown")]
         html_extra += [

@@ -70,8 +70,8 @@ status            string                   trial status at report time (RUNNING)
 
 Trial row columns: ``sweep, trial_id, group_id, backbone, init, rank, seed, lr, ax_*`` as above, then
 ``config_json`` string (the whole config), ``status`` string (:data:`TRIAL_STATUSES`), ``stop_reason``
-string (null, ``"asha rung N"``, ``"seed-group asha rung N"``,
-``"error after N attempts (resources.max_failures=M)"``), ``rung_reached`` int32, ``last_epoch`` float64,
+string (null, or :class:`~gapinit_ray.results.stop_reason.StopReason` text: ``"asha rung N (epoch E)"``,
+``"seed-group asha rung N (epoch E)"``, ``"error after N attempts (resources.max_failures=M)"``), ``rung_reached`` int32, ``last_epoch`` float64,
 ``checkpoint_path`` string, ``init_checks`` string (JSON), ``error`` string (a failed trial's exception,
 its last line), ``updated_at`` timestamp[ms, UTC].
 

@@ -1,0 +1,77 @@
+"""The README's first command, as a user runs it: `bash scripts/quickstart.sh`, unmodified spec and its
+relative storage, from a directory that is not the repository, on an embedded local Ray.
+
+No override of any kind: not the storage, not the sizes, not the environment the test session set for
+itself. What this test checks is what a newcomer sees.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from gapinit_ray.results import ResultsStore
+
+from .conftest import ROOT, USER_ENV
+
+QUICKSTART_S = 1500  # the sweep takes ~4-5 min alone on 2 cores; CI shares the machine
+
+
+def _gapinit_results_dirs(*roots: Path, since: float) -> list[Path]:
+    found = []
+    for root in roots:
+        if root.is_dir():
+            found += [p for p in root.rglob("gapinit_results") if p.stat().st_mtime >= since]
+    return sorted(found)
+
+
+@pytest.mark.slow
+def test_the_readme_quickstart_command_as_written(tmp_path: Path) -> None:
+    home = tmp_path / "user"  # where the user runs it: not the repository
+    home.mkdir()
+    started = time.time()
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "quickstart.sh")],
+        cwd=home,
+        env=USER_ENV,
+        capture_output=True,
+        text=True,
+        timeout=QUICKSTART_S,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "Traceback" not in proc.stderr
+
+    # the results went where the spec says, relative to where the command ran: nowhere else (not into
+    # Tune's per-trial working dirs, not into the repository)
+    results = home / "gapinit_results"
+    assert (results / "quickstart" / "spec.json").is_file()
+    strays = _gapinit_results_dirs(ROOT, home, Path("/tmp/ray"), since=started)
+    assert strays == [results], strays
+
+    store = ResultsStore(str(results), "quickstart")
+    metrics = store.metrics().to_pandas()
+    trials = store.trials().to_pandas()
+    assert len(trials) == 9 and set(trials["status"]) <= {"TERMINATED", "STOPPED"}, trials
+    assert metrics["trial_id"].nunique() == 9
+    # every trial has its epoch-0 report (the backbone with its adapters at init)...
+    at0 = metrics[metrics["epoch"] == 0]
+    assert sorted(at0["trial_id"]) == sorted(trials["trial_id"])
+    # ...which is the same model for every arm (ΔW = 0 at init): one value
+    assert at0["val_cider"].max() - at0["val_cider"].min() < 1e-9
+    # every arm ends clearly above where it started (mean over its seeds of each one's last report)
+    last = metrics.sort_values("epoch").groupby("trial_id").tail(1)
+    for init, rows in last.groupby("init"):
+        start = at0[at0["init"] == init]["val_cider"].mean()
+        end = rows["val_cider"].mean()
+        assert end > start + 0.2, (init, start, end)
+    # stop reasons are the one form the readers parse: the table labels seed-group stops
+    stopped = trials[trials["status"] == "STOPPED"]
+    assert all(r.startswith("seed-group asha rung ") for r in stopped["stop_reason"])
+    if len(stopped):
+        assert "(seed-group)" in proc.stdout
+    # the printed table: one row per arm
+    for init in ("gap", "random", "random-direction"):
+        assert f"tiny-blip2  {init} " in proc.stdout
