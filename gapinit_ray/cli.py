@@ -106,6 +106,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     trial_spec(spec, params)  # a bad trial parameter is reported before Ray starts
     check_storage(spec.storage)
     with ray_session(args.address, num_cpus=args.num_cpus):
+        from gapinit_ray.cluster import check_resources
+
+        check_resources(spec)
         trainer = build_trainer(spec, params)
         result = trainer.fit()
     if result.error:
@@ -129,7 +132,10 @@ def _run_sweep(spec, args: argparse.Namespace) -> int:
     from gapinit_ray.sweep import failed_trials, preflight, run_sweep
 
     preflight(spec)  # before Ray starts: a storage or sweep-dir problem is reported alone, at once
+    from gapinit_ray.cluster import check_resources
+
     with ray_session(args.address, num_cpus=args.num_cpus):
+        check_resources(spec)  # a request the cluster can never grant: one line, nothing else
         print(describe(spec), file=sys.stderr)
         run_sweep(spec, quiet=args.quiet)
     failures = failed_trials(spec)

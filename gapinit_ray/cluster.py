@@ -55,16 +55,80 @@ def ray_session(
             ray.init(address=address, **kwargs)
         else:
             with _loopback_only():
-                ray.init(num_cpus=num_cpus or os.cpu_count() or 1, dashboard_host="127.0.0.1", **kwargs)
+                # address="local": always a new instance of our own, even when a `ray start` cluster
+                # runs on this machine (plain ray.init() would join it, and refuse num_cpus)
+                ray.init(
+                    address="local",
+                    num_cpus=num_cpus or os.cpu_count() or 1,
+                    dashboard_host="127.0.0.1",
+                    **kwargs,
+                )
     except (ConnectionError, TimeoutError) as e:
         raise ClusterError(
             f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}; check the address "
             "(ray://HEAD:10001 or HEAD:6379), that the head node is up, and RAY_AUTH_TOKEN if auth is on"
         ) from None
+    global _EMBEDDED
+    _EMBEDDED = not address
     try:
         yield
     finally:
+        _EMBEDDED = False
         ray.shutdown()
+
+
+_EMBEDDED = False
+
+
+def embedded() -> bool:
+    """Whether the Ray this process uses is the embedded local one :func:`ray_session` started (its
+    resources are fixed: no node will join it)."""
+    return _EMBEDDED
+
+
+def check_resources(spec) -> None:
+    """Refuse, before anything is scheduled, resource requests the cluster can never grant: a worker
+    (CPUs, GPUs) larger than every node, or more workers per trial than all nodes together hold. On the
+    embedded local Ray that is an error (exit 2, naming the field, what it asks and what there is); on
+    a cluster the autoscaler may still add nodes, so it is one warning line."""
+    import sys
+
+    import ray
+
+    r = spec.resources
+    ask = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.gpus_per_worker else {})}
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if not nodes:
+        return
+
+    def fit(res: dict) -> int:
+        return int(min(res.get(k, 0.0) // v for k, v in ask.items()))
+
+    largest = max(nodes, key=lambda res: (res.get("GPU", 0.0), res.get("CPU", 0.0)))
+    have = f"the largest node has {largest.get('CPU', 0):g} CPU(s) and {largest.get('GPU', 0):g} GPU(s)"
+    problem = None
+    if not any(fit(res) >= 1 for res in nodes):
+        field = (
+            "resources.gpus_per_worker"
+            if r.gpus_per_worker and not any(res.get("GPU", 0) >= r.gpus_per_worker for res in nodes)
+            else "resources.cpus_per_worker"
+        )
+        value = r.gpus_per_worker if field.endswith("gpus_per_worker") else r.cpus_per_worker
+        problem = f"{field}={value:g}: no node can hold one worker ({have})"
+    elif sum(fit(res) for res in nodes) < r.workers_per_trial:
+        total = sum(fit(res) for res in nodes)
+        problem = (
+            f"resources.workers_per_trial={r.workers_per_trial} with {r.cpus_per_worker:g} CPU(s)"
+            f"{f' and {r.gpus_per_worker:g} GPU(s)' if r.gpus_per_worker else ''} each: the cluster holds "
+            f"{total} such worker(s) at once"
+        )
+    if problem is None:
+        return
+    if embedded():
+        raise ClusterError(f"{problem}; lower it, or run on a cluster that has the resources (--address)")
+    print(
+        f"gapinit: warning: {problem} now; trials wait until the autoscaler adds such nodes", file=sys.stderr
+    )
 
 
 #: Ray's switch for single-machine Ray (its default on macOS and Windows): the node's address is then

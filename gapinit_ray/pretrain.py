@@ -26,7 +26,9 @@ from pathlib import Path
 
 import torch
 
-PRETRAIN_VERSION = 2  # 2: a share of the pairs in the restyle phrasing (the LM knows both styles)
+# 2: a share of the pairs in the restyle phrasing (the LM knows both styles); 3: one thread (bit-identical
+# weights whatever the calling process's thread settings)
+PRETRAIN_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,21 @@ def ensure_pretrained(
 
 def pretrain(name: str, cache: Path, s: PretrainSettings, out: Path, progress: bool = True) -> dict:
     """Full fine-tune of a tiny preset on the synthetic ``pretrain`` captions (and a share of
-    ``restyle`` ones, see :class:`PretrainSettings`); saves it to ``out``."""
+    ``restyle`` ones, see :class:`PretrainSettings`); saves it to ``out``.
+
+    Runs on one CPU thread whatever the caller's settings, so the weights are bit-identical in every
+    process on the same CPU architecture and library versions (a local driver, a Ray Jobs driver, a test):
+    float sums split over threads round differently, and the cache key could not tell the results
+    apart. Tiny models gain little from threads, so this costs little."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _pretrain(name, cache, s, out, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pretrain(name: str, cache: Path, s: PretrainSettings, out: Path, progress: bool) -> dict:
     from gapinit_ray.backbones import load_backbone
     from gapinit_ray.data import generate_synthetic, load_caption_set, load_image
 

@@ -549,7 +549,10 @@ def run_sweep(spec: SweepSpec, *, quiet: bool = False):
     """Run (or resume, when the sweep's Tune state exists) a whole sweep; needs ``ray.init`` done."""
     from ray import tune
 
+    from gapinit_ray.cluster import check_resources
+
     preflight(spec)
+    check_resources(spec)  # before anything is written or scheduled: a request no node can grant
     root = sweep_dir(spec)
     root.mkdir(parents=True, exist_ok=True)
     _check_same_sweep(spec, root)

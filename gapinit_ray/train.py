@@ -354,6 +354,7 @@ class TrialWorker:
     def resume(self) -> tuple[int, int]:
         """Load the latest checkpoint, if any; return (epoch, step in epoch) to continue from."""
         self.micro_steps = 0
+        self.last_metrics: dict[str, Any] | None = None
         ckpt = self._get_checkpoint()
         self.resumed = ckpt is not None
         if ckpt is None:
@@ -362,6 +363,7 @@ class TrialWorker:
             self.engine.load_checkpoint(d, tag=DS_TAG, load_module_strict=False)
             state = json.loads((Path(d) / TRAINER_STATE).read_text())
         self.micro_steps = state["micro_steps"]
+        self.last_metrics = state.get("metrics")  # the report this checkpoint went with
         return state["epoch"], state["step_in_epoch"]
 
     def run(self) -> None:
@@ -373,6 +375,7 @@ class TrialWorker:
         stop_at = self.ctx.stop_at
         self._log_run(start_epoch, start_step, stop_at)
         self._tell_started()
+        self._reset_meters()
         if not self.resumed:
             # epoch 0: the backbone with its LoRA at init (ΔW = 0 for the methods that promise it), so
             # every arm's curve starts from the same measured point and training's effect is visible
@@ -380,8 +383,12 @@ class TrialWorker:
             self.report(0.0, 0, 0)
         if stop_at is not None and start_step == 0 and start_epoch >= stop_at:
             # the checkpoint is already at the rung (its report was lost, e.g. the driver died right
-            # after it): report it again rather than train past the rung
-            self.report(start_epoch, start_epoch, 0)
+            # after it, or a worker died while the run held there): report it again, the same numbers
+            # (a new evaluation would rewrite the stored row with no training figures), and end
+            if self.last_metrics is not None:
+                self._report(dict(self.last_metrics))
+            else:  # a checkpoint from before the metrics were kept in it: evaluate again
+                self.report(start_epoch, start_epoch, 0)
             return
         for epoch in range(start_epoch, train.epochs):
             self.sampler.set_epoch(epoch)
@@ -565,7 +572,12 @@ class TrialWorker:
             self.engine.save_checkpoint(tmp, tag=DS_TAG, exclude_frozen_parameters=True)
             if rank == 0:
                 self.engine.module.save_pretrained(os.path.join(tmp, ADAPTER_DIR))
-                state = {"epoch": next_epoch, "step_in_epoch": next_step, "micro_steps": self.micro_steps}
+                state = {
+                    "epoch": next_epoch,
+                    "step_in_epoch": next_step,
+                    "micro_steps": self.micro_steps,
+                    "metrics": metrics,
+                }
                 (Path(tmp) / TRAINER_STATE).write_text(json.dumps(state))
             self._report(metrics, checkpoint=Checkpoint.from_directory(tmp))
         self._reset_meters()

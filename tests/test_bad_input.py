@@ -140,6 +140,16 @@ def storage_is_a_file_validate(tmp):
     return ["validate", spec], ["storage", "taken", "is a file, not a directory"]
 
 
+def _run_asking(*overrides: str, expect: list[str]) -> Setup:
+    """`run` on the embedded local Ray (2 CPUs, no GPU) with a resource request it can never grant."""
+
+    def setup(tmp: Path) -> tuple[list, list[str]]:
+        spec = write_spec(tmp, raw_spec(tmp))
+        return ["run", spec, *overrides, "--num-cpus", "2", "--quiet"], expect
+
+    return setup
+
+
 def not_a_mapping(tmp):
     return ["validate", write_spec(tmp, "- name: x\n- storage: y\n")], ["spec.yaml", "YAML mapping"]
 
@@ -356,6 +366,15 @@ CASES: dict[str, Setup] = {
     "sweep dir of another spec (run)": other_sweeps_dir,
     "sweep dir with corrupt spec.json (run)": corrupt_sweep_spec_json,
     "run: cluster address not answering": run_dead_address,
+    "run: a worker larger than any node": _run_asking(
+        "resources.cpus_per_worker=100",
+        expect=["resources.cpus_per_worker=100", "no node can hold one worker", "2 CPU(s)"],
+    ),
+    "run: more workers per trial than the cluster holds": _run_asking(
+        "resources.workers_per_trial=3",
+        "resources.cpus_per_worker=1",
+        expect=["resources.workers_per_trial=3", "holds 2 such worker(s)"],
+    ),
     "list: cluster address not answering": list_dead_address,
     "run --trial not KEY=VALUE": bad_trial_param,
     "run --trial unknown field": unknown_trial_field,

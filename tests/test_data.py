@@ -396,3 +396,31 @@ def test_spec_captions_per_image_reaches_the_generated_set(tmp_path):
     assert {len(r.captions) for r in five} == {5} and len(five) == 8
     names = sorted(p.name for p in (tmp_path / "_cache" / "data").iterdir() if p.is_dir())
     assert names == ["shapes-downstream-s0-n10-px32", "shapes-downstream-s0-n10-px32-c5"]
+
+
+def test_tiny_backbone_pretraining_is_bit_identical_whatever_the_thread_settings(tmp_path) -> None:
+    """The pretrained tiny preset is content-addressed by its settings: two processes configured
+    differently (1 vs 2 torch threads) must build the very same weights, or a shared storage would hold
+    two models under one key."""
+    import hashlib
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; torch.set_num_threads(int(sys.argv[2])); from pathlib import Path; "
+        "from gapinit_ray.pretrain import PretrainSettings, ensure_pretrained; "
+        "s = PretrainSettings(num_images=48, epochs=2, batch_size=16, warmup_steps=2); "
+        "print(ensure_pretrained('tiny-blip2', Path(sys.argv[1]), s, progress=False))"
+    )
+    digests = []
+    for threads in ("1", "2"):
+        r = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / f"t{threads}"), threads],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": threads},
+        )
+        assert r.returncode == 0, r.stderr[-2000:]
+        out = Path(r.stdout.strip().splitlines()[-1])
+        digests.append(hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest())
+    assert digests[0] == digests[1]

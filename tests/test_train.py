@@ -275,3 +275,55 @@ def test_a_member_held_at_its_rung_goes_on_in_the_same_run_with_a_restarts_resul
         # same seed, same data order, same dropout stream: the same numbers either way
         for key in ("train_loss", "val_loss", "val_cider"):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (key, a["epoch"])
+
+
+@pytest.mark.slow
+def test_a_run_restarted_at_its_rung_reports_the_checkpoints_numbers_again(tmp_path) -> None:
+    """A Train run that restarts from a checkpoint already at its rung (a worker died while the run
+    held there, or the driver died right after the report) reports that checkpoint's metrics again,
+    the same numbers, without training or evaluating (this branch once crashed on a missing timer)."""
+    import shutil
+    import socket
+
+    from ray.train import Checkpoint
+
+    from gapinit_ray.train import TrialContext, TrialWorker
+    from gapinit_ray.trial import prepare_artifact, prepare_backbone
+
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+    os.environ["MASTER_PORT"] = str(port)
+    spec = tiny_spec(tmp_path, epochs=2)
+    spec.backbones[0].pretrain = False  # the branch, not the model, is under test
+    tspec, bspec = trial_spec(spec, {"init": "gap", "seed": 5})
+    path = prepare_backbone(tspec, bspec, progress=False)
+    ctx = TrialContext(
+        spec=tspec.model_dump(mode="json"),
+        backbone=bspec.model_dump(mode="json"),
+        backbone_path=path,
+        artifact_path=prepare_artifact(tspec, bspec, path, progress=False, use_ray=False),
+        trial_id="held",
+        out_dir=str(tmp_path / "out"),
+        stop_at=1,
+    )
+    first: list[dict] = []
+    kept = tmp_path / "ckpt"
+
+    def report(metrics, checkpoint=None):
+        first.append(metrics)
+        if checkpoint is not None:
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.copytree(checkpoint.path, kept)
+
+    TrialWorker(ctx, report, lambda: None).run()
+    assert [m["epoch"] for m in first] == [0, 1]  # epoch 0, then the rung, where the run ends
+    again: list[tuple[dict, object]] = []
+    TrialWorker(
+        ctx, lambda m, checkpoint=None: again.append((m, checkpoint)), lambda: Checkpoint(str(kept))
+    ).run()
+    assert len(again) == 1
+    metrics, checkpoint = again[0]
+    assert checkpoint is None and metrics == first[1]  # the very numbers of the epoch-1 report
