@@ -276,7 +276,8 @@ def sweep_benchmark(storage: str, backbone_dir: str, steps: int, epochs: int) ->
     rows = {}
     for on, spec in specs.items():
         df = ResultsStore(spec.storage, spec.name).metrics().to_pandas()
-        rows[on] = {(r.trial_id, r.epoch): r.train_loss for r in df.itertuples()}
+        # the epoch-0 reports (before any step) have no train loss
+        rows[on] = {(r.trial_id, r.epoch): r.train_loss for r in df.itertuples() if r.epoch > 0}
     common = sorted(set(rows[True]) & set(rows[False]))
     diff = max(abs(rows[True][k] - rows[False][k]) / max(abs(rows[False][k]), 1e-12) for k in common)
     return {

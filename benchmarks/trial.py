@@ -135,7 +135,8 @@ def same_loop(spec, artifact_path: str, name: str = "same-loop") -> list[float]:
     )
     reports: list[dict] = []
     TrialWorker(ctx, lambda metrics, checkpoint=None: reports.append(metrics), lambda: None).run()
-    return [float(r["samples_per_s"]) / spec.train.batch_size for r in reports]
+    # the epoch-0 report (the model at init, before any step) has no throughput
+    return [float(r["samples_per_s"]) / spec.train.batch_size for r in reports if "samples_per_s" in r]
 
 
 def service_path(spec, artifact: str) -> tuple[list[float], float]:
@@ -152,6 +153,7 @@ def service_path(spec, artifact: str) -> tuple[list[float], float]:
     if result.error:
         raise result.error
     rows = ResultsStore(spec.storage, spec.name).metrics().to_pandas().sort_values("epoch")
+    rows = rows[rows["epoch"] > 0]  # the epoch-0 report (before any step) has no throughput
     rates = [float(v) / spec.train.batch_size for v in rows["samples_per_s"]]
     return rates, float(rows["peak_memory_mb"].max())
 

@@ -174,9 +174,9 @@ def run_calibration(
         return cached, True
 
     items = [(str(r.image_id), r.image_path, cap) for r, cap in pairs]  # ids are unique per D_cal
-    import ray
+    from gapinit_ray.raycompat import ray_initialized
 
-    use_ray = ray.is_initialized() if use_ray is None else use_ray
+    use_ray = ray_initialized() if use_ray is None else use_ray
     n_workers = workers or cal.workers
     sizes = shard_sizes(len(items), n_workers * (shards_per_worker if use_ray else 1))
     payloads, lo = [], 0

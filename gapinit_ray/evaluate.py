@@ -132,6 +132,11 @@ def unavailable_metrics(metrics: Iterable[str]) -> dict[str, str]:
         SpecError: an unknown metric name.
     """
     wanted = _check_metrics(metrics)
+    import importlib.util
+
+    if importlib.util.find_spec("pycocoevalcap") is None:
+        why = "pycocoevalcap is not installed (pip install pycocoevalcap, or gapinit-ray's dependencies)"
+        return dict.fromkeys(wanted, why)
     java = shutil.which("java") is not None
     out = {}
     for name in wanted:

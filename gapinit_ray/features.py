@@ -290,9 +290,9 @@ def build_feature_cache(
     cache = FeatureCache(root)
     todo = [item for d, item in wanted.items() if d not in cache]
     if todo:
-        import ray
+        from gapinit_ray.raycompat import ray_initialized
 
-        use_ray = ray.is_initialized() if use_ray is None else use_ray
+        use_ray = ray_initialized() if use_ray is None else use_ray
         n = max(workers * 2 if use_ray else 1, -(-len(todo) // shard_images))
         payloads, lo = [], 0
         for s in shard_sizes(len(todo), n):

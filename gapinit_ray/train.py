@@ -270,10 +270,18 @@ def train_loop_per_worker(config: dict) -> None:
 class TrialWorker:
     """State of one Ray Train worker for one trial; :meth:`run` reads top-down."""
 
-    def __init__(self, ctx: TrialContext, report, get_checkpoint) -> None:
+    def __init__(self, ctx: TrialContext, report, get_checkpoint, checkpoint_from=None) -> None:
+        """``report(metrics, checkpoint=...)`` and ``get_checkpoint()`` as Ray Train's; ``checkpoint_from``
+        turns a checkpoint directory into what ``report`` takes (default: Ray Train's
+        ``Checkpoint.from_directory``; a plain process without Ray can pass ``str``)."""
         from gapinit_ray.spec import BackboneSpec, SweepSpec
 
         self.ctx, self._report, self._get_checkpoint = ctx, report, get_checkpoint
+        if checkpoint_from is None:
+            from ray.train import Checkpoint
+
+            checkpoint_from = Checkpoint.from_directory
+        self._checkpoint_from = checkpoint_from
         self.spec = SweepSpec.model_validate(ctx.spec)
         self.bspec = BackboneSpec.model_validate(ctx.backbone)
 
@@ -520,8 +528,6 @@ class TrialWorker:
 
     def report(self, epoch_value: float, next_epoch: int, next_step: int) -> None:
         """Evaluate, checkpoint (every rank writes its ZeRO shard; rank 0 the adapter), report."""
-        from ray.train import Checkpoint
-
         from gapinit_ray.evaluate import evaluate_split
         from gapinit_ray.lora_init import adapter_stats
 
@@ -579,7 +585,7 @@ class TrialWorker:
                     "metrics": metrics,
                 }
                 (Path(tmp) / TRAINER_STATE).write_text(json.dumps(state))
-            self._report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+            self._report(metrics, checkpoint=self._checkpoint_from(tmp))
         self._reset_meters()
 
 
@@ -603,9 +609,13 @@ def _worker_host() -> str:
     """``hostname/node id`` of this (rank 0) worker: which node of the cluster ran the trial."""
     import socket
 
-    import ray
+    from gapinit_ray.raycompat import ray_initialized
 
-    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    node = None
+    if ray_initialized():
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
     return f"{socket.gethostname()}/{node[:12]}" if node else socket.gethostname()
 
 
