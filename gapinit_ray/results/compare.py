@@ -322,9 +322,10 @@ def verdict(stats_: dict[str, Any], name1: str, name2: str, digits: int = 2, alp
     return f"no resolved difference: diff {diff:+.{digits}f} ({ci}; {tested})"
 
 
-def sample_size_line(row: dict[str, Any], digits: int = 2) -> str:
-    """``init=gap vs init=random: ~14 seeds would give 80% power ...`` (the sample-size line)."""
-    where = f"{row['arm1']} vs {row['arm2']}"
+def sample_size_line(row: dict[str, Any], digits: int = 2, where: str = "") -> str:
+    """``init=gap vs init=random: ~14 seeds (paired) for 80% power ...`` (the sample-size line);
+    ``where`` names the stratum (``rank=1``) when there are several."""
+    where = f"{where + ': ' if where else ''}{row['arm1']} vs {row['arm2']}"
     per = "seeds (paired)" if row["paired"] else "seeds per arm"
     sd_kind = "sd of the paired differences" if row["paired"] else "pooled sd"
     need = row["seeds_needed"]
@@ -332,16 +333,16 @@ def sample_size_line(row: dict[str, Any], digits: int = 2) -> str:
         return f"{where}: seeds needed unknown (fewer than 2 seeds per arm, or no spread)"
     sd = abs(row["diff"]) / abs(row["effect_size"]) if row["effect_size"] not in (0, math.inf) else math.nan
     text = (
-        f"{where}: ~{_n(need)} {per} for 80% power (two-sided t-test, alpha 0.05) at the observed "
+        f"{where}: {_n(need)} {per} for 80% power (two-sided t-test, alpha 0.05) at the observed "
         f"difference {abs(row['diff']):.{digits}f} ({sd_kind} {sd:.{digits}g}; now n={row['n1']})"
     )
     if not math.isnan(row.get("seeds_needed_min_effect", math.nan)):
-        text += f"; ~{_n(row['seeds_needed_min_effect'])} at --min-effect {row['min_effect']:g}"
+        text += f"; {_n(row['seeds_needed_min_effect'])} at --min-effect {row['min_effect']:g}"
     return text
 
 
 def _n(v: float) -> str:
-    return "more than 10000" if math.isinf(v) else f"{int(v)}"
+    return "more than 10000" if math.isinf(v) else f"~{int(v)}"
 
 
 # ----------------------------------------------------------------------------------------- tables
@@ -509,7 +510,8 @@ def format_comparison(table: pa.Table, fmt: str = "table") -> str:
     for r in rows:
         if "epoch" in r and r is not rows[-1] and r["epoch"] != rows[-1]["epoch"]:
             continue  # a curve: the sample size at the last point only
-        lines.append(f"{'- ' if fmt == 'markdown' else ''}{sample_size_line(r)}")
+        where = ", ".join(f"{c}={r[c]}" for c in strata)
+        lines.append(f"{'- ' if fmt == 'markdown' else ''}{sample_size_line(r, where=where)}")
     return "\n".join(lines)
 
 

@@ -261,7 +261,10 @@ def write_report(
     if comparison is not None:
         heading = f"Init comparison ({describe_arms(parse_arms(metrics, arms))})"
         verdicts = _comparison_text(comparison, strata)
-        verdicts += [sample_size_line(r) for r in comparison.to_pylist()]
+        verdicts += [
+            sample_size_line(r, where=_label(strata, tuple(r[c] for c in strata)) if strata else "")
+            for r in comparison.to_pylist()
+        ]
         md_extra += [f"## {heading}", "", compare_intro, "", *(f"- {v}" for v in verdicts), ""]
         md_extra += [format_table(comparison, "markdown")]
         html_extra += [
