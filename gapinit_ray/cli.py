@@ -163,6 +163,19 @@ def _run_sweep(spec, args: argparse.Namespace) -> int:
     return 0
 
 
+def default_by(metrics) -> list[str]:
+    """The table a sweep prints at its end: one row per configuration, i.e. grouped by backbone, init,
+    rank and every other axis the sweep varies (a searched lr, a case's ``calibration.passes``...): all
+    config columns with more than one value, the seed excepted (the rows are its aggregates)."""
+    import pyarrow.compute as pc
+
+    keep = [c for c in ("backbone", "init", "rank") if c in metrics.column_names]
+    for c in metrics.column_names:
+        if c.startswith("ax_") and len(pc.unique(metrics.column(c))) > 1:
+            keep.append(c)
+    return keep
+
+
 def _print_results(storage: str, sweep: str, *, by, metric: str, at: str, mode: str, fmt: str) -> int:
     from gapinit_ray.results import ResultsStore, aggregate, format_table
 
@@ -174,7 +187,7 @@ def _print_results(storage: str, sweep: str, *, by, metric: str, at: str, mode: 
         raise ResultsError(f"sweep {sweep}: no metric reports under {store.metrics_dir}")
     trials = store.trials()
     if by is None:
-        by = [c for c in ("backbone", "init", "rank") if c in metrics.column_names]
+        by = default_by(metrics)
     table = aggregate(metrics, by=by, metric=metric, at=at, mode=mode, trials=trials)
     print(format_table(table, fmt))
     return 0

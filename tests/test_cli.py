@@ -92,3 +92,18 @@ def test_calibrate_prints_the_per_layer_table(tmp_path: Path) -> None:
 def test_results_of_a_missing_sweep_is_one_line(tmp_path: Path) -> None:
     r = gapinit("results", str(tmp_path / "nothing"))
     assert r.returncode == 2 and "no results here" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_end_of_sweep_table_has_one_row_per_configuration(tmp_path: Path) -> None:
+    """Axes a sweep varies besides backbone / init / rank (a case's calibration.passes, a searched lr)
+    get their own column in the table `run` prints, so configurations are never pooled; constant
+    axes and the seed do not."""
+    from gapinit_ray.cli import default_by
+    from gapinit_ray.results import ResultsStore
+
+    store = ResultsStore(str(tmp_path), "s")
+    for i, (passes, seed) in enumerate([("separate", 1), ("separate", 2), ("joint", 1), ("joint", 2)]):
+        cfg = {"init": "gap", "seed": seed, "calibration.passes": passes, "train.epochs": 3}
+        store.write_report(f"t{i}", cfg, {"epoch": 1.0, "val_cider": 0.5})
+    by = default_by(store.metrics())
+    assert by == ["backbone", "init", "rank", "ax_calibration__passes"]  # not train.epochs, not seed
