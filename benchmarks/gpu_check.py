@@ -418,9 +418,9 @@ def main(argv: list[str] | None = None) -> dict:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         spec = train_spec(str(work / "store"), backbone_dir, dry, steps, batch, images=max(steps * batch, 64))
-        from gapinit_ray.trial import prepare_artifact, prepare_features
+        from gapinit_ray.trial import prepare_artifact, prepare_features, trial_spec
 
-        tspec, bspec = trial_spec_of(spec)
+        tspec, bspec = trial_spec(spec, {"init": "gap", "seed": 42})
         artifact = prepare_artifact(tspec, bspec, backbone_dir, progress=False, use_ray=False)
         cache = prepare_features(tspec, bspec, backbone_dir, progress=False)
         training = {
@@ -462,12 +462,6 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "gpu_check.json").write_text(json.dumps(result, indent=1, sort_keys=True, default=str))
     print(summary(result))
     return result
-
-
-def trial_spec_of(spec):
-    from gapinit_ray.trial import trial_spec
-
-    return trial_spec(spec, {"init": "gap", "seed": 42})
 
 
 def summary(r: dict) -> str:

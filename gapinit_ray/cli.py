@@ -139,9 +139,9 @@ def _run_sweep(spec, args: argparse.Namespace) -> int:
         print(describe(spec), file=sys.stderr)
         run_sweep(spec, quiet=args.quiet)
     failures = failed_trials(spec)
-    from gapinit_ray.results import ResultsStore
+    from gapinit_ray.results._fs import ResultsError
 
-    if ResultsStore(spec.storage, spec.name).metrics().num_rows or not failures:
+    try:
         _print_results(
             spec.storage,
             spec.name,
@@ -151,6 +151,10 @@ def _run_sweep(spec, args: argparse.Namespace) -> int:
             mode=spec.scheduler.mode,
             fmt="table",
         )
+    except ResultsError:
+        if not failures:
+            raise
+        # no metric row at all: the failure lines below say why, not "no metric reports"
     for line in failures:
         print(f"gapinit: {line}", file=sys.stderr)
     if failures:
