@@ -10,6 +10,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -36,6 +37,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from gapinit_ray.data.resolve import check_storage
 
     check_storage(spec.storage)  # the same check `run` makes first, writing nothing
+    _validate_resources(spec, args.address)
     if args.check_data:
         from gapinit_ray.data.resolve import check_spec_data
 
@@ -44,6 +46,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(describe(spec))
     print(f"{args.spec}: OK")
     return 0
+
+
+def _validate_resources(spec, address: str | None) -> None:
+    """``resources`` against the cluster at ``address`` (the same check ``run`` makes there), or
+    against this machine: a spec this machine cannot hold may still be meant for a cluster, so that is
+    a note, not an error."""
+    from gapinit_ray.cluster import check_resources, local_resources, ray_session, resource_problem
+
+    if address:
+        with ray_session(address):
+            check_resources(spec)  # one warning line when the cluster cannot hold it now
+        return
+    problem = resource_problem(spec, [local_resources()])
+    if problem:
+        print(
+            f"gapinit: note: `gapinit run` on this machine would refuse it: {problem}; "
+            "`validate --address ADDR` checks a cluster",
+            file=sys.stderr,
+        )
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -194,6 +215,13 @@ def _print_results(storage: str, sweep: str, *, by, metric: str, at: str, mode: 
         by = default_by(metrics)
     table = aggregate(metrics, by=by, metric=metric, at=at, mode=mode, trials=trials)
     print(format_table(table, fmt))
+    if fmt == "table" and "://" not in storage:
+        from gapinit_ray.results.aggregate import resolve_by
+        from gapinit_ray.results.cost import cost_text
+
+        text = cost_text(os.path.join(storage, sweep), metrics, trials, resolve_by(metrics, by))
+        if text:
+            print(text)
     return 0
 
 
@@ -397,6 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also check that data, images and checkpoints exist and are readable, and that the "
         "calibration set can be drawn",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="also check `resources` against the Ray cluster at this address (default: against this "
+        "machine, as a note)",
     )
     p.set_defaults(func=cmd_validate)
 

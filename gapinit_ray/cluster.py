@@ -86,27 +86,37 @@ def embedded() -> bool:
     return _EMBEDDED
 
 
-def check_resources(spec) -> None:
-    """Refuse, before anything is scheduled, resource requests the cluster can never grant: a worker
-    (CPUs, GPUs) larger than every node, or more workers per trial than all nodes together hold. On the
-    embedded local Ray that is an error (exit 2, naming the field, what it asks and what there is); on
-    a cluster the autoscaler may still add nodes, so it is one warning line."""
-    import sys
+def local_resources(num_cpus: int | None = None) -> dict[str, float]:
+    """What the embedded local Ray of ``gapinit run`` on this machine has (``--num-cpus`` or every
+    CPU; every CUDA GPU), without starting Ray."""
+    gpus = 0
+    try:
+        import torch
 
-    import ray
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # no usable torch: no GPU for Ray either
+        gpus = 0
+    return {"CPU": float(num_cpus or os.cpu_count() or 1), "GPU": float(gpus)}
 
+
+def resource_problem(spec, nodes: list[dict] | None = None) -> str | None:
+    """What the cluster's live nodes (or ``nodes``: resource dicts) cannot grant of ``spec.resources``
+    now, in words (``None``: they can): a worker (CPUs, GPUs) larger than every node, or more workers
+    per trial than all nodes together hold."""
     r = spec.resources
     ask = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.gpus_per_worker else {})}
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if nodes is None:
+        import ray
+
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     if not nodes:
-        return
+        return None
 
     def fit(res: dict) -> int:
         return int(min(res.get(k, 0.0) // v for k, v in ask.items()))
 
     largest = max(nodes, key=lambda res: (res.get("GPU", 0.0), res.get("CPU", 0.0)))
     have = f"the largest node has {largest.get('CPU', 0):g} CPU(s) and {largest.get('GPU', 0):g} GPU(s)"
-    problem = None
     if not any(fit(res) >= 1 for res in nodes):
         field = (
             "resources.gpus_per_worker"
@@ -114,21 +124,84 @@ def check_resources(spec) -> None:
             else "resources.cpus_per_worker"
         )
         value = r.gpus_per_worker if field.endswith("gpus_per_worker") else r.cpus_per_worker
-        problem = f"{field}={value:g}: no node can hold one worker ({have})"
-    elif sum(fit(res) for res in nodes) < r.workers_per_trial:
-        total = sum(fit(res) for res in nodes)
-        problem = (
+        return f"{field}={value:g}: no node can hold one worker ({have})"
+    total = sum(fit(res) for res in nodes)
+    if total < r.workers_per_trial:
+        return (
             f"resources.workers_per_trial={r.workers_per_trial} with {r.cpus_per_worker:g} CPU(s)"
             f"{f' and {r.gpus_per_worker:g} GPU(s)' if r.gpus_per_worker else ''} each: the cluster holds "
             f"{total} such worker(s) at once"
         )
+    return None
+
+
+_warned: set[str] = set()
+
+
+def check_resources(spec) -> str | None:
+    """Refuse, before anything is scheduled, resource requests the cluster can never grant
+    (:func:`resource_problem`). On the embedded local Ray that is an error (exit 2, naming the field,
+    what it asks and what there is); on a cluster the autoscaler may still add nodes, so it is one
+    warning line (once per process) and the problem is returned, for :func:`resource_watch`."""
+    import sys
+
+    problem = resource_problem(spec)
     if problem is None:
-        return
+        return None
     if embedded():
         raise ClusterError(f"{problem}; lower it, or run on a cluster that has the resources (--address)")
-    print(
-        f"gapinit: warning: {problem} now; trials wait until the autoscaler adds such nodes", file=sys.stderr
-    )
+    if problem not in _warned:
+        _warned.add(problem)
+        print(
+            f"gapinit: warning: {problem} now; trials wait until the autoscaler adds such nodes",
+            file=sys.stderr,
+        )
+    return problem
+
+
+#: how often :func:`resource_watch` says what a sweep still waits for
+RESOURCE_WAIT_NOTICE_S = 60.0
+
+
+@contextlib.contextmanager
+def resource_watch(spec, problem: str | None, every_s: float | None = None) -> Iterator[None]:
+    """While the block runs on a cluster that cannot hold a trial's workers yet (``problem``, from
+    :func:`check_resources`): every ``every_s`` (default :data:`RESOURCE_WAIT_NOTICE_S`) one line on
+    stderr saying what the sweep waits for and for how long, instead of silence; one line when the
+    cluster can hold them, then quiet. Nothing when there is no problem."""
+    import sys
+    import threading
+    import time
+
+    if problem is None:
+        yield
+        return
+    every = RESOURCE_WAIT_NOTICE_S if every_s is None else every_s
+    done = threading.Event()
+    t0 = time.monotonic()
+
+    def watch() -> None:
+        while not done.wait(every):
+            try:
+                now = resource_problem(spec)
+            except Exception:  # the cluster went away: the sweep itself reports that
+                return
+            waited = (time.monotonic() - t0) / 60
+            if now is None:
+                print(
+                    f"gapinit: the cluster can hold a trial's workers now (after {waited:.0f} min)",
+                    file=sys.stderr,
+                )
+                return
+            print(f"gapinit: waiting {waited:.0f} min for resources: {now}", file=sys.stderr)
+
+    thread = threading.Thread(target=watch, name="gapinit-resource-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=5)
 
 
 #: Ray's switch for single-machine Ray (its default on macOS and Windows): the node's address is then

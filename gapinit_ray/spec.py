@@ -552,7 +552,15 @@ class ResourcesSpec(_Strict):
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
     max_concurrent_trials: int | None = Field(None, ge=1)
-    max_failures: int = Field(1, ge=0, description="retries of a trial / of a Train worker group")
+    max_failures: int = Field(
+        1, ge=0, description="Tune retries of a trial that failed (an error, or a Train run that gave up)"
+    )
+    worker_restarts: int = Field(
+        3,
+        ge=0,
+        description="Ray Train restarts of a trial's worker group from its latest checkpoint (a worker "
+        "died or raised) within one Train run, before the run gives up; they use no Tune retry",
+    )
 
 
 # ---------------------------------------------------------------------------------------- the sweep

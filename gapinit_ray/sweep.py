@@ -479,6 +479,7 @@ def prepare(spec: SweepSpec, progress: bool = True) -> tuple[dict[str, str | Non
     are handed these paths and never derive or compute an artifact themselves (see
     :func:`prepare_feature_caches` for the feature caches)."""
     from gapinit_ray.data.resolve import check_spec_data
+    from gapinit_ray.init_stats import ensure_init_stats
 
     for line in check_spec_data(spec):
         if progress:
@@ -492,6 +493,8 @@ def prepare(spec: SweepSpec, progress: bool = True) -> tuple[dict[str, str | Non
         key = calibration_key(tspec, bspec)
         if key not in artifacts:
             artifacts[key] = prepare_artifact(tspec, bspec, backbone_paths[bspec.key], progress)
+        else:  # the key's artifact exists: the init statistics this point's init needs (EVA, ...), cached
+            ensure_init_stats(tspec, bspec, backbone_paths[bspec.key], artifacts[key], [tspec.lora.init])
     return backbone_paths, artifacts
 
 
@@ -545,18 +548,29 @@ def make_scheduler(spec: SweepSpec):
     )
 
 
+#: ``<sweep>/artifacts.json``: calibration key -> GapArtifact dir of the sweep's trials
+ARTIFACTS_FILE = "artifacts.json"
+
+
 def run_sweep(spec: SweepSpec, *, quiet: bool = False):
     """Run (or resume, when the sweep's Tune state exists) a whole sweep; needs ``ray.init`` done."""
-    from ray import tune
-
-    from gapinit_ray.cluster import check_resources
+    from gapinit_ray.cluster import check_resources, resource_watch
 
     preflight(spec)
-    check_resources(spec)  # before anything is written or scheduled: a request no node can grant
+    problem = check_resources(spec)  # before anything is written or scheduled: a request no node can grant
+    with resource_watch(spec, problem):  # on an autoscaling cluster: what it waits for, every minute
+        return _run(spec, quiet)
+
+
+def _run(spec: SweepSpec, quiet: bool):
+    from ray import tune
+
     root = sweep_dir(spec)
     root.mkdir(parents=True, exist_ok=True)
     _check_same_sweep(spec, root)
     backbone_paths, artifact_paths = prepare(spec, progress=not quiet)
+    # which GapArtifacts the sweep's trials use (their calibration cost is part of the sweep's cost)
+    write_atomic(root / ARTIFACTS_FILE, json.dumps(artifact_paths, indent=1, sort_keys=True))
     feature_caches = prepare_feature_caches(spec, backbone_paths, progress=not quiet)
     # The trial function only waits on its TorchTrainer. A fractional CPU for it would leave, e.g., 2 CPUs
     # able to hold one 1-CPU Train worker group and the trial functions but never a second group

@@ -250,6 +250,8 @@ class TrialContext:
     tune_trial_id: str | None = None
     # the sweep's Train slot actor (gapinit_ray.slots): who is running now, to hold at a rung (_past_rung)
     slots: str | None = None
+    # fault points where a worker kills itself once (gapinit_ray.faults; recovery tests, chaos runs)
+    faults: list[str] | None = None
 
 
 def _distributed_setup() -> tuple[int, int]:
@@ -383,21 +385,16 @@ class TrialWorker:
         stop_at = self.ctx.stop_at
         self._log_run(start_epoch, start_step, stop_at)
         self._tell_started()
+        self._fault("setup")
         self._reset_meters()
         if not self.resumed:
             # epoch 0: the backbone with its LoRA at init (ΔW = 0 for the methods that promise it), so
             # every arm's curve starts from the same measured point and training's effect is visible
-            self._reset_meters()
             self.report(0.0, 0, 0)
         if stop_at is not None and start_step == 0 and start_epoch >= stop_at:
-            # the checkpoint is already at the rung (its report was lost, e.g. the driver died right
-            # after it, or a worker died while the run held there): report it again, the same numbers
-            # (a new evaluation would rewrite the stored row with no training figures), and end
-            if self.last_metrics is not None:
-                self._report(dict(self.last_metrics))
-            else:  # a checkpoint from before the metrics were kept in it: evaluate again
-                self.report(start_epoch, start_epoch, 0)
-            return
+            stop_at, end = self._restarted_at_rung(start_epoch, stop_at)
+            if end:
+                return
         for epoch in range(start_epoch, train.epochs):
             self.sampler.set_epoch(epoch)
             self.engine.train()
@@ -410,6 +407,8 @@ class TrialWorker:
                     continue
                 self._train_step(batch)
                 done = step + 1
+                if done == max(1, self.steps_per_epoch // 2):
+                    self._fault("mid_epoch", epoch + 1)
                 if (
                     every
                     and done < self.steps_per_epoch
@@ -426,9 +425,44 @@ class TrialWorker:
                 return
 
     def _seed_rng(self, epoch: int, step: int) -> None:
-        # the same seed => the same dropout stream whatever the init consumed from the RNG, and whether
-        # the trial got to (epoch, step) in one Train run or restarted there from a checkpoint
+        # the same seed => the same dropout stream (and augmentation draws) whatever the init consumed
+        # from the RNG, and whether the trial got to (epoch, step) in one Train run or restarted there
+        # from a checkpoint: reseeded at the start of a run and after every report (a checkpoint)
         torch.manual_seed(self.spec.seed * 1000 + self.rank + 7919 * epoch + step)
+        rng = getattr(self.collate, "rng", None)
+        if rng is not None:
+            rng.seed(f"{self.spec.seed}:{self.rank}:{epoch}:{step}")
+
+    def _fault(self, point: str, epoch: float | None = None) -> None:
+        from gapinit_ray.faults import REPORT_SETTLE_S, maybe_die
+
+        settle = REPORT_SETTLE_S if point == "after_report" else 0.0
+        maybe_die(self.ctx.faults, point, self.ctx.out_dir, self.rank, epoch, settle)
+
+    def _restarted_at_rung(self, epoch: int, stop_at: float) -> tuple[float | None, bool]:
+        """This run starts from a checkpoint already at its rung ``stop_at``: a worker died while the
+        run held there or right after the rung's report, or the driver died after it.
+
+        If the scheduler recorded that report (the state knows the trial's value there), Ray Train
+        delivered it: do not report it again; take up the hold where it was (:meth:`_past_rung`: go on
+        if the group was promoted meanwhile, end if it was stopped). If not, the report was lost: report
+        it again, the very numbers the checkpoint went with (a new evaluation would rewrite the stored
+        row with no training figures), and end. Returns (the epoch to stop at now, end this run?)."""
+        recorded = False
+        if self.rank == 0 and self.ctx.rung_state and self.ctx.tune_trial_id:
+            from gapinit_ray.schedulers import member_plan
+
+            plan = member_plan(self.ctx.rung_state, self.ctx.tune_trial_id)
+            recorded = plan.action in ("wait", "stop") or (
+                plan.action == "train" and (plan.stop_at is None or plan.stop_at > epoch)
+            )
+        if _broadcast(recorded, self.world):
+            return self._past_rung(float(epoch), stop_at, (epoch, 0))
+        if self.last_metrics is not None:
+            self._report(dict(self.last_metrics))
+        else:  # a checkpoint from before the metrics were kept in it: evaluate again
+            self.report(epoch, epoch, 0)
+        return stop_at, True
 
     def _log_run(self, epoch: int, step: int, stop_at: float | None) -> None:
         """One line per Train run of the trial in ``<out_dir>/train_runs.jsonl``: where it started and
@@ -477,6 +511,7 @@ class TrialWorker:
                 plan = box[0]
             if plan != HOLD:
                 break
+            self._fault("hold")
             time.sleep(HOLD_POLL_S)
         if plan is None:
             return stop_at, True
@@ -550,6 +585,8 @@ class TrialWorker:
             **adapter_stats(self.engine.module, self.gaps),
         }
         eval_spec = spec.eval
+        if next_epoch >= spec.train.epochs and next_step == 0:
+            self._fault("final_eval")
         if spec.eval.final_metrics and next_epoch >= spec.train.epochs and next_step == 0:
             # the last report: also the metrics kept for the end (METEOR, SPICE: each starts Java)
             extra = [m for m in spec.eval.final_metrics if m not in eval_spec.metrics]
@@ -586,6 +623,8 @@ class TrialWorker:
                 }
                 (Path(tmp) / TRAINER_STATE).write_text(json.dumps(state))
             self._report(metrics, checkpoint=self._checkpoint_from(tmp))
+        self._fault("after_report", epoch_value)
+        self._seed_rng(next_epoch, next_step)  # as a restart from this checkpoint would
         self._reset_meters()
 
 

@@ -151,6 +151,7 @@ def build_trainer(
     rung_state: str | None = None,
     tune_trial_id: str | None = None,
     slots: str | None = None,
+    faults: list[str] | None = None,
 ):
     """The TorchTrainer of one trial. Pretraining and calibration run here (cached) if not given.
 
@@ -161,10 +162,12 @@ def build_trainer(
     trial (same name and storage) continues from that checkpoint (seed-group rungs). With
     ``rung_state`` (the seed-group scheduler's state file) and ``tune_trial_id``, the run goes on past
     ``stop_at`` when the trial's group is promoted there at once (it reported last), and with ``slots``
-    (the sweep's Train slot actor) it holds at ``stop_at`` while the group's others are on their way."""
+    (the sweep's Train slot actor) it holds at ``stop_at`` while the group's others are on their way.
+    ``faults``: :mod:`gapinit_ray.faults` points (default: ``$GAPINIT_INJECT_FAULTS``)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
 
+    from gapinit_ray.faults import from_env
     from gapinit_ray.train import TrialContext, train_loop_per_worker
 
     tspec, bspec = trial_spec(spec, params)
@@ -192,6 +195,7 @@ def build_trainer(
         rung_state=rung_state,
         tune_trial_id=tune_trial_id,
         slots=slots,
+        faults=faults if faults is not None else (from_env() or None),
     )
     r = spec.resources
     use_gpu = r.gpus_per_worker > 0
@@ -206,7 +210,7 @@ def build_trainer(
         run_config=RunConfig(
             name=tid,
             storage_path=str(root / "train"),
-            failure_config=FailureConfig(max_failures=r.max_failures),
+            failure_config=FailureConfig(max_failures=r.worker_restarts),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=callbacks or [],
             worker_runtime_env={"env_vars": _worker_env(use_gpu)},

@@ -370,6 +370,10 @@ CASES: dict[str, Setup] = {
         "resources.cpus_per_worker=100",
         expect=["resources.cpus_per_worker=100", "no node can hold one worker", "2 CPU(s)"],
     ),
+    "run: a GPU worker on a cluster without GPUs": _run_asking(
+        "resources.gpus_per_worker=1",
+        expect=["resources.gpus_per_worker=1", "no node can hold one worker", "0 GPU(s)"],
+    ),
     "run: more workers per trial than the cluster holds": _run_asking(
         "resources.workers_per_trial=3",
         "resources.cpus_per_worker=1",

@@ -220,61 +220,79 @@ def test_a_member_held_at_its_rung_goes_on_in_the_same_run_with_a_restarts_resul
         assert result.error is None
     restarted = _reports(result)
 
-    # held: the member's group is T1 (this run) and T2, which holds a Train slot and is training
-    promoted = spec.model_copy(update={"name": "promoted"})
-    gate = start_slots("test-hold-slots", 2)
-    ray.get(gate.acquire.remote("sibling", "g", False, "T2"))
-    ray.get(gate.started.remote("T2"))
-    state = tmp_path / "scheduler_state.json"
-
-    def write(decisions: dict, recorded: bool) -> None:
-        trials = {
-            "T1": {"group": "g", "status": "active", "values": {"0": 0.1} if recorded else {}},
-            "T2": {"group": "g", "status": "active", "values": {}},
-        }
-        group = {"members": ["T1", "T2"], "decisions": decisions, "stopped_at": None}
-        settings = {"milestones": [1.0], "group_size": 2}
-        state.write_text(json.dumps({"settings": settings, "trials": trials, "groups": {"g": group}}))
-
-    write({}, recorded=False)
-    log = EpochLog(str(tmp_path / "epochs.log"))
-    trainer = build_trainer(
-        promoted,
-        params,
-        callbacks=[log.callback],
-        progress=False,
-        stop_at=1,
-        rung_state=str(state),
-        tune_trial_id="T1",
-        slots="test-hold-slots",
-    )
-    box: dict = {}
-    thread = threading.Thread(target=lambda: box.setdefault("result", trainer.fit()))
-    thread.start()
-    deadline = time.time() + 300
-    while log.epochs() != [0, 1] and time.time() < deadline:
-        time.sleep(0.2)
-    assert log.epochs() == [0, 1]
-    write({}, recorded=True)  # the scheduler recorded T1 at the rung; T2 has yet to report
-    time.sleep(8)
-    assert thread.is_alive() and log.epochs() == [0, 1]  # holding: neither ended nor went on
-    write({"0": "CONTINUE"}, recorded=True)  # T2 reported; the group is promoted
-    thread.join(timeout=300)
-    assert box["result"].error is None
-    continued = _reports(box["result"])
-    ray.kill(gate)
-
     def runs(s) -> list[tuple[int, float | None]]:
         lines = (sweep_dir(s) / "captions" / tid / "train_runs.jsonl").read_text().splitlines()
         return [(r["start_epoch"], r["stop_at"]) for r in map(json.loads, lines)]
 
     assert runs(spec) == [(0, 1), (1, None)]
-    assert runs(promoted) == [(0, 1)]  # one Train run
-    assert [r["epoch"] for r in restarted] == [r["epoch"] for r in continued] == [1, 2]
-    for a, b in zip(restarted, continued, strict=True):
-        # same seed, same data order, same dropout stream: the same numbers either way
-        for key in ("train_loss", "val_loss", "val_cider"):
-            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (key, a["epoch"])
+    assert [r["epoch"] for r in restarted] == [1, 2]
+
+    # held: the member's group is T1 (this run) and T2, which holds a Train slot and is training.
+    # Twice: as it is, and with the worker killed while it holds (Ray Train restarts it from the rung's
+    # checkpoint; the scheduler has the rung's report, so the restarted run holds again instead of
+    # reporting it a second time, and goes on when the group is promoted)
+    from gapinit_ray.faults import fired
+
+    gate = start_slots("test-hold-slots", 2)
+    ray.get(gate.acquire.remote("sibling", "g", False, "T2"))
+    ray.get(gate.started.remote("T2"))
+    for name, faults in (("promoted", []), ("killed-while-held", ["hold"])):
+        held = spec.model_copy(update={"name": name})
+        held.resources.max_failures = 0
+        state = tmp_path / f"{name}_scheduler_state.json"
+
+        def write(decisions: dict, recorded: bool, state=state) -> None:
+            trials = {
+                "T1": {"group": "g", "status": "active", "values": {"0": 0.1} if recorded else {}},
+                "T2": {"group": "g", "status": "active", "values": {}},
+            }
+            group = {"members": ["T1", "T2"], "decisions": decisions, "stopped_at": None}
+            settings = {"milestones": [1.0], "group_size": 2}
+            state.write_text(json.dumps({"settings": settings, "trials": trials, "groups": {"g": group}}))
+
+        write({}, recorded=False)
+        log = EpochLog(str(tmp_path / f"{name}_epochs.log"))
+        trainer = build_trainer(
+            held,
+            params,
+            callbacks=[log.callback],
+            progress=False,
+            stop_at=1,
+            rung_state=str(state),
+            tune_trial_id="T1",
+            slots="test-hold-slots",
+            faults=faults,
+        )
+        box: dict = {}
+        thread = threading.Thread(target=lambda box=box, trainer=trainer: box.setdefault("r", trainer.fit()))
+        thread.start()
+        deadline = time.time() + 300
+        while log.epochs() != [0, 1] and time.time() < deadline:
+            time.sleep(0.2)
+        assert log.epochs() == [0, 1]
+        write({}, recorded=True)  # the scheduler recorded T1 at the rung; T2 has yet to report
+        out_dir = str(sweep_dir(held) / "captions" / tid)
+        deadline = time.time() + 120
+        while faults and len(runs(held)) < 2 and time.time() < deadline:  # killed, restarted
+            time.sleep(0.2)
+        time.sleep(8)
+        assert thread.is_alive() and log.epochs() == [0, 1]  # holding: neither ended nor went on
+        write({"0": "CONTINUE"}, recorded=True)  # T2 reported; the group is promoted
+        thread.join(timeout=300)
+        assert box["r"].error is None
+        continued = _reports(box["r"])
+        assert log.epochs() == [0, 1, 2]  # each once: the rung's report was not repeated
+        if faults:
+            assert fired(out_dir) == ["hold"]
+            assert runs(held) == [(0, 1), (1, 1)]  # the restart, from the rung's checkpoint
+        else:
+            assert runs(held) == [(0, 1)]  # one Train run
+        assert [r["epoch"] for r in continued] == [1, 2]
+        for a, b in zip(restarted, continued, strict=True):
+            # same seed, same data order, same dropout stream: the same numbers either way
+            for key in ("train_loss", "val_loss", "val_cider"):
+                assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (name, key, a["epoch"])
+    ray.kill(gate)
 
 
 @pytest.mark.slow
