@@ -69,13 +69,21 @@ class ProgressView:
     """Shows :class:`SweepStatus` snapshots: live on a terminal (``rich``), else one line per change."""
 
     def __init__(self, stream: IO[str] | None = None, *, live: bool | None = None, quiet: bool = False):
-        self.stream = stream or sys.stderr
+        self._stream = stream  # None: sys.stderr, looked up when written to
         self.quiet = quiet
         self.live = (self.stream.isatty() if live is None else live) and not quiet
         self.t0 = time.time()
         self._last_line: str | None = None
         self._live = None
         self._status: SweepStatus | None = None
+
+    @property
+    def stream(self) -> IO[str]:
+        return self._stream or sys.stderr
+
+    def __getstate__(self) -> dict:
+        # Tune pickles its callbacks (this view is in one): a copy writes to its own process's stderr
+        return {**self.__dict__, "_stream": None, "_live": None}
 
     def elapsed(self) -> str:
         s = int(time.time() - self.t0)

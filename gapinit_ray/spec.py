@@ -563,6 +563,29 @@ class ResourcesSpec(_Strict):
     )
 
 
+class LoggerSpec(_Strict):
+    """One experiment tracker the sweep driver feeds (gapinit_ray/trackers.py); a bare name in the
+    ``loggers`` list is ``{type: name}``."""
+
+    type: Literal["mlflow", "tensorboard", "wandb"]
+    tracking_uri: str | None = Field(
+        None, description="mlflow: default MLFLOW_TRACKING_URI, else a SQLite store under the sweep dir"
+    )
+    experiment: str | None = Field(
+        None, description="mlflow experiment / wandb project (default: sweep name)"
+    )
+    mode: Literal["offline", "online"] = Field("offline", description="wandb: offline unless online")
+
+    @model_validator(mode="after")
+    def _installed(self) -> LoggerSpec:
+        from gapinit_ray.trackers import missing_package
+
+        hint = missing_package(self.type)
+        if hint:
+            raise ValueError(f"logger {self.type!r} needs its package: {hint}")
+        return self
+
+
 # ---------------------------------------------------------------------------------------- the sweep
 
 
@@ -580,6 +603,16 @@ class SweepSpec(_Strict):
     search: SearchSpec = SearchSpec()
     scheduler: SchedulerSpec = SchedulerSpec()
     resources: ResourcesSpec = ResourcesSpec()
+    loggers: list[LoggerSpec] = Field(
+        default_factory=list, description="experiment trackers: mlflow, tensorboard, wandb (none by default)"
+    )
+
+    @field_validator("loggers", mode="before")
+    @classmethod
+    def _logger_names(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"type": x} if isinstance(x, str) else x for x in v]
+        return v
 
     @field_validator("name")
     @classmethod

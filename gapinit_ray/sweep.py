@@ -286,9 +286,15 @@ class SweepProgress:
         from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
         from gapinit_ray.results import ResultsStore
+        from gapinit_ray.results.store import group_key
 
         store = ResultsStore(spec.storage, spec.name)
         metric, mode = spec.scheduler.metric, spec.scheduler.mode
+        trackers = None
+        if spec.loggers:
+            from gapinit_ray.trackers import Trackers
+
+            trackers = Trackers(spec, sweep_dir(spec))
 
         view = ProgressView(quiet=quiet)
 
@@ -309,6 +315,12 @@ class SweepProgress:
             def on_experiment_end(self, trials, **info):
                 self._line(trials)
                 view.close()
+                if trackers is not None:
+                    for tid, what in trackers.close().items():  # the trials a tracker did not log
+                        kept = store.trial(tid)
+                        if kept:
+                            config = json.loads(kept["config_json"])
+                            store.write_trial(tid, config, status=kept["status"], logger_errors=what)
 
             def on_trial_result(self, iteration, trials, trial, result, **info):
                 tid, params = self._params(trial)
@@ -320,6 +332,8 @@ class SweepProgress:
                     checkpoint_path=result.get(CHECKPOINT_PATH_KEY),
                     init_checks=result.get("init_checks") or None,
                 )
+                if trackers is not None:
+                    trackers.result(tid, group_key(params), params, result)
                 value = result.get(metric)
                 if isinstance(value, int | float) and value == value:
                     better = self.best is None or (
@@ -342,14 +356,17 @@ class SweepProgress:
                 self._release(tid)
                 stopped = _stop_reason(spec, scheduler, trial)
                 last = trial.last_result or {}
+                status = "STOPPED" if stopped else "TERMINATED"
                 store.write_trial(
                     tid,
                     params,
-                    status="STOPPED" if stopped else "TERMINATED",
+                    status=status,
                     stop_reason=stopped,
                     rung_reached=_rung_reached(scheduler, trial),
                     last_epoch=float(last.get("epoch", 0) or 0),
                 )
+                if trackers is not None:
+                    trackers.end(tid, status, stopped, last.get(CHECKPOINT_PATH_KEY))
                 self._line(trials)
 
             def on_trial_error(self, iteration, trials, trial, **info):
@@ -359,6 +376,8 @@ class SweepProgress:
                 with contextlib.suppress(OSError, GapinitError):  # a full disk must not hide the failure
                     write_atomic(error_file(spec, tid), text)
                 store.write_trial(tid, params, status="ERROR", stop_reason=reason, error=error)
+                if trackers is not None:
+                    trackers.end(tid, "ERROR", reason, None)
                 self._line(trials)
 
         return _Progress()
@@ -479,7 +498,6 @@ def prepare(spec: SweepSpec, progress: bool = True) -> tuple[dict[str, str | Non
     are handed these paths and never derive or compute an artifact themselves (see
     :func:`prepare_feature_caches` for the feature caches)."""
     from gapinit_ray.data.resolve import check_spec_data
-    from gapinit_ray.init_stats import ensure_init_stats
 
     for line in check_spec_data(spec):
         if progress:
@@ -493,8 +511,6 @@ def prepare(spec: SweepSpec, progress: bool = True) -> tuple[dict[str, str | Non
         key = calibration_key(tspec, bspec)
         if key not in artifacts:
             artifacts[key] = prepare_artifact(tspec, bspec, backbone_paths[bspec.key], progress)
-        else:  # the key's artifact exists: the init statistics this point's init needs (EVA, ...), cached
-            ensure_init_stats(tspec, bspec, backbone_paths[bspec.key], artifacts[key], [tspec.lora.init])
     return backbone_paths, artifacts
 
 
@@ -674,6 +690,7 @@ def _check_same_sweep(spec: SweepSpec, root: Path) -> None:
     """A sweep dir belongs to one spec: running another spec into it would mix trials."""
     path = root / "spec.json"
     current = spec.model_dump(mode="json")
+    identity = {k: v for k, v in current.items() if k != "loggers"}  # trackers do not change results
     if path.exists():
         try:
             saved = json.loads(path.read_text())
@@ -682,8 +699,9 @@ def _check_same_sweep(spec: SweepSpec, root: Path) -> None:
                 f"{path}: cannot read this sweep dir's spec ({type(e).__name__}); it is not a gapinit "
                 "sweep's spec.json: use another name or storage, or remove the directory"
             ) from None
-        if saved != current:
-            diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        saved = {k: v for k, v in saved.items() if k != "loggers"}
+        if saved != identity:
+            diff = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
             raise GapinitError(
                 f"{root} already holds sweep {spec.name!r} run with a different spec (differs in: "
                 f"{', '.join(diff)}); use another name or storage, or the original spec to resume"

@@ -285,6 +285,11 @@ class TrialWorker:
             checkpoint_from = Checkpoint.from_directory
         self._checkpoint_from = checkpoint_from
         self.spec = SweepSpec.model_validate(ctx.spec)
+        # cost accounting (gapinit_ray.results.cost): the first report of a run counts from the start
+        # of this worker process (start-up, model load, DeepSpeed set-up), each later one from the last
+        import psutil
+
+        self._cost_mark = (psutil.Process().create_time(), 0.0)  # (wall clock, process CPU time)
         self.bspec = BackboneSpec.model_validate(ctx.backbone)
 
     def setup(self) -> None:
@@ -548,6 +553,25 @@ class TrialWorker:
             self.ctx.rung_state, self.ctx.tune_trial_id, running, starting, held_s, HOLD_STARTING_GRACE_S
         )
 
+    def _cost_since_last_report(self) -> dict[str, float]:
+        """``device_s`` (on GPU: wall time x the GPUs the trial's workers hold; on CPU: the workers'
+        process CPU time, summed over ranks), ``wall_s`` (this rank's), ``samples`` and ``tokens``
+        trained on (all ranks) since the last report of this run. A collective: every rank calls it."""
+        now = (time.time(), time.process_time())
+        wall, cpu = now[0] - self._cost_mark[0], now[1] - self._cost_mark[1]
+        self._cost_mark = now
+        totals = torch.tensor([cpu, float(self.samples), float(self.tokens)], dtype=torch.float64)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(totals)
+        cpu_all, samples, tokens = (float(x) for x in totals)
+        if torch.cuda.is_available():
+            device = wall * self.world * (self.spec.resources.gpus_per_worker or 1.0)
+        else:
+            device = cpu_all
+        return {"device_s": device, "wall_s": wall, "samples": samples, "tokens": tokens}
+
     def _reset_meters(self) -> None:
         self.t0, self.losses, self.samples, self.tokens = time.perf_counter(), [], 0, 0
 
@@ -610,6 +634,7 @@ class TrialWorker:
             metrics.update({f"{name}_{k}": v for k, v in (_broadcast(scores, world) or {}).items()})
         # the init report (alignment, ΔW = 0, gradient norms) goes with the epoch-0 report only
         metrics["init_checks"] = json.dumps(self.checks, default=str) if epoch_value == 0 else ""
+        metrics.update(self._cost_since_last_report())
         metrics = {k: v for k, v in metrics.items() if v is not None}
         with tempfile.TemporaryDirectory() as tmp:
             self.engine.save_checkpoint(tmp, tag=DS_TAG, exclude_frozen_parameters=True)

@@ -29,6 +29,7 @@ def _gapinit_results_dirs(*roots: Path, since: float) -> list[Path]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(QUICKSTART_S + 120)
 def test_the_readme_quickstart_command_as_written(tmp_path: Path) -> None:
     home = tmp_path / "user"  # where the user runs it: not the repository
     home.mkdir()
@@ -75,3 +76,25 @@ def test_the_readme_quickstart_command_as_written(tmp_path: Path) -> None:
     # the printed table: one row per arm
     for init in ("gap", "random", "random-direction"):
         assert f"tiny-blip2  {init} " in proc.stdout
+
+    # cost: every report carries its device-seconds; the sweep's line under the table, and ASHA's
+    # saving computed by hand from the rung record (stopped trials: their per-epoch cost x the epochs
+    # to max_t they did not train)
+    assert (metrics["device_s"] > 0).all() and (metrics["wall_s"] > 0).all()
+    assert "cost (CPU-time; " in proc.stdout and "calibration: 1 GapArtifact(s)" in proc.stdout
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "sweeps" / "quickstart.yaml").read_text())
+    max_t = spec["scheduler"].get("max_t") or spec["train"]["epochs"]
+    saved = 0.0
+    for _, t in stopped.iterrows():
+        rows = metrics[metrics["trial_id"] == t["trial_id"]]
+        trained = rows[rows["epoch"] > 0]
+        saved += trained["device_s"].sum() / rows["epoch"].max() * (max_t - rows["epoch"].max())
+    from gapinit_ray.results.cost import cost_summary, trial_costs
+
+    summary = cost_summary(trial_costs(store.metrics(), store.trials(), max_t, ["init"]))
+    assert summary["sweep"]["asha_saved_device_s"] == pytest.approx(saved, rel=1e-9)
+    assert summary["sweep"]["device_s"] == pytest.approx(metrics["device_s"].sum(), rel=1e-9)
+    if len(stopped):
+        assert "ASHA stopped" in proc.stdout

@@ -73,7 +73,8 @@ Trial row columns: ``sweep, trial_id, group_id, backbone, init, rank, seed, lr, 
 string (null, or :class:`~gapinit_ray.results.stop_reason.StopReason` text: ``"asha rung N (epoch E)"``,
 ``"seed-group asha rung N (epoch E)"``, ``"error after N attempts (resources.max_failures=M)"``), ``rung_reached`` int32, ``last_epoch`` float64,
 ``checkpoint_path`` string, ``init_checks`` string (JSON), ``error`` string (a failed trial's exception,
-its last line), ``updated_at`` timestamp[ms, UTC].
+its last line), ``logger_errors`` string (``logging failed: <tracker>: <error>`` when an experiment tracker
+could not log the trial, see :mod:`gapinit_ray.trackers`), ``updated_at`` timestamp[ms, UTC].
 
 The trainer reports its current learning rate as ``lr``; that name is the configured lr column here, so
 the reported one is stored as ``lr_now``.
@@ -166,6 +167,7 @@ TRIAL_TAIL = pa.schema(
         ("checkpoint_path", pa.string()),
         ("init_checks", pa.string()),
         ("error", pa.string()),
+        ("logger_errors", pa.string()),
         ("updated_at", TS),
     ]
 )
@@ -584,6 +586,7 @@ class ResultsStore:
         checkpoint_path: str | None = None,
         init_checks: Any = None,
         error: str | None = None,
+        logger_errors: str | None = None,
     ) -> None:
         """Store (replace, atomically) the one row describing a trial's current state. Fields left
         ``None`` keep their stored value (the first report's init checks, the last checkpoint...), so
@@ -596,6 +599,7 @@ class ResultsStore:
         checkpoint_path = checkpoint_path if checkpoint_path is not None else kept.get("checkpoint_path")
         init_checks = init_checks if init_checks is not None else kept.get("init_checks")
         error = error if error is not None else kept.get("error")
+        logger_errors = logger_errors if logger_errors is not None else kept.get("logger_errors")
         config_cols = config_columns(config)
         if status not in TRIAL_STATUSES:
             raise ResultsError(
@@ -616,9 +620,14 @@ class ResultsStore:
             "checkpoint_path": pa.scalar(checkpoint_path, pa.string()),
             "init_checks": pa.scalar(init_checks or None, pa.string()),
             "error": pa.scalar(error, pa.string()),
+            "logger_errors": pa.scalar(logger_errors, pa.string()),
             "updated_at": _now_ms(),
         }
         write_bytes(self.loc, self.trial_path(trial_id), _serialize(_one_row(cols)))
+
+    def trial(self, trial_id: str) -> dict[str, Any]:
+        """The stored row of one trial as a dict ({} when it has none)."""
+        return self._stored_trial(trial_id)
 
     def _stored_trial(self, trial_id: str) -> dict[str, Any]:
         import pyarrow.parquet as pq

@@ -1,0 +1,104 @@
+"""Experiment trackers' overhead: the same tiny sweep with all three loggers (MLflow, TensorBoard,
+W&B offline) and without, side by side in one process on one local Ray, alternating.
+
+    python -m benchmarks.trackers [--rounds 2] [--epochs 2]
+
+Reports the per-step time (1 / samples_per_s of every training report) of the trials with loggers on
+over off (target <= 1.03: trackers run on the driver, in their own threads), and the driver-side cost
+of one ``Trackers.result`` call (it only enqueues). Writes benchmarks/results/trackers.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import machine, write_result
+
+
+def _sweep(root: Path, name: str, loggers: list[str], epochs: int) -> list[float]:
+    import yaml
+
+    from gapinit_ray.results import ResultsStore
+    from gapinit_ray.spec import spec_from_dict
+    from gapinit_ray.sweep import run_sweep
+
+    raw = yaml.safe_load((Path(__file__).parents[1] / "sweeps" / "quickstart.yaml").read_text())
+    raw.update(name=name, storage=str(root / "store"), loggers=loggers)
+    raw["backbones"] = [{"name": "tiny-blip2", "pretrain": False}]
+    raw["data"]["sources"]["shapes"]["num_images"] = 64
+    raw["data"]["val"]["limit"] = 6
+    raw["calibration"].update({"num_samples": 16, "workers": 1})
+    raw["train"].update({"epochs": epochs, "batch_size": 8, "max_steps_per_epoch": 6})
+    raw["eval"].update({"metrics": ["bleu4"], "final_metrics": [], "generation": {"max_new_tokens": 4}})
+    raw["search"] = {"init": ["gap"], "seed": [1, 2]}
+    raw["scheduler"] = {"type": "fifo", "metric": "val_bleu4", "mode": "max"}
+    raw["resources"] = {"workers_per_trial": 1, "cpus_per_worker": 1}
+    spec = spec_from_dict(raw)
+    run_sweep(spec, quiet=True)
+    m = ResultsStore(spec.storage, spec.name).metrics().to_pandas()
+    return [1.0 / v for v in m["samples_per_s"].dropna() if v > 0]
+
+
+def enqueue_cost(n: int = 2000) -> float:
+    """Seconds per ``Trackers.result`` call on the driver (TensorBoard only: the enqueue is the same)."""
+    from gapinit_ray.spec import spec_from_dict
+    from gapinit_ray.trackers import Trackers
+
+    with tempfile.TemporaryDirectory() as tmp:
+        import yaml
+
+        raw = yaml.safe_load((Path(__file__).parents[1] / "sweeps" / "quickstart.yaml").read_text())
+        raw.update(storage=tmp, loggers=["tensorboard"])
+        trackers = Trackers(spec_from_dict(raw), Path(tmp))
+        metrics = {f"m{i}": float(i) for i in range(30)}
+        t0 = time.perf_counter()
+        for i in range(n):
+            trackers.result(
+                f"t{i % 10}", "g", {"init": "gap", "seed": i % 10}, {"epoch": float(i), **metrics}
+            )
+        spent = time.perf_counter() - t0
+        trackers.close()
+    return spent / n
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=2)
+    args = ap.parse_args(argv)
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    on: list[float] = []
+    off: list[float] = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for r in range(args.rounds):  # alternate, so drift on a shared machine hits both
+                off += _sweep(Path(tmp), f"off{r}", [], args.epochs)
+                on += _sweep(Path(tmp), f"on{r}", ["mlflow", "tensorboard", "wandb"], args.epochs)
+    finally:
+        ray.shutdown()
+    result = {
+        "machine": machine(),
+        "rounds": args.rounds,
+        "epochs": args.epochs,
+        "step_s_loggers_off": statistics.median(off),
+        "step_s_loggers_on": statistics.median(on),
+        "on_over_off_time_per_step": statistics.median(on) / statistics.median(off),
+        "reports": {"on": len(on), "off": len(off)},
+        "driver_enqueue_s_per_result": enqueue_cost(),
+    }
+    write_result("trackers", result)
+    print(
+        f"time per step, loggers on / off: {result['on_over_off_time_per_step']:.3f} (target <= 1.03); "
+        f"driver enqueue {result['driver_enqueue_s_per_result'] * 1e6:.1f} µs per result"
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main()

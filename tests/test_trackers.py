@@ -1,0 +1,201 @@
+"""Experiment trackers read back with each tool's own reader: MLflow's client on its local store,
+TensorBoard's event reader, the W&B offline run directory. A resumed sweep continues the same runs; an
+unreachable MLflow server never stops the sweep and the trial rows say logging failed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gapinit_ray.results import ResultsStore
+from gapinit_ray.spec import spec_from_dict
+from gapinit_ray.trackers import Trackers, run_id_of
+
+from .conftest import ROOT
+from .test_sweep import sweep_raw
+
+TRIALS = {  # trial id -> (group, config)
+    "init=gap,seed=1_aa": ("g1", {"init": "gap", "seed": 1, "lora.rank": 1}),
+    "init=gap,seed=2_bb": ("g1", {"init": "gap", "seed": 2, "lora.rank": 1}),
+    "init=random,seed=1_cc": ("g2", {"init": "random", "seed": 1, "lora.rank": 1}),
+}
+
+
+def _metrics(tid: str, epoch: int) -> dict:
+    return {"epoch": float(epoch), "val_cider": 0.1 * epoch + len(tid) / 100, "val_loss": 2.0 - 0.1 * epoch}
+
+
+def _spec(tmp_path: Path, **mlflow_over):
+    raw = sweep_raw(tmp_path)
+    raw["loggers"] = [{"type": "mlflow", **mlflow_over}, "tensorboard", "wandb"]
+    return spec_from_dict(raw)
+
+
+def _log(spec, root: Path, epochs: range, end: bool) -> dict[str, str]:
+    trackers = Trackers(spec, root)
+    for epoch in epochs:
+        for tid, (group, config) in TRIALS.items():
+            trackers.result(tid, group, config, _metrics(tid, epoch))
+    if end:
+        for tid in TRIALS:
+            trackers.end(tid, "TERMINATED", None, None)
+    return trackers.close()
+
+
+def test_three_trackers_read_back_and_a_resume_continues_the_same_runs(tmp_path) -> None:
+    spec = _spec(tmp_path)
+    root = tmp_path / "sweep"
+    assert _log(spec, root, range(0, 2), end=False) == {}  # the sweep is killed after epoch 1...
+    assert _log(spec, root, range(2, 3), end=True) == {}  # ...and resumed: epoch 2, then the end
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow/mlflow.db")
+    exp = client.get_experiment_by_name(spec.name)
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    trials = [r for r in runs if r.data.tags.get("gapinit.kind") == "trial"]
+    groups = {r.info.run_id: r for r in runs if r.data.tags.get("gapinit.kind") == "group"}
+    assert sorted(r.data.tags["gapinit.trial_id"] for r in trials) == sorted(TRIALS)  # one run each
+    assert sorted(r.data.tags["gapinit.group_id"] for r in groups.values()) == ["g1", "g2"]
+    for r in trials:
+        tid = r.data.tags["gapinit.trial_id"]
+        group, config = TRIALS[tid]
+        parent = groups[r.data.tags["mlflow.parentRunId"]]
+        assert parent.data.tags["gapinit.group_id"] == group == r.data.tags["gapinit.group_id"]
+        assert r.data.params["init"] == config["init"] and r.data.params["seed"] == str(config["seed"])
+        history = sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val_cider"))
+        assert history == [(e, pytest.approx(_metrics(tid, e)["val_cider"])) for e in range(3)]
+        assert r.info.status == "FINISHED" and r.data.tags["gapinit.status"] == "TERMINATED"
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for tid in TRIALS:
+        acc = EventAccumulator(str(root / "tensorboard" / tid))
+        acc.Reload()
+        values = [(e.step, e.value) for e in acc.Scalars("val_cider")]
+        assert values == [(e, pytest.approx(_metrics(tid, e)["val_cider"], rel=1e-6)) for e in range(3)]
+        # the HParams plugin's session: the config without its seed, plus the group id
+        from tensorboard.plugins.hparams import plugin_data_pb2
+
+        content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+        assert info.hparams["group_id"].string_value == TRIALS[tid][0] and "seed" not in info.hparams
+        assert info.hparams["init"].string_value == TRIALS[tid][1]["init"]
+
+    offline = sorted((root / "wandb" / "wandb").glob("offline-run-*"))
+    ids = {p.name.split("-", 3)[3] for p in offline}
+    assert ids == {run_id_of(t) for t in TRIALS}  # the resume continued each run's id: no new runs
+    for p in offline:
+        record = _wandb_run_record(p)
+        tid = next(t for t in TRIALS if run_id_of(t) == record.run_id)
+        assert record.run_group == TRIALS[tid][0] and record.job_type == TRIALS[tid][1]["init"]
+
+
+def _wandb_run_record(run_dir: Path):
+    """The run record (id, group, job type) of an offline W&B run, read from its ``.wandb`` log: W&B's
+    LevelDB-style log (a 7-byte ``:W&B`` header, then 32 KiB blocks of records, each with a 7-byte
+    checksum/length/type header; a record may be split FIRST/MIDDLE/LAST over blocks) of protobuf
+    ``Record`` messages."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = next(run_dir.glob("*.wandb")).read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, pending = 7, 32768, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # the block's zero padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind in (2, 3):  # FIRST, MIDDLE
+            pending += chunk
+            continue
+        payload, pending = pending + chunk, b""
+        if kind not in (1, 4):
+            continue
+        rec = wandb_internal_pb2.Record()
+        rec.ParseFromString(payload)
+        if rec.WhichOneof("record_type") == "run":
+            return rec.run
+    raise AssertionError(f"{run_dir}: no run record")
+
+
+def test_an_unreachable_tracker_is_one_line_and_every_trial_says_logging_failed(
+    tmp_path, capfd, monkeypatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail in seconds, not minutes
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    spec = _spec(tmp_path, tracking_uri="http://127.0.0.1:9")  # nothing listens on the discard port
+    failed = _log(spec, tmp_path / "sweep", range(0, 2), end=True)
+    assert set(failed) == set(TRIALS)
+    assert all(v.startswith("logging failed: mlflow: ") for v in failed.values())
+    err = capfd.readouterr().err
+    assert err.count("gapinit: logger mlflow failed") == 1  # once, not per event
+
+
+def test_a_logger_whose_package_is_missing_is_a_spec_error_naming_the_extra(tmp_path) -> None:
+    raw = sweep_raw(tmp_path)
+    raw["loggers"] = ["wandb"]
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(raw))
+    code = "import sys; sys.modules['wandb'] = None; from gapinit_ray.cli import main; sys.exit(main(sys.argv[1:]))"
+    r = subprocess.run(
+        [sys.executable, "-c", code, "validate", str(spec_file)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "loggers" in r.stderr and "pip install 'gapinit-ray[wandb]'" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_a_sweep_with_all_three_trackers_logs_what_the_store_has(ray_local, tmp_path) -> None:
+    from gapinit_ray.sweep import run_sweep
+
+    raw = sweep_raw(tmp_path, name="tracked")
+    raw["search"] = {"init": ["gap"], "seed": [1, 2]}
+    raw["train"]["epochs"] = 2
+    raw["loggers"] = ["mlflow", "tensorboard", "wandb"]
+    spec = spec_from_dict(raw)
+    run_sweep(spec, quiet=True)
+    store = ResultsStore(spec.storage, spec.name)
+    metrics = store.metrics().to_pandas()
+    trials = store.trials().to_pandas()
+    assert len(trials) == 2 and trials["logger_errors"].isna().all()
+    root = Path(spec.storage) / spec.name
+
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow/mlflow.db")
+    exp = client.get_experiment_by_name(spec.name)
+    runs = {
+        r.data.tags["gapinit.trial_id"]: r
+        for r in client.search_runs([exp.experiment_id])
+        if r.data.tags.get("gapinit.kind") == "trial"
+    }
+    assert sorted(runs) == sorted(trials["trial_id"])
+    for tid, rows in metrics.groupby("trial_id"):
+        ours = sorted((round(e), v) for e, v in zip(rows["epoch"], rows["val_cider"], strict=True))
+        logged = sorted(
+            (m.step, m.value) for m in client.get_metric_history(runs[tid].info.run_id, "val_cider")
+        )
+        assert logged == [(e, pytest.approx(v)) for e, v in ours]
+        acc = EventAccumulator(str(root / "tensorboard" / tid))
+        acc.Reload()
+        assert [(s.step, s.value) for s in acc.Scalars("val_cider")] == [
+            (e, pytest.approx(v, rel=1e-6)) for e, v in ours
+        ]
+        assert client.list_artifacts(runs[tid].info.run_id, "adapter")  # the trial's last adapter
+    offline = sorted((root / "wandb" / "wandb").glob("offline-run-*"))
+    assert {p.name.split("-", 3)[3] for p in offline} == {run_id_of(t) for t in trials["trial_id"]}
