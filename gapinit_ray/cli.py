@@ -113,6 +113,29 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from gapinit_ray.export import export_trial, resolve_trial
+
+    ref = resolve_trial(args.trial, args.spec, args.which, args.overrides)
+    meta = export_trial(ref, args.out, merge=args.merge)
+    how = "merged transformers checkpoint" if args.merge else "peft adapter"
+    conv = " (converted to plain LoRA on the original base, as peft documents)" if meta["converted"] else ""
+    print(f"{ref.trial_id}: {how} of {ref.checkpoint.name} (epoch {meta['epoch']}) -> {args.out}{conv}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from gapinit_ray.eval_adapter import evaluate_target
+
+    row = evaluate_target(
+        args.target, args.spec, args.split, args.task, args.which, args.backbone, args.overrides
+    )
+    print(json.dumps(row, indent=1, sort_keys=True, default=str))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from gapinit_ray.cluster import ray_session
     from gapinit_ray.spec import load_spec
@@ -507,6 +530,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--draws", type=int, default=20000, help="random directions per dimension")
     p.set_defaults(func=cmd_diagnose)
+
+    p = sub.add_parser(
+        "export", help="a trial's adapter as a standalone peft adapter dir (--merge: merged model)"
+    )
+    p.add_argument(
+        "trial", help="the trial's run dir (<sweep>/train/<trial>), a checkpoint dir or <sweep>/<trial>"
+    )
+    p.add_argument("--out", required=True, help="new directory to write")
+    p.add_argument(
+        "--merge", action="store_true", help="merge into the base weights: a transformers checkpoint"
+    )
+    p.add_argument(
+        "--which", choices=["last", "best"], default="last", help="checkpoint (best: scheduler metric)"
+    )
+    p.add_argument("--spec", help="the sweep's spec (default: the sweep's spec.json)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides of --spec")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "evaluate", help="score a saved adapter or a trial on its backbone with the spec's eval"
+    )
+    p.add_argument("target", metavar="ADAPTER_OR_TRIAL", help="a peft adapter dir or a trial's run dir")
+    p.add_argument(
+        "--spec", help="sweep spec (backbone, data, eval settings); default for a trial: spec.json"
+    )
+    p.add_argument("--split", choices=["val", "test"], default="test")
+    p.add_argument("--task", choices=["caption", "vqa", "pope"], help="default: what the split holds")
+    p.add_argument("--which", choices=["last", "best"], default="last", help="a trial's checkpoint")
+    p.add_argument("--backbone", help="backbone key of a multi-backbone spec (default: the first)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides of --spec")
+    p.set_defaults(func=cmd_evaluate)
 
     for name, what in [
         ("submit", "submit a spec to a Ray cluster through the Jobs API; prints the job id at once"),

@@ -204,6 +204,9 @@ class GapArtifact:
     key: str
     gaps: dict[str, ModuleGap]
     meta: dict[str, Any] = field(default_factory=dict)
+    # the directory it was loaded from / saved to (None: built in memory); the init statistics of
+    # peft's data-driven inits are cached in it (gapinit_ray.init_stats)
+    path: Path | None = field(default=None, compare=False, repr=False)
 
     def vector(self, name: str, source: str = "mean") -> torch.Tensor:
         m = self.gaps.get(name)
@@ -232,6 +235,7 @@ class GapArtifact:
 
         final = Path(root) / self.key
         if (final / "meta.json").exists():
+            self.path = final
             return final
         tmp = Path(root) / f".{self.key}.tmp-{os.getpid()}-{time.monotonic_ns()}"
         tmp.mkdir(parents=True)
@@ -252,6 +256,7 @@ class GapArtifact:
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 raise
+        self.path = final
         return final
 
     @staticmethod
@@ -276,7 +281,7 @@ class GapArtifact:
             gaps[name] = ModuleGap(
                 name, info["layer"], info["kind"], tensors[f"{name}::mean"], tensors[f"{name}::spot"], stats
             )
-        return GapArtifact(meta["key"], gaps, meta)
+        return GapArtifact(meta["key"], gaps, meta, path=path)
 
     def table(self) -> list[dict[str, Any]]:
         """One row per module: layer, kind, gap norm, SPOT score, leading-direction share."""

@@ -29,6 +29,7 @@ import hashlib
 import json
 import math
 import re
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,7 +61,9 @@ class InitMethod:
     """How one init method maps onto peft, and what we overwrite after peft's own init.
 
     ``direction``: ``"gap"`` / ``"random"`` = overwrite B[:, 0] with that unit direction and zero A;
-    ``None`` = keep peft's init. ``mutates_base``: peft rewrites W₀ (PiSSA/OLoRA store W₀ − B₀A₀).
+    ``None`` = keep peft's init. ``mutates_base``: peft rewrites W₀ (PiSSA/OLoRA/CorDA/LoRA-GA store
+    W₀ − s·B₀A₀). ``zero_delta``: the method promises ΔW = 0 at step 0 (A = 0 or B = 0), checked like
+    Gap-Init's. ``stats``: the calibration statistic it reads (:mod:`gapinit_ray.init_stats`).
     """
 
     name: str
@@ -69,6 +72,8 @@ class InitMethod:
     direction: str | None = None
     mutates_base: bool = False
     summary: str = ""
+    zero_delta: bool = False
+    stats: str | None = None
 
 
 INIT_METHODS: dict[str, InitMethod] = {
@@ -82,6 +87,27 @@ INIT_METHODS: dict[str, InitMethod] = {
         InitMethod("olora", "olora", mutates_base=True, summary="peft OLoRA: QR of W₀"),
         InitMethod("dora", True, use_dora=True, summary="peft DoRA with the default LoRA init"),
         InitMethod("random-direction", True, direction="random", summary="control: B[:,0] random, A = 0"),
+        # B frozen by peft's MiCA variant: only A trains
+        InitMethod(
+            "mica",
+            "mica",
+            zero_delta=True,
+            summary="peft MiCA: B = r smallest left sing. vectors of W₀, A = 0",
+        ),
+        InitMethod("orthogonal", "orthogonal", summary="peft: A, B from one r×r orthogonal matrix (ΔW ≠ 0)"),
+        InitMethod(
+            "eva", "eva", zero_delta=True, stats="moments", summary="peft EVA: A = top PCs of inputs, B = 0"
+        ),
+        InitMethod(
+            "corda",
+            "corda",
+            mutates_base=True,
+            stats="moments",
+            summary="peft CorDA: SVD of W₀·C (input cov.)",
+        ),
+        InitMethod(
+            "lora_ga", "lora_ga", mutates_base=True, stats="grads", summary="peft LoRA-GA: SVD of ∂L/∂W₀"
+        ),
     )
 }
 
@@ -318,6 +344,10 @@ class InitReport:
     norm_B: float
     notes: list[str] = field(default_factory=list)
     checks: dict[str, Any] = field(default_factory=dict)
+    # base-rewriting inits (PiSSA, OLoRA, CorDA, LoRA-GA): max |W_res + s·B₀A₀ − W₀| over the LM
+    # modules (0 up to rounding: the output is unchanged) and max |W₀| for its tolerance; None otherwise
+    base_reconstruction_error: float | None = None
+    base_max_abs: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -347,7 +377,13 @@ def _seeded(seed: int, model: torch.nn.Module):
 # ------------------------------------------------------------------------------------------- apply
 
 
-def apply_lora(backbone: Any, lora: Any, artifact: GapArtifact | None, seed: int) -> tuple[Any, InitReport]:
+def apply_lora(
+    backbone: Any,
+    lora: Any,
+    artifact: GapArtifact | None,
+    seed: int,
+    stats: dict[str, torch.Tensor] | None = None,
+) -> tuple[Any, InitReport]:
     """Freeze ``backbone.model``, wrap it with peft LoRA on the selected layers, initialize per ``lora.init``.
 
     peft injects the adapters into ``backbone.model`` in place (the returned ``PeftModel`` wraps it), so
@@ -363,6 +399,8 @@ def apply_lora(backbone: Any, lora: Any, artifact: GapArtifact | None, seed: int
     """
     from peft import LoraConfig, get_peft_model
 
+    from gapinit_ray.data_inits import data_driven_peft, eva_apply, peft_extra_config
+
     method = get_init_method(lora.init)
     opts = lora.init_options
     if lora_modules(backbone.model):
@@ -372,6 +410,13 @@ def apply_lora(backbone: Any, lora: Any, artifact: GapArtifact | None, seed: int
         )
     if method.direction == "gap" and artifact is None:
         raise LoraInitError("init 'gap' needs a GapArtifact (run calibration), or pick another lora.init")
+    if method.name == "orthogonal" and lora.rank % 2:
+        raise LoraInitError(f"lora.init 'orthogonal' needs an even lora.rank (peft's rule); got {lora.rank}")
+    if method.stats is not None and lora.adapt_vision:
+        raise LoraInitError(
+            f"lora.init {method.name!r} reads calibration statistics of the LM's modules only; "
+            "set lora.adapt_vision: false or pick another init"
+        )
     norm = opts.norm
     if norm is not None and norm != "match-default" and not (math.isfinite(norm) and norm > 0):
         raise LoraInitError(f"init_options.norm must be > 0, 'match-default' or null (unit); got {norm!r}")
@@ -393,6 +438,20 @@ def apply_lora(backbone: Any, lora: Any, artifact: GapArtifact | None, seed: int
             if method.direction == "gap":  # other methods only report alignment, where a gap exists
                 raise
 
+    if method.stats is not None:
+        from gapinit_ray.init_stats import load_stats, require
+
+        where = "given"
+        if stats is None:
+            if artifact is None or artifact.path is None:
+                raise LoraInitError(
+                    f"init {method.name!r} needs the calibration statistics cached with its GapArtifact "
+                    "(run the sweep, or gapinit calibrate, which computes them), or pick another lora.init"
+                )
+            stats = load_stats(artifact.path, [method.stats])
+            where = f"of {artifact.path}"
+        require(stats, lm_names, "grad" if method.stats == "grads" else "xtx", where)
+
     backbone.model.requires_grad_(False)
     config = LoraConfig(
         r=lora.rank,
@@ -402,15 +461,31 @@ def apply_lora(backbone: Any, lora: Any, artifact: GapArtifact | None, seed: int
         init_lora_weights=method.peft_init,
         use_dora=method.use_dora,
         bias="none",
+        **peft_extra_config(method, opts),
     )
-    with _seeded(seed, backbone.model):
-        peft_model = get_peft_model(backbone.model, config)
-    adapted = lora_modules(peft_model)
-    if set(adapted) != set(lm_names + vis_names):  # our bug or a peft matching change, never user input
-        raise RuntimeError(f"peft adapted {sorted(adapted)}, expected {lm_names + vis_names}")
+    w0 = (
+        {n: backbone.model.get_submodule(n).weight.detach().clone() for n in lm_names}
+        if method.mutates_base
+        else {}
+    )
+    with _seeded(seed, backbone.model), contextlib.ExitStack() as stack:
+        if method.stats is not None:
+            data_driven_peft(method, backbone, config, lm_names, stats, stack)
+        with warnings.catch_warnings():  # EVA's weights are set from the cached statistics just below
+            warnings.filterwarnings("ignore", message=".*eva initialization used with low_cpu_mem_usage")
+            peft_model = get_peft_model(backbone.model, config)
+        adapted = lora_modules(peft_model)
+        if set(adapted) != set(lm_names + vis_names):  # our bug or a peft matching change, never user input
+            raise RuntimeError(f"peft adapted {sorted(adapted)}, expected {lm_names + vis_names}")
+        if method.name == "eva":
+            eva_apply(peft_model, lm_names, stats, lora.rank, opts.eva_rho)
+            adapted = lora_modules(peft_model)
+            lm_names = [n for n in lm_names if n in adapted]  # rho > 1 may give a module rank 0
 
     alignment: dict[str, float | None] = {}
     with torch.no_grad():
+        for layer in adapted.values():
+            _standard_strides(layer)
         for name in lm_names:
             a, b = _weights(adapted[name])
             if method.direction is not None:
@@ -421,7 +496,28 @@ def apply_lora(backbone: Any, lora: Any, artifact: GapArtifact | None, seed: int
     report = _report(
         backbone, lora, method, seed, layers, vis_names, peft_model, adapted, alignment, artifact
     )
+    if w0:  # W_res + s·B₀A₀ must give back W₀: the residual peft stored, checked in init_checks
+        report.base_reconstruction_error = max(
+            float((_effective_weight(adapted[n]) - w.double()).abs().max()) for n, w in w0.items()
+        )
+        report.base_max_abs = max(float(w.abs().max()) for w in w0.values())
     return peft_model, report
+
+
+def _standard_strides(layer: Any) -> None:
+    """Give A and B row-major strides. peft's MiCA slices B = U[:, -r:] from a column-major SVD factor:
+    at r = 1 that (d_out, 1) view counts as contiguous but keeps stride (1, d_out), and DeepSpeed's
+    parameter broadcast (``p.data.view(torch.uint8)``) refuses it."""
+    for p in _weights(layer):
+        if p.stride() != torch.empty(p.shape, device="meta").stride():
+            p.data = torch.empty(p.shape, dtype=p.dtype, device=p.device).copy_(p.data)
+
+
+def _effective_weight(layer: Any) -> torch.Tensor:
+    """W_res + s·B·A ``(d_out, d_in)`` float64 of a (non-DoRA) LoraLayer: the weight its forward applies."""
+    a, b = _weights(layer)
+    s = layer.scaling[ADAPTER]
+    return layer.base_layer.weight.detach().double() + s * (b.detach().double() @ a.detach().double())
 
 
 def _overwrite(
@@ -466,8 +562,25 @@ def _report(backbone, lora, method, seed, layers, vis_names, peft_model, adapted
         notes.append(f"init_options.noise_eps ignored: it perturbs the gap, and init is {method.name!r}")
     if method.direction is None and opts.norm is not None:
         notes.append(f"init_options.norm ignored: {method.name!r} keeps peft's init scale")
-    if method.mutates_base:
+    if method.name in ("pissa", "olora"):
         notes.append(f"{method.name} rewrote W₀ as W₀ − B₀A₀; from_pretrained on a fresh base recomputes it")
+    elif method.mutates_base:
+        notes.append(
+            f"{method.name} rewrote W₀ as W₀ − s·B₀A₀ from calibration statistics: a fresh base cannot "
+            "recompute it, so use `gapinit export` (converts to a plain LoRA adapter, as peft documents)"
+        )
+    extra = {
+        "mica": "MiCA: B is frozen (peft's MiCA variant), only A trains",
+        "orthogonal": "orthogonal: A and B both non-zero, so ΔW ≠ 0 at step 0 (max_abs_logit_diff records it)",
+        "eva": f"EVA: A from the caption-token input PCA of D_cal, eva_rho={opts.eva_rho}",
+        "corda": f"CorDA ({opts.corda_method}) from D_cal's input covariance",
+        "lora_ga": (
+            f"LoRA-GA ({opts.loraga_direction}, {opts.loraga_scale}) from the caption-loss gradient over "
+            "D_cal (not the train split's first batches), model in eval mode"
+        ),
+    }.get(method.name)
+    if extra:
+        notes.append(extra)
     values = [v for v in alignment.values() if v is not None]
     if values:
         summary = {"mean": sum(values) / len(values), "min": min(values), "max": max(values)}
@@ -555,9 +668,17 @@ def init_checks(
     checks["grad_norm_B"] = math.sqrt(sum(gb**2 for _, gb in grads.values()))
     if not math.isfinite(checks["loss"]):
         failures.append(f"the caption loss is {checks['loss']}")
+    promised = method.direction is not None or method.zero_delta  # A = 0 (gap, control, MiCA), B = 0 (EVA)
+    if promised and checks["max_abs_logit_diff"] != 0.0:
+        failures.append(f"ΔW ≠ 0: logits differ by {checks['max_abs_logit_diff']:.3g}")
+    if report.base_reconstruction_error is not None:  # W_res + s·B₀A₀ = W₀ up to rounding
+        err = report.base_reconstruction_error
+        checks["max_abs_weight_error"] = err
+        half = any(p.dtype in (torch.float16, torch.bfloat16) for p in peft_model.parameters())
+        tol = (1e-2 if half else 1e-4) * max(1.0, report.base_max_abs or 0.0)
+        if not err <= tol:
+            failures.append(f"W_res + s·B₀A₀ differs from W₀ by {err:.3g} > {tol:.3g}")
     if method.direction is not None:  # gap / random-direction: A = 0 on every LM module
-        if checks["max_abs_logit_diff"] != 0.0:
-            failures.append(f"ΔW ≠ 0: logits differ by {checks['max_abs_logit_diff']:.3g}")
         checks["zero_A_grad_modules"] = [n for n in lm if grads[n][0] == 0.0]
         lm_ga = math.sqrt(sum(grads[n][0] ** 2 for n in lm))
         if not (lm_ga > 0 and math.isfinite(lm_ga)):

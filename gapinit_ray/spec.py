@@ -27,7 +27,20 @@ from gapinit_ray.errors import SpecError
 # Names that registries own. They are listed here (cheap, no heavy imports) so that `validate` can
 # name the allowed values; the registries check that they agree (tests/test_spec.py).
 
-INIT_METHODS = ("gap", "random", "gaussian", "pissa", "olora", "dora", "random-direction")
+INIT_METHODS = (
+    "gap",
+    "random",
+    "gaussian",
+    "pissa",
+    "olora",
+    "dora",
+    "random-direction",
+    "mica",
+    "orthogonal",
+    "eva",
+    "corda",
+    "lora_ga",
+)
 SCHEDULERS = ("fifo", "asha", "seed-group-asha")
 TASKS = ("coco_caption", "vqa", "pope")
 CAPTION_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider", "spice")
@@ -303,6 +316,21 @@ class InitOptions(_Strict):
         description="scale of B[:,0] for gap/random-direction: None = unit (paper), a number c, or "
         "'match-default' = the Frobenius norm of peft's default A",
     )
+    eva_rho: float = Field(
+        1.0,
+        ge=1.0,
+        description="eva: peft EvaConfig.rho; 1 = rank r on every module (the same budget as every other "
+        "arm), > 1 = peft's redistribution of the r·modules budget by explained variance (peft default 2)",
+    )
+    corda_method: Literal["ipm", "kpm"] = Field(
+        "ipm", description="corda: instruction-previewed (top-r, peft's default) or knowledge-preserved"
+    )
+    loraga_direction: Literal["ArBr", "A2rBr", "ArB2r", "random"] = Field(
+        "ArB2r", description="lora_ga: peft LoraGAConfig.direction (default ArB2r)"
+    )
+    loraga_scale: Literal["stable", "weight_svd", "gd_scale", "unit"] = Field(
+        "stable", description="lora_ga: peft LoraGAConfig.scale (default stable)"
+    )
 
 
 class LoraSpec(_Strict):
@@ -321,6 +349,15 @@ class LoraSpec(_Strict):
         if v not in INIT_METHODS:
             raise ValueError(f"unknown init method {v!r}; known: {', '.join(INIT_METHODS)}")
         return v
+
+    @model_validator(mode="after")
+    def _orthogonal_rank(self) -> LoraSpec:
+        if self.init == "orthogonal" and self.rank % 2:
+            raise ValueError(
+                f"lora.init 'orthogonal' needs an even lora.rank (peft splits the rows of one r×r orthogonal "
+                f"matrix between A and B); got rank {self.rank}: use rank 2, or another init at rank 1"
+            )
+        return self
 
     @property
     def effective_alpha(self) -> float:

@@ -498,6 +498,7 @@ def prepare(spec: SweepSpec, progress: bool = True) -> tuple[dict[str, str | Non
     are handed these paths and never derive or compute an artifact themselves (see
     :func:`prepare_feature_caches` for the feature caches)."""
     from gapinit_ray.data.resolve import check_spec_data
+    from gapinit_ray.init_stats import ensure_init_stats
 
     for line in check_spec_data(spec):
         if progress:
@@ -511,6 +512,10 @@ def prepare(spec: SweepSpec, progress: bool = True) -> tuple[dict[str, str | Non
         key = calibration_key(tspec, bspec)
         if key not in artifacts:
             artifacts[key] = prepare_artifact(tspec, bspec, backbone_paths[bspec.key], progress)
+        else:  # the key's artifact exists: the init statistics this point's init needs (EVA, ...), cached
+            ensure_init_stats(
+                tspec, bspec, backbone_paths[bspec.key], artifacts[key], [tspec.lora.init], progress=progress
+            )
     return backbone_paths, artifacts
 
 

@@ -90,11 +90,15 @@ def prepare_artifact(
     ``use_ray``: as :func:`~gapinit_ray.calibration_job.run_calibration` (None: when Ray is up)."""
     from gapinit_ray.calibration_job import run_calibration
     from gapinit_ray.data.resolve import cache_dir
+    from gapinit_ray.init_stats import ensure_init_stats
 
     artifact, _ = run_calibration(
         spec, bspec, backbone_path=backbone_path, progress=progress, use_ray=use_ray
     )
-    return str(cache_dir(spec.storage) / "gaps" / artifact.key)
+    path = str(cache_dir(spec.storage) / "gaps" / artifact.key)
+    # peft's data-driven inits (EVA, CorDA, LoRA-GA): their statistics over the same D_cal, cached there
+    ensure_init_stats(spec, bspec, backbone_path, path, [spec.lora.init], use_ray=use_ray, progress=progress)
+    return path
 
 
 def prepare_features(

@@ -352,6 +352,9 @@ CASES: dict[str, Setup] = {
     "sweep name with /": _spec_case("name=a/b", expect=["spec.yaml:", "name", "path separators"]),
     "sweep name ..": _spec_case("name=..", expect=["spec.yaml:", "name", "'..'"]),
     "override not KEY=VALUE": _spec_case("train.lr", expect=["override 'train.lr'", "KEY=VALUE"]),
+    "unknown logger": _spec_case(
+        "loggers=[neptune]", expect=["loggers.0.type", "'mlflow', 'tensorboard' or 'wandb'"]
+    ),
     "override into a value": _spec_case("train.lr.x=1", expect=["override 'train.lr.x=1'", "'lr'"]),
     "calibration num_samples > data": calibration_too_many,
     "missing image file": missing_image,

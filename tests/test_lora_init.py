@@ -39,7 +39,9 @@ from gapinit_ray.spec import InitOptions, LayerSelectionSpec, LoraSpec
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
 BACKBONES = ("tiny-blip2", "tiny-qwen2-vl", "tiny-gemma3")
-METHODS = tuple(INIT_METHODS)
+#: the inits added as sweep arms by issue 24 (MiCA, orthogonal, EVA, CorDA, LoRA-GA) are tested in test_init_zoo.py
+ZOO = ("mica", "orthogonal", "eva", "corda", "lora_ga")
+METHODS = tuple(m for m in INIT_METHODS if m not in ZOO)
 #: methods whose adapters do not depend on the seed: exact SVD / QR of W₀
 DETERMINISTIC = ("pissa", "olora")
 
@@ -447,7 +449,16 @@ def test_residual_space(artifacts, pairs):
 
 def test_spec_models_still_validate():
     # the options this module reads come from spec models; keep the field names in sync
-    assert set(InitOptions().model_dump()) == {"gap_source", "noise_eps", "space", "norm"}
+    assert set(InitOptions().model_dump()) == {
+        "gap_source",
+        "noise_eps",
+        "space",
+        "norm",
+        "eva_rho",  # the zoo's peft options (test_init_zoo.py)
+        "corda_method",
+        "loraga_direction",
+        "loraga_scale",
+    }
     assert set(LayerSelectionSpec().model_dump()) == {"selection", "top_k"}
 
 
