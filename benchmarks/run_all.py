@@ -1,6 +1,6 @@
 """Run every benchmark and write benchmarks/results/*.json plus benchmarks/results/SUMMARY.md.
 
-    python -m benchmarks.run_all [--only calibration,trial,sweep,feature_cache,quickstart_memory] [--full]
+    python -m benchmarks.run_all [--only calibration,trial,sweep,feature_cache,quickstart_memory,dashboard,trackers] [--full]
 
 Each figure is a ratio measured side by side in one run on the machine recorded with it; the machines
 these run on are shared and noisy, so compare ratios, not absolute times across machines.
@@ -17,7 +17,7 @@ import time
 from benchmarks.common import RESULTS
 from gapinit_ray.atomic import write_atomic
 
-ALL = ("calibration", "trial", "sweep", "feature_cache", "quickstart_memory")
+ALL = ("calibration", "trial", "sweep", "feature_cache", "quickstart_memory", "dashboard", "trackers")
 # arguments of each benchmark in the suite (--full: every benchmark's defaults): the feature cache's
 # whole-sweep comparison (~16 min by itself on 2 CPUs) is left out and its last figures kept, marked
 # carried_over; the results query is timed on 200 trials x 25 reports (building the data, ~10 ms per
@@ -82,6 +82,23 @@ def headlines(name: str, r: dict) -> list[str]:
             f"peak memory of all processes {_get(r, 'peak_pss_gib_all_processes')} GiB PSS "
             f"(target ≤ 8), wall {_get(r, 'wall_s', fmt='{:.0f}')} s, {_get(r, 'train_runs', fmt='{}')} Train runs "
             "for its 9 trials"
+        ]
+    if name == "dashboard":
+        after = r.get("warm_after_change_ms", {})
+        data = {k: v for k, v in after.items() if k != "version"}
+        worst = max(data, key=data.get) if data else "n/a"
+        return [
+            f"dashboard, {_get(r, 'trials', fmt='{}')} trials × {_get(r, 'reports', fmt='{}')} reports: data endpoints "
+            f"warm (unchanged) ≤ {max(r.get('warm_unchanged_ms', {0: 0}).values()):.0f} ms, after a change ≤ "
+            f"{data.get(worst, float('nan')):.0f} ms ({worst}) (target ≤ 200); idle tick "
+            f"{_get(r, 'tick_idle_version_ms', fmt='{:.1f}')} ms, page refresh after a change "
+            f"{_get(r, 'tick_page_refresh_after_change_ms', fmt='{:.0f}')} ms"
+        ]
+    if name == "trackers":
+        return [
+            f"trackers (MLflow, TensorBoard, W&B offline) on / off: time per training step "
+            f"{_get(r, 'on_over_off_time_per_step', fmt='{:.3f}')}× (target ≤ 1.03); driver enqueue "
+            f"{_get(r, 'driver_enqueue_s_per_result', fmt='{:.1e}')} s per result"
         ]
     return []
 

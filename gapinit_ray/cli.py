@@ -176,6 +176,11 @@ def _run_sweep(spec, args: argparse.Namespace) -> int:
     from gapinit_ray.sweep import failed_trials, preflight, run_sweep
 
     preflight(spec)  # before Ray starts: a storage or sweep-dir problem is reported alone, at once
+    if getattr(args, "dashboard", False):
+        from gapinit_ray.dashboard.server import start_background
+
+        dash = start_background(spec.storage, spec.name)
+        print(f"gapinit: dashboard at {dash.url} (while this sweep runs)", file=sys.stderr)
     from gapinit_ray.cluster import check_resources
 
     with ray_session(args.address, num_cpus=args.num_cpus):
@@ -321,6 +326,26 @@ def _print_comparison(storage: str, sweep: str, args: argparse.Namespace, by: li
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """`gapinit dashboard`: serve the live read-only dashboard until interrupted."""
+    from gapinit_ray.dashboard.server import DashboardServer, resolve_target, resolve_token
+
+    target = resolve_target(args.target)
+    token = resolve_token(args.host, args.token, args.token_file)
+    server = DashboardServer(target, args.host, args.port, token)
+    url = server.url + (f"?token={token}" if token and args.print_token else "")
+    print(
+        f"gapinit: dashboard of {target.root}{'/' + target.sweep if target.sweep else ''} at {url}",
+        file=sys.stderr,
+    )
+    if token and not args.print_token:
+        print(
+            "gapinit: requests need the token (Authorization: Bearer, or ?token= in the URL)", file=sys.stderr
+        )
+    server.run()
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from gapinit_ray.results import ResultsStore, write_report
 
@@ -463,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
     p.add_argument("--quiet", action="store_true", help="no live progress lines")
+    p.add_argument(
+        "--dashboard", action="store_true", help="serve the live dashboard on 127.0.0.1 while it runs"
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("calibrate", help="run only the calibration stage and print the per-layer gap table")
@@ -517,6 +545,19 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--out", help="output dir (default: <sweep dir>/report)")
             p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "dashboard", help="live read-only web dashboard of a sweep or of every sweep of a storage"
+    )
+    p.add_argument(
+        "target", metavar="STORAGE_OR_SWEEP", help="<storage>/<sweep>, a storage root, a URI or a spec"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (not loopback: a token is required)")
+    p.add_argument("--port", type=int, help="port (default: the first free one from 8270; Ray's is 8265)")
+    p.add_argument("--token", help="token requests must carry (or $GAPINIT_DASHBOARD_TOKEN)")
+    p.add_argument("--token-file", help="use this Ray auth token file as the token (as `gapinit submit`)")
+    p.add_argument("--print-token", action="store_true", help="print the URL with ?token= in it")
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser(
         "diagnose",
