@@ -98,3 +98,35 @@ def test_the_readme_quickstart_command_as_written(tmp_path: Path) -> None:
     assert summary["sweep"]["device_s"] == pytest.approx(metrics["device_s"].sum(), rel=1e-9)
     if len(stopped):
         assert "ASHA stopped" in proc.stdout
+
+    # the dashboard over this real sweep's store: its numbers are gapinit results' numbers
+    import json
+    import urllib.request
+
+    from gapinit_ray.cli import default_by
+    from gapinit_ray.dashboard.server import DashboardServer, Target
+    from gapinit_ray.results import aggregate
+
+    server = DashboardServer(Target(str(results), "quickstart"), "127.0.0.1", 0).start()
+    try:
+
+        def api(path: str) -> dict:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=60) as r:
+                return json.loads(r.read())
+
+        table = store.metrics()
+        by = default_by(table)
+        curves = api("/api/sweeps/quickstart/curves?metric=val_cider")
+        assert len(curves["groups"]) == 3
+        for g in curves["groups"]:
+            for i, epoch in enumerate(g["epoch"]):
+                agg = aggregate(table, by=by, metric="val_cider", at=f"epoch={epoch}").to_pylist()
+                row = next(r for r in agg if all(r[c] == v for c, v in g["key"].items()))
+                assert g["n"][i] == row["n"] and g["mean"][i] == pytest.approx(row["mean"], rel=1e-12)
+        rows = api("/api/sweeps/quickstart/trials")["trials"]
+        assert sorted(r["trial_id"] for r in rows) == sorted(trials["trial_id"])
+        assert {r["trial_id"]: r["status"] for r in rows} == dict(
+            zip(trials["trial_id"], trials["status"], strict=True)
+        )
+    finally:
+        server.stop()

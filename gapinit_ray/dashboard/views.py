@@ -449,13 +449,25 @@ class Views:
                 "epochs": (spec.get("train") or {}).get("epochs"),
                 "trials": dict(statuses),
                 "n_trials": sum(statuses.values()),
-                "cpu_hours": hours * workers * float(res.get("cpus_per_worker") or 0),
-                "gpu_hours": hours * workers * float(res.get("gpus_per_worker") or 0),
+                **_device_hours(metrics, hours, workers, res),
                 "started": started,
                 "last_report": last,
                 "version": self.reader.version(),
             }
         )
+
+
+def _device_hours(metrics: pa.Table, hours: float, workers: float, res: dict) -> dict[str, float]:
+    """CPU/GPU hours: the reports' measured ``device_s`` summed (gapinit_ray.results.cost) when they
+    carry it, else each trial's first-to-last-report time x the workers and CPUs/GPUs the spec asked."""
+    gpus = float(res.get("gpus_per_worker") or 0)
+    if "device_s" in metrics.column_names and metrics.num_rows:
+        measured = (pa.compute.sum(metrics["device_s"]).as_py() or 0.0) / 3600
+        return {"cpu_hours": 0.0 if gpus else measured, "gpu_hours": measured if gpus else 0.0}
+    return {
+        "cpu_hours": hours * workers * float(res.get("cpus_per_worker") or 0),
+        "gpu_hours": hours * workers * gpus,
+    }
 
 
 #: the columns the comparison reads (config columns, the seed, what de-duplicates reports) + its metric

@@ -115,17 +115,18 @@ def _hours(seconds: float) -> str:
 def format_cost(summary: dict, by: list[str], unit: str) -> str:
     """The cost lines ``gapinit results`` prints under its table. ``unit``: ``GPU`` or ``CPU``."""
     lines = [f"cost ({unit}-time; {', '.join(by)}):"]
-    for arm, s in summary["arms"].items():
-        name = ", ".join(str(a) for a in arm)
-        lines.append(
-            f"  {name:<28} {_hours(s['device_s']):>10} {unit}  wall {_hours(s['wall_s']):>9}  "
+    names = {arm: ", ".join(str(a) for a in arm) for arm in summary["arms"]}
+    width = max([len("sweep"), *map(len, names.values())])
+
+    def line(name: str, s: dict) -> str:
+        return (
+            f"  {name:<{width}}  {_hours(s['device_s']):>9} {unit}  wall {_hours(s['wall_s']):>9}  "
             f"{s['samples']:.0f} samples  {s['tokens']:.0f} tokens  ({s['trials']} trials)"
         )
+
+    lines += [line(names[arm], s) for arm, s in summary["arms"].items()]
     t = summary["sweep"]
-    lines.append(
-        f"  {'sweep':<28} {_hours(t['device_s']):>10} {unit}  wall {_hours(t['wall_s']):>9}  "
-        f"{t['samples']:.0f} samples  {t['tokens']:.0f} tokens  ({t['trials']} trials)"
-    )
+    lines.append(line("sweep", t))
     if t["stopped"]:
         lines.append(
             f"  ASHA stopped {t['stopped']} trial(s) early: saved {_hours(t['asha_saved_device_s'])} {unit} "
@@ -136,8 +137,8 @@ def format_cost(summary: dict, by: list[str], unit: str) -> str:
 
 def calibration_costs(sweep_dir: str, spec: dict) -> list[dict]:
     """The calibration cost of each GapArtifact the sweep's trials use (``<sweep>/artifacts.json``):
-    ``{"key", "device_s", "wall_s", "samples"}``; device-seconds are the workers' forward-pass wall time
-    x the CPUs (or 1 GPU) each calibration worker holds. Empty when the sweep dir is not local or has no
+    ``{"key", "device_s", "wall_s", "samples"}``; device-seconds are the forward stage's wall time x its
+    workers x the CPUs (or 1 GPU) each calibration worker holds (held, not used: an upper bound). Empty when the sweep dir is not local or has no
     such file (sweeps from before it existed)."""
     import json
     import os
@@ -162,7 +163,7 @@ def calibration_costs(sweep_dir: str, spec: dict) -> list[dict]:
         out.append(
             {
                 "key": key,
-                "device_s": float(t.get("worker_forward_s", 0.0)) * per_worker,
+                "device_s": float(t.get("forward_s", 0.0)) * int(t.get("workers", 1)) * per_worker,
                 "wall_s": float(t.get("total_s", 0.0)),
                 "samples": int(meta.get("num_samples", 0)),
             }
