@@ -289,7 +289,18 @@ def service_training(spec, backbone_dir: str, artifact: str, cache: str | None) 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     # no Ray on the lent GPU machine: the checkpoint is handed over as its directory
-    TrialWorker(ctx, lambda m, checkpoint=None: reports.append(m), lambda: None, checkpoint_from=str).run()
+    for attempt in range(3):
+        try:
+            TrialWorker(
+                ctx, lambda m, checkpoint=None: reports.append(m), lambda: None, checkpoint_from=str
+            ).run()
+            break
+        except Exception as e:  # the free port _dist_env picked was taken before the rendezvous bound it
+            if "EADDRINUSE" not in str(e) or attempt == 2:
+                raise
+            reports.clear()
+            os.environ.pop("MASTER_PORT", None)
+            _dist_env()
     trained = [r for r in reports if "samples_per_s" in r]
     last = trained[-1]
     steps = spec.train.max_steps_per_epoch
