@@ -144,7 +144,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.trial:
         return _run_sweep(spec, args)
     from gapinit_ray.data.resolve import check_storage
-    from gapinit_ray.trial import build_trainer, parse_trial_params, trial_id, trial_spec
+    from gapinit_ray.plan import parse_trial_params, trial_id, trial_spec
+    from gapinit_ray.trial import build_trainer
 
     params = parse_trial_params(args.trial)
     trial_spec(spec, params)  # a bad trial parameter is reported before Ray starts

@@ -87,12 +87,11 @@ def resolve_trial(
 ) -> TrialRef:
     """``target``: a trial's run dir (``<sweep>/train/<trial>``), one of its checkpoint dirs, or
     ``<sweep>/<trial id>``. The spec comes from ``spec_path`` or the sweep's ``spec.json``; the trial's
-    parameters from the grid point whose :func:`~gapinit_ray.trial.trial_id` it is. ``which``: ``last``
+    parameters from the grid point whose :func:`~gapinit_ray.plan.trial_id` it is. ``which``: ``last``
     checkpoint, or ``best`` by the spec's scheduler metric among the checkpoints kept."""
+    from gapinit_ray.plan import grid_points, trial_id, trial_spec
     from gapinit_ray.spec import load_spec, spec_from_dict
-    from gapinit_ray.sweep import grid_points
     from gapinit_ray.train import ADAPTER_DIR
-    from gapinit_ray.trial import trial_id, trial_spec
 
     path = Path(target).expanduser()
     if not path.exists():

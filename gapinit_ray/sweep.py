@@ -21,7 +21,6 @@ Storage layout under ``<storage>/<sweep name>/`` (stable; documented in the READ
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import socket
 import sys
@@ -32,83 +31,23 @@ from typing import Any
 
 from gapinit_ray.atomic import write_atomic
 from gapinit_ray.errors import GapinitError
+from gapinit_ray.plan import (
+    SEED_KEY,
+    grid_points,
+    param_space,
+    params_of,
+    result_config,
+    trial_id,
+    trial_spec,
+)
 from gapinit_ray.progress import ProgressView, SweepStatus, rung_summary
-from gapinit_ray.spec import Choice, LogUniform, SweepSpec, Uniform, grid_size
+from gapinit_ray.spec import SweepSpec, grid_size
 from gapinit_ray.trial import (
     prepare_artifact,
     prepare_backbone,
     prepare_features,
     sweep_dir,
-    trial_id,
-    trial_spec,
 )
-
-CASE_KEY = "case"
-#: The seed's key in Tune configs. Tune orders grid variants by the sorted config keys, the first key
-#: varying fastest; "_seed" sorts before every spec field name, so a configuration's seeds are created
-#: one after another and seed-group ASHA's groups fill up before the next configuration starts.
-SEED_KEY = "_seed"
-
-
-# --------------------------------------------------------------------------------- search space
-
-
-def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
-    """Every grid combination (cases × list axes × backbones), sampled axes left out."""
-    axes = {k: v for k, v in spec.search.axes.items() if isinstance(v, list)}
-    if "backbone" not in axes and len(spec.backbones) > 1:
-        axes["backbone"] = [b.key for b in spec.backbones]
-    cases = spec.search.cases or [{}]
-    points = []
-    for case in cases:
-        for combo in itertools.product(*axes.values()):
-            points.append({**dict(zip(axes, combo, strict=True)), **case})
-    return points
-
-
-def param_space(spec: SweepSpec) -> dict[str, Any]:
-    """Tune's param space: grid axes as ``grid_search``, sampled axes as distributions, and the
-    explicit cases as a grid over their index (merged back by :func:`params_of`)."""
-    from ray import tune
-
-    space: dict[str, Any] = {}
-    seeds = spec.search.axes.get("seed")
-    if isinstance(seeds, list):
-        space[SEED_KEY] = tune.grid_search(seeds)
-    for name, axis in spec.search.axes.items():
-        if name == "seed":
-            name = SEED_KEY
-            if isinstance(axis, list):
-                continue
-        if isinstance(axis, list):
-            space[name] = tune.grid_search(axis)
-        elif isinstance(axis, Choice):
-            space[name] = tune.choice(axis.choice)
-        elif isinstance(axis, Uniform):
-            space[name] = tune.uniform(*axis.uniform)
-        elif isinstance(axis, LogUniform):
-            space[name] = tune.loguniform(*axis.loguniform)
-    if "backbone" not in space and len(spec.backbones) > 1:
-        space["backbone"] = tune.grid_search([b.key for b in spec.backbones])
-    if spec.search.cases:
-        space[CASE_KEY] = tune.grid_search(list(range(len(spec.search.cases))))
-    return space
-
-
-def result_config(spec: SweepSpec, params: dict[str, Any]) -> dict[str, Any]:
-    """The trial's parameters plus the standard result columns (backbone, rank, lr) even when they are
-    not searched, so every row says what it ran."""
-    tspec, bspec = trial_spec(spec, params)
-    return {"backbone": bspec.key, "lora.rank": tspec.lora.rank, "train.lr": tspec.train.lr, **params}
-
-
-def params_of(config: dict[str, Any], spec: SweepSpec) -> dict[str, Any]:
-    """A trial's flat parameters (axis -> value) from its Tune config (cases expanded)."""
-    params = {("seed" if k == SEED_KEY else k): v for k, v in config.items() if k != CASE_KEY}
-    if CASE_KEY in config:
-        params.update(spec.search.cases[config[CASE_KEY]])
-    return params
-
 
 # ------------------------------------------------------------------------------------ the trial
 
