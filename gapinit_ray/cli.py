@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from gapinit_ray.errors import GapinitError
+from gapinit_ray.names import DEFAULT_METRIC, RESULTS_DIR, SPEC_FILE
 
 EXIT_USER_ERROR = 2
 EXIT_TRIALS_FAILED = 1  # the sweep ran, but some trial failed after its retries
@@ -262,7 +263,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     target = Path(args.sweep)
     if target.is_dir():
-        saved = target / "spec.json"
+        saved = target / SPEC_FILE
         if not saved.exists():
             raise GapinitError(f"{target}: not a sweep directory (no spec.json); pass the sweep's spec file")
         spec = spec_from_dict(json.loads(saved.read_text()), source=str(saved))
@@ -284,7 +285,7 @@ def _sweep_location(arg: str, storage: str | None) -> tuple[str, str]:
     if "://" in arg:
         root, _, name = arg.rstrip("/").rpartition("/")
         return root, name
-    if not (p / "results").exists():
+    if not (p / RESULTS_DIR).exists():
         raise GapinitError(f"{arg}: no results here; pass <storage>/<sweep name> or the sweep's spec file")
     return str(p.resolve().parent), p.resolve().name
 
@@ -518,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=what)
         p.add_argument("sweep", help="the sweep's dir (<storage>/<name>, or a URI) or its spec file")
         p.add_argument("--by", default="init,rank,backbone", help="group-by config columns / axes")
-        p.add_argument("--metric", default="val_cider")
+        p.add_argument("--metric", default=DEFAULT_METRIC)
         p.add_argument("--mode", choices=["max", "min"], default="max", help="what 'best' means")
         compare_help = (
             "compare arms over seeds, the first against each other: e.g. init=gap,init=random,"

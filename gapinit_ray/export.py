@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from gapinit_ray.errors import GapinitError
+from gapinit_ray.names import SPEC_FILE, TRAIN_DIR
 
 EXPORT_META = "gapinit_export.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
@@ -59,7 +60,7 @@ class TrialRef:
 
 def _find_sweep_dir(path: Path) -> Path | None:
     for p in [path, *path.parents]:
-        if (p / "spec.json").is_file():
+        if (p / SPEC_FILE).is_file():
             return p
     return None
 
@@ -101,8 +102,8 @@ def resolve_trial(
         checkpoints, run_dir = [path], path.parent
     else:
         run_dir = path
-        if not _checkpoints(run_dir) and (path.parent / "train" / path.name).is_dir():
-            run_dir = path.parent / "train" / path.name  # <sweep>/<trial id>
+        if not _checkpoints(run_dir) and (path.parent / TRAIN_DIR / path.name).is_dir():
+            run_dir = path.parent / TRAIN_DIR / path.name  # <sweep>/<trial id>
         checkpoints = _checkpoints(run_dir)
     if not checkpoints:
         raise ExportError(
@@ -114,7 +115,7 @@ def resolve_trial(
     if spec_path:
         spec = load_spec(spec_path, overrides)
     elif sweep_dir is not None:
-        saved = sweep_dir / "spec.json"
+        saved = sweep_dir / SPEC_FILE
         spec = spec_from_dict(json.loads(saved.read_text()), source=str(saved))
     else:
         raise ExportError(f"{target}: not inside a sweep directory (no spec.json above it); pass --spec SPEC")

@@ -31,6 +31,7 @@ from typing import Any
 
 from gapinit_ray.atomic import write_atomic
 from gapinit_ray.errors import GapinitError
+from gapinit_ray.names import FIFO, SCHEDULER_STATE_FILE, SEED_GROUP_ASHA, SPEC_FILE
 from gapinit_ray.plan import (
     SEED_KEY,
     grid_points,
@@ -411,7 +412,7 @@ def _max_concurrent(spec: SweepSpec, per_group: bool = True) -> int:
     import ray
 
     seeds = spec.search.axes.get("seed")
-    group = len(seeds) if isinstance(seeds, list) and spec.scheduler.type == "seed-group-asha" else 1
+    group = len(seeds) if isinstance(seeds, list) and spec.scheduler.type == SEED_GROUP_ASHA else 1
     if not per_group:
         group = 1
     if spec.resources.max_concurrent_trials:
@@ -502,7 +503,7 @@ def make_scheduler(spec: SweepSpec):
         max_t=spec.max_t,
         group_size=len(seeds) if isinstance(seeds, list) else 1,
         seed_key=SEED_KEY,
-        state_path=str(sweep_dir(spec) / "scheduler_state.json"),
+        state_path=str(sweep_dir(spec) / SCHEDULER_STATE_FILE),
         # members wait at rungs inside their trainable, not PAUSEd by Tune (see schedulers.py)
         wait="in_trial",
     )
@@ -535,7 +536,7 @@ def _run(spec: SweepSpec, quiet: bool):
     # The trial function only waits on its TorchTrainer. A fractional CPU for it would leave, e.g., 2 CPUs
     # able to hold one 1-CPU Train worker group and the trial functions but never a second group
     # (2 - 1 - 0.03 < 1), so it asks for a sliver of memory (a logical resource every node has) instead.
-    seed_groups = spec.scheduler.type == "seed-group-asha"
+    seed_groups = spec.scheduler.type == SEED_GROUP_ASHA
     slots = gate = None
     if seed_groups:
         # Tune keeps slots x group size trials alive (members wait at rungs); only `slots` of them run
@@ -557,7 +558,7 @@ def _run(spec: SweepSpec, quiet: bool):
             backbone_paths=backbone_paths,
             artifact_paths=artifact_paths,
             feature_caches=feature_caches,
-            state_path=str(root / "scheduler_state.json") if seed_groups else None,
+            state_path=str(root / SCHEDULER_STATE_FILE) if seed_groups else None,
             slots=slots,
         ),
         {"CPU": 0, "memory": 2**20},
@@ -579,7 +580,7 @@ def _run(spec: SweepSpec, quiet: bool):
                 # ASHA / seed-group ASHA carry metric and mode themselves; Tune refuses both
                 **(
                     {"metric": spec.scheduler.metric, "mode": spec.scheduler.mode}
-                    if spec.scheduler.type == "fifo"
+                    if spec.scheduler.type == FIFO
                     else {}
                 ),
                 reuse_actors=False,
@@ -626,13 +627,13 @@ def preflight(spec: SweepSpec) -> None:
 
     check_storage(spec.storage)
     root = sweep_dir(spec)
-    if (root / "spec.json").is_file():
+    if (root / SPEC_FILE).is_file():
         _check_same_sweep(spec, root)
 
 
 def _check_same_sweep(spec: SweepSpec, root: Path) -> None:
     """A sweep dir belongs to one spec: running another spec into it would mix trials."""
-    path = root / "spec.json"
+    path = root / SPEC_FILE
     current = spec.model_dump(mode="json")
     identity = {k: v for k, v in current.items() if k != "loggers"}  # trackers do not change results
     if path.exists():

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from gapinit_ray.names import CAPTIONS_DIR, GAPS_DIR, TRAIN_DIR
 from gapinit_ray.plan import trial_id, trial_spec
 from gapinit_ray.spec import BackboneSpec, SweepSpec
 
@@ -43,7 +44,7 @@ def prepare_artifact(
     artifact, _ = run_calibration(
         spec, bspec, backbone_path=backbone_path, progress=progress, use_ray=use_ray
     )
-    path = str(cache_dir(spec.storage) / "gaps" / artifact.key)
+    path = str(cache_dir(spec.storage) / GAPS_DIR / artifact.key)
     # peft's data-driven inits (EVA, CorDA, LoRA-GA): their statistics over the same D_cal, cached there
     ensure_init_stats(spec, bspec, backbone_path, path, [spec.lora.init], use_ray=use_ray, progress=progress)
     return path
@@ -141,7 +142,7 @@ def build_trainer(
         backbone_path=backbone_path,
         artifact_path=artifact_path,
         trial_id=tid,
-        out_dir=str(root / "captions" / tid),
+        out_dir=str(root / CAPTIONS_DIR / tid),
         stop_at=stop_at,
         feature_cache=feature_cache or None,
         rung_state=rung_state,
@@ -161,7 +162,7 @@ def build_trainer(
         ),
         run_config=RunConfig(
             name=tid,
-            storage_path=str(root / "train"),
+            storage_path=str(root / TRAIN_DIR),
             failure_config=FailureConfig(max_failures=r.worker_restarts),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=callbacks or [],

@@ -7,6 +7,14 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from gapinit_ray.names import (
+    DEFAULT_METRIC,
+    SEED_GROUP_ASHA,
+    SchedulerType,
+    metric_of_val,
+    split_metric,
+    val_metric,
+)
 from gapinit_ray.spec.sections import (
     BackboneSpec,
     CalibrationSpec,
@@ -105,8 +113,8 @@ class SearchSpec(StrictModel):
 
 
 class SchedulerSpec(StrictModel):
-    type: Literal["fifo", "asha", "seed-group-asha"] = "seed-group-asha"
-    metric: str = "val_cider"
+    type: SchedulerType = SEED_GROUP_ASHA
+    metric: str = DEFAULT_METRIC
     mode: Literal["max", "min"] = "max"
     time_attr: Literal["epoch"] = "epoch"
     grace_period: int = Field(1, ge=1)
@@ -227,7 +235,7 @@ class SweepSpec(StrictModel):
             )
         self._check_task_data()
         metric = self.scheduler.metric
-        if metric not in self.reported_metrics() and metric.removeprefix("val_") in self.eval.final_metrics:
+        if metric not in self.reported_metrics() and metric_of_val(metric) in self.eval.final_metrics:
             raise ValueError(
                 f"scheduler.metric {metric!r} is computed only at the last report (eval.final_metrics); "
                 "rungs need it at every report: move it to eval.metrics"
@@ -283,10 +291,12 @@ class SweepSpec(StrictModel):
     def reported_metrics(self) -> list[str]:
         """Metric names each trial report carries (the scheduler may only use these)."""
         val_kind = self.data.sources[self.eval_ref().source].kind
-        out = ["train_loss", "val_loss", *(f"val_{m}" for m in self.metrics_of_kind(val_kind))]
+        out = ["train_loss", val_metric("loss"), *(val_metric(m) for m in self.metrics_of_kind(val_kind))]
         for name, ref in self.eval.transfer.items():
             if ref.source in self.data.sources:
-                out += [f"{name}_{m}" for m in self.metrics_of_kind(self.data.sources[ref.source].kind)]
+                out += [
+                    split_metric(name, m) for m in self.metrics_of_kind(self.data.sources[ref.source].kind)
+                ]
         return out
 
     @property
