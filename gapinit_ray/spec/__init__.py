@@ -18,6 +18,7 @@ line map), :mod:`~gapinit_ray.spec.sections` and :mod:`~gapinit_ray.spec.sweep_m
 
 from __future__ import annotations
 
+from gapinit_ray.names import CAPTION_METRICS, INIT_METHODS, POPE_METRICS, SCHEDULERS, VQA_METRICS
 from gapinit_ray.spec.load import load_spec, spec_from_dict
 from gapinit_ray.spec.messages import format_errors
 from gapinit_ray.spec.overrides import apply_overrides, set_dotted
@@ -52,17 +53,7 @@ from gapinit_ray.spec.sweep_model import (
     SweepSpec,
     Uniform,
 )
-from gapinit_ray.spec.vocab import (
-    CAPTION_METRICS,
-    INIT_METHODS,
-    PAPER_SEEDS,
-    POPE_METRICS,
-    SCHEDULERS,
-    STORAGE_SCHEMES,
-    TASK_KINDS,
-    TASKS,
-    VQA_METRICS,
-)
+from gapinit_ray.spec.vocab import PAPER_SEEDS, STORAGE_SCHEMES, TASK_KINDS, TASKS
 from gapinit_ray.spec.yamlio import line_map, yaml_load
 
 __all__ = [

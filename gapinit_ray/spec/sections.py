@@ -8,7 +8,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gapinit_ray.spec.vocab import CAPTION_METRICS, INIT_METHODS, check_known
+from gapinit_ray.names import CAPTION_METRICS, INIT_METHODS
+from gapinit_ray.spec.vocab import check_known
 
 
 class StrictModel(BaseModel):

@@ -9,7 +9,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from gapinit_ray.names import (
     DEFAULT_METRIC,
+    POPE_METRICS,
     SEED_GROUP_ASHA,
+    VQA_METRICS,
     SchedulerType,
     metric_of_val,
     split_metric,
@@ -25,7 +27,7 @@ from gapinit_ray.spec.sections import (
     StrictModel,
     TrainSpec,
 )
-from gapinit_ray.spec.vocab import POPE_METRICS, STORAGE_SCHEMES, TASK_KINDS, TASKS, VQA_METRICS, check_known
+from gapinit_ray.spec.vocab import STORAGE_SCHEMES, TASK_KINDS, TASKS, check_known
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 

@@ -1,23 +1,7 @@
-"""Names the spec accepts. Those that registries own come from :mod:`gapinit_ray.names` (cheap, no heavy
-imports) so that `validate` can name the allowed values; the registries check that they agree
-(tests/test_spec.py)."""
+"""Names the spec accepts that no registry owns (tasks, storage schemes, the paper's seeds); the
+registries' names (init methods, schedulers, metrics) are in :mod:`gapinit_ray.names`."""
 
 from __future__ import annotations
-
-from gapinit_ray.names import CAPTION_METRICS, INIT_METHODS, POPE_METRICS, SCHEDULERS, VQA_METRICS
-
-__all__ = [
-    "CAPTION_METRICS",
-    "INIT_METHODS",
-    "PAPER_SEEDS",
-    "POPE_METRICS",
-    "SCHEDULERS",
-    "STORAGE_SCHEMES",
-    "TASKS",
-    "TASK_KINDS",
-    "VQA_METRICS",
-    "check_known",
-]
 
 TASKS = ("coco_caption", "vqa", "pope")
 # What each task trains on and evaluates on (a source's `kind`: caption, vqa or pope). POPE is an
