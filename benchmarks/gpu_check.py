@@ -271,8 +271,8 @@ def train_spec(storage: str, backbone_dir: str, dry_run: bool, steps: int, batch
 
 def service_training(spec, backbone_dir: str, artifact: str, cache: str | None) -> dict:
     """The trial's worker loop (DeepSpeed ZeRO-2) in this process: its own epoch report's figures."""
+    from gapinit_ray.plan import trial_spec
     from gapinit_ray.train import TrialContext, TrialWorker
-    from gapinit_ray.trial import trial_spec
 
     _dist_env()
     tspec, bspec = trial_spec(spec, {"init": "gap", "seed": 42})
@@ -429,7 +429,8 @@ def main(argv: list[str] | None = None) -> dict:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         spec = train_spec(str(work / "store"), backbone_dir, dry, steps, batch, images=max(steps * batch, 64))
-        from gapinit_ray.trial import prepare_artifact, prepare_features, trial_spec
+        from gapinit_ray.plan import trial_spec
+        from gapinit_ray.trial import prepare_artifact, prepare_features
 
         tspec, bspec = trial_spec(spec, {"init": "gap", "seed": 42})
         artifact = prepare_artifact(tspec, bspec, backbone_dir, progress=False, use_ray=False)

@@ -113,8 +113,8 @@ def same_loop(spec, artifact_path: str, name: str = "same-loop") -> list[float]:
     import os
     import socket
 
+    from gapinit_ray.plan import trial_spec
     from gapinit_ray.train import TrialContext, TrialWorker
-    from gapinit_ray.trial import trial_spec
 
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if "MASTER_PORT" not in os.environ:

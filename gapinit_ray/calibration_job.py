@@ -18,6 +18,7 @@ from gapinit_ray.calibrate import PooledShard, calibrate
 from gapinit_ray.data import calibration_set_hash, load_image
 from gapinit_ray.data.resolve import cache_dir, calibration_pairs
 from gapinit_ray.gap import ArtifactMismatch, GapArtifact, SpotSettings, artifact_key, reduce_shards
+from gapinit_ray.names import GAPS_DIR
 from gapinit_ray.sharding import WorkerOptions, run_local, run_on_ray
 
 
@@ -159,7 +160,7 @@ def run_calibration(
     targets, prompt = parts["target_modules"], parts["prompt"]
     spot = SpotSettings(**parts["spot"])
     key = artifact_key(parts)
-    root = cache_dir(spec.storage) / "gaps"
+    root = cache_dir(spec.storage) / GAPS_DIR
     if (root / key / "meta.json").exists():
         cached = GapArtifact.load(root / key)
         # a copied or stale cache entry must not pass for this backbone's gaps

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gapinit_ray.export import EXPORT_META, ExportError, load_trained, quiet_transformers, resolve_trial
+from gapinit_ray.names import RESULTS_DIR
 
 TASK_KINDS = {"caption": "caption", "vqa": "vqa", "pope": "pope"}
 EVAL_DIR = "evaluations"
@@ -227,7 +228,7 @@ def _store_row(spec, name: str, row: dict[str, Any]) -> str | None:
 
     store = ResultsStore(spec.storage, spec.name)
     sweep_dir = Path(spec.storage).expanduser() / spec.name
-    if not store.loc.local or not (sweep_dir / "results").is_dir():
+    if not store.loc.local or not (sweep_dir / RESULTS_DIR).is_dir():
         return None
     flat = {k: v for k, v in row.items() if k != "metrics"}
     flat.update({k: float(v) for k, v in row["metrics"].items()})
@@ -246,7 +247,7 @@ def read_evaluations(storage: str, sweep: str):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    d = Path(storage).expanduser() / sweep / "results" / EVAL_DIR
+    d = Path(storage).expanduser() / sweep / RESULTS_DIR / EVAL_DIR
     files = sorted(d.glob("*.parquet")) if d.is_dir() else []
     return (
         pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from gapinit_ray.errors import GapinitError
+from gapinit_ray.names import SPEC_FILE, TRAIN_DIR
 
 EXPORT_META = "gapinit_export.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
@@ -59,7 +60,7 @@ class TrialRef:
 
 def _find_sweep_dir(path: Path) -> Path | None:
     for p in [path, *path.parents]:
-        if (p / "spec.json").is_file():
+        if (p / SPEC_FILE).is_file():
             return p
     return None
 
@@ -87,12 +88,11 @@ def resolve_trial(
 ) -> TrialRef:
     """``target``: a trial's run dir (``<sweep>/train/<trial>``), one of its checkpoint dirs, or
     ``<sweep>/<trial id>``. The spec comes from ``spec_path`` or the sweep's ``spec.json``; the trial's
-    parameters from the grid point whose :func:`~gapinit_ray.trial.trial_id` it is. ``which``: ``last``
+    parameters from the grid point whose :func:`~gapinit_ray.plan.trial_id` it is. ``which``: ``last``
     checkpoint, or ``best`` by the spec's scheduler metric among the checkpoints kept."""
+    from gapinit_ray.plan import grid_points, trial_id, trial_spec
     from gapinit_ray.spec import load_spec, spec_from_dict
-    from gapinit_ray.sweep import grid_points
     from gapinit_ray.train import ADAPTER_DIR
-    from gapinit_ray.trial import trial_id, trial_spec
 
     path = Path(target).expanduser()
     if not path.exists():
@@ -102,8 +102,8 @@ def resolve_trial(
         checkpoints, run_dir = [path], path.parent
     else:
         run_dir = path
-        if not _checkpoints(run_dir) and (path.parent / "train" / path.name).is_dir():
-            run_dir = path.parent / "train" / path.name  # <sweep>/<trial id>
+        if not _checkpoints(run_dir) and (path.parent / TRAIN_DIR / path.name).is_dir():
+            run_dir = path.parent / TRAIN_DIR / path.name  # <sweep>/<trial id>
         checkpoints = _checkpoints(run_dir)
     if not checkpoints:
         raise ExportError(
@@ -115,7 +115,7 @@ def resolve_trial(
     if spec_path:
         spec = load_spec(spec_path, overrides)
     elif sweep_dir is not None:
-        saved = sweep_dir / "spec.json"
+        saved = sweep_dir / SPEC_FILE
         spec = spec_from_dict(json.loads(saved.read_text()), source=str(saved))
     else:
         raise ExportError(f"{target}: not inside a sweep directory (no spec.json above it); pass --spec SPEC")

@@ -77,6 +77,7 @@ from ray.tune.result import DEFAULT_METRIC
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
 from gapinit_ray.atomic import write_atomic
+from gapinit_ray.names import SCHEDULERS
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
@@ -85,7 +86,7 @@ __all__ = ["SCHEDULER_KINDS", "WAIT_MODES", "MemberPlan", "SeedGroupASHA", "make
 
 logger = logging.getLogger(__name__)
 
-SCHEDULER_KINDS = ("fifo", "asha", "seed-group-asha")
+SCHEDULER_KINDS = SCHEDULERS
 WAIT_MODES = ("pause", "in_trial")
 STATE_VERSION = 1
 

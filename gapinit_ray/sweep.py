@@ -21,7 +21,6 @@ Storage layout under ``<storage>/<sweep name>/`` (stable; documented in the READ
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import socket
 import sys
@@ -32,83 +31,24 @@ from typing import Any
 
 from gapinit_ray.atomic import write_atomic
 from gapinit_ray.errors import GapinitError
+from gapinit_ray.names import FIFO, SCHEDULER_STATE_FILE, SEED_GROUP_ASHA, SPEC_FILE
+from gapinit_ray.plan import (
+    SEED_KEY,
+    grid_points,
+    param_space,
+    params_of,
+    result_config,
+    trial_id,
+    trial_spec,
+)
 from gapinit_ray.progress import ProgressView, SweepStatus, rung_summary
-from gapinit_ray.spec import Choice, LogUniform, SweepSpec, Uniform, grid_size
+from gapinit_ray.spec import SweepSpec, grid_size
 from gapinit_ray.trial import (
     prepare_artifact,
     prepare_backbone,
     prepare_features,
     sweep_dir,
-    trial_id,
-    trial_spec,
 )
-
-CASE_KEY = "case"
-#: The seed's key in Tune configs. Tune orders grid variants by the sorted config keys, the first key
-#: varying fastest; "_seed" sorts before every spec field name, so a configuration's seeds are created
-#: one after another and seed-group ASHA's groups fill up before the next configuration starts.
-SEED_KEY = "_seed"
-
-
-# --------------------------------------------------------------------------------- search space
-
-
-def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
-    """Every grid combination (cases × list axes × backbones), sampled axes left out."""
-    axes = {k: v for k, v in spec.search.axes.items() if isinstance(v, list)}
-    if "backbone" not in axes and len(spec.backbones) > 1:
-        axes["backbone"] = [b.key for b in spec.backbones]
-    cases = spec.search.cases or [{}]
-    points = []
-    for case in cases:
-        for combo in itertools.product(*axes.values()):
-            points.append({**dict(zip(axes, combo, strict=True)), **case})
-    return points
-
-
-def param_space(spec: SweepSpec) -> dict[str, Any]:
-    """Tune's param space: grid axes as ``grid_search``, sampled axes as distributions, and the
-    explicit cases as a grid over their index (merged back by :func:`params_of`)."""
-    from ray import tune
-
-    space: dict[str, Any] = {}
-    seeds = spec.search.axes.get("seed")
-    if isinstance(seeds, list):
-        space[SEED_KEY] = tune.grid_search(seeds)
-    for name, axis in spec.search.axes.items():
-        if name == "seed":
-            name = SEED_KEY
-            if isinstance(axis, list):
-                continue
-        if isinstance(axis, list):
-            space[name] = tune.grid_search(axis)
-        elif isinstance(axis, Choice):
-            space[name] = tune.choice(axis.choice)
-        elif isinstance(axis, Uniform):
-            space[name] = tune.uniform(*axis.uniform)
-        elif isinstance(axis, LogUniform):
-            space[name] = tune.loguniform(*axis.loguniform)
-    if "backbone" not in space and len(spec.backbones) > 1:
-        space["backbone"] = tune.grid_search([b.key for b in spec.backbones])
-    if spec.search.cases:
-        space[CASE_KEY] = tune.grid_search(list(range(len(spec.search.cases))))
-    return space
-
-
-def result_config(spec: SweepSpec, params: dict[str, Any]) -> dict[str, Any]:
-    """The trial's parameters plus the standard result columns (backbone, rank, lr) even when they are
-    not searched, so every row says what it ran."""
-    tspec, bspec = trial_spec(spec, params)
-    return {"backbone": bspec.key, "lora.rank": tspec.lora.rank, "train.lr": tspec.train.lr, **params}
-
-
-def params_of(config: dict[str, Any], spec: SweepSpec) -> dict[str, Any]:
-    """A trial's flat parameters (axis -> value) from its Tune config (cases expanded)."""
-    params = {("seed" if k == SEED_KEY else k): v for k, v in config.items() if k != CASE_KEY}
-    if CASE_KEY in config:
-        params.update(spec.search.cases[config[CASE_KEY]])
-    return params
-
 
 # ------------------------------------------------------------------------------------ the trial
 
@@ -472,7 +412,7 @@ def _max_concurrent(spec: SweepSpec, per_group: bool = True) -> int:
     import ray
 
     seeds = spec.search.axes.get("seed")
-    group = len(seeds) if isinstance(seeds, list) and spec.scheduler.type == "seed-group-asha" else 1
+    group = len(seeds) if isinstance(seeds, list) and spec.scheduler.type == SEED_GROUP_ASHA else 1
     if not per_group:
         group = 1
     if spec.resources.max_concurrent_trials:
@@ -563,7 +503,7 @@ def make_scheduler(spec: SweepSpec):
         max_t=spec.max_t,
         group_size=len(seeds) if isinstance(seeds, list) else 1,
         seed_key=SEED_KEY,
-        state_path=str(sweep_dir(spec) / "scheduler_state.json"),
+        state_path=str(sweep_dir(spec) / SCHEDULER_STATE_FILE),
         # members wait at rungs inside their trainable, not PAUSEd by Tune (see schedulers.py)
         wait="in_trial",
     )
@@ -596,7 +536,7 @@ def _run(spec: SweepSpec, quiet: bool):
     # The trial function only waits on its TorchTrainer. A fractional CPU for it would leave, e.g., 2 CPUs
     # able to hold one 1-CPU Train worker group and the trial functions but never a second group
     # (2 - 1 - 0.03 < 1), so it asks for a sliver of memory (a logical resource every node has) instead.
-    seed_groups = spec.scheduler.type == "seed-group-asha"
+    seed_groups = spec.scheduler.type == SEED_GROUP_ASHA
     slots = gate = None
     if seed_groups:
         # Tune keeps slots x group size trials alive (members wait at rungs); only `slots` of them run
@@ -618,7 +558,7 @@ def _run(spec: SweepSpec, quiet: bool):
             backbone_paths=backbone_paths,
             artifact_paths=artifact_paths,
             feature_caches=feature_caches,
-            state_path=str(root / "scheduler_state.json") if seed_groups else None,
+            state_path=str(root / SCHEDULER_STATE_FILE) if seed_groups else None,
             slots=slots,
         ),
         {"CPU": 0, "memory": 2**20},
@@ -640,7 +580,7 @@ def _run(spec: SweepSpec, quiet: bool):
                 # ASHA / seed-group ASHA carry metric and mode themselves; Tune refuses both
                 **(
                     {"metric": spec.scheduler.metric, "mode": spec.scheduler.mode}
-                    if spec.scheduler.type == "fifo"
+                    if spec.scheduler.type == FIFO
                     else {}
                 ),
                 reuse_actors=False,
@@ -687,13 +627,13 @@ def preflight(spec: SweepSpec) -> None:
 
     check_storage(spec.storage)
     root = sweep_dir(spec)
-    if (root / "spec.json").is_file():
+    if (root / SPEC_FILE).is_file():
         _check_same_sweep(spec, root)
 
 
 def _check_same_sweep(spec: SweepSpec, root: Path) -> None:
     """A sweep dir belongs to one spec: running another spec into it would mix trials."""
-    path = root / "spec.json"
+    path = root / SPEC_FILE
     current = spec.model_dump(mode="json")
     identity = {k: v for k, v in current.items() if k != "loggers"}  # trackers do not change results
     if path.exists():

@@ -33,6 +33,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from gapinit_ray.names import DEFAULT_METRIC, val_metric
+
 #: logger type -> (module to import, the extra that installs it)
 EXTRAS = {
     "mlflow": ("mlflow", "mlflow"),
@@ -197,7 +199,7 @@ class TensorBoardBackend:
             from torch.utils.tensorboard.summary import hparams
 
             w = SummaryWriter(log_dir=str(self.root / trial_id))
-            exp, ssi, _ = hparams(_hparams(config, group_id), {"val_cider": 0.0, "val_loss": 0.0})
+            exp, ssi, _ = hparams(_hparams(config, group_id), {DEFAULT_METRIC: 0.0, val_metric("loss"): 0.0})
             for summary in (exp, ssi):
                 w.file_writer.add_summary(summary)
             self.writers[trial_id] = w

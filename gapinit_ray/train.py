@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from gapinit_ray.names import VAL, split_metric, val_metric
 from gapinit_ray.pretrain import caption_loss
 
 TRAINER_STATE = "trainer_state.json"
@@ -326,7 +327,7 @@ class TrialWorker:
         # (metric prefix, records): the in-task split ("val") first, then the zero-shot transfer sets
         self.eval_sets = [
             (name, eval_records(split_records(spec.data, ref, spec.storage), spec.eval.subset))
-            for name, ref in [("val", spec.eval_ref()), *spec.eval.transfer.items()]
+            for name, ref in [(VAL, spec.eval_ref()), *spec.eval.transfer.items()]
         ]
         self.val_records = self.eval_sets[0][1]
         self.val_set = pairs_of(self.val_records)
@@ -596,7 +597,7 @@ class TrialWorker:
         metrics = {
             "epoch": epoch_value,
             "train_loss": _mean_all(self.losses, world) if trained else None,
-            "val_loss": validation_loss(
+            val_metric("loss"): validation_loss(
                 self.engine, self.val_set, self.val_collate, spec.eval.batch_size, self.device, rank, world
             ),
             "lr": float(self.scheduler.get_last_lr()[0]),
@@ -617,7 +618,7 @@ class TrialWorker:
             eval_spec = spec.eval.model_copy(update={"metrics": [*eval_spec.metrics, *extra]})
         for name, records in self.eval_sets:
             # the in-task split writes into epoch_<e>/, a transfer set into epoch_<e>/<name>/
-            out_dir = os.path.join(self.ctx.out_dir, f"epoch_{epoch_value:g}", "" if name == "val" else name)
+            out_dir = os.path.join(self.ctx.out_dir, f"epoch_{epoch_value:g}", "" if name == VAL else name)
             with _root_params_gathered(self.backbone.model):
                 scores = evaluate_split(
                     self.engine.module,
@@ -631,7 +632,7 @@ class TrialWorker:
                     gather=_gather_objects if world > 1 else None,
                     out_dir=out_dir if rank == 0 else None,
                 )
-            metrics.update({f"{name}_{k}": v for k, v in (_broadcast(scores, world) or {}).items()})
+            metrics.update({split_metric(name, k): v for k, v in (_broadcast(scores, world) or {}).items()})
         # the init report (alignment, ΔW = 0, gradient norms) goes with the epoch-0 report only
         metrics["init_checks"] = json.dumps(self.checks, default=str) if epoch_value == 0 else ""
         metrics.update(self._cost_since_last_report())

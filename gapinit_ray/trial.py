@@ -6,65 +6,14 @@ debugging) and every trial of a sweep (inside a Tune function trainable, with ``
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import os
-import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from gapinit_ray.errors import SpecError
-from gapinit_ray.spec import AXIS_ALIASES, BackboneSpec, SweepSpec, set_dotted, yaml_load
-
-
-def parse_trial_params(text: str) -> dict[str, Any]:
-    """``init=gap,seed=42,train.lr=1e-4`` -> dict (values parsed as YAML)."""
-    params: dict[str, Any] = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        if "=" not in item:
-            raise SpecError(f"--trial {text!r}: expected KEY=VALUE pairs separated by commas, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            params[k.strip()] = yaml_load(v) if v else ""
-        except yaml.YAMLError:  # not YAML (e.g. a `!!python/...` tag, refused by the safe loader)
-            params[k.strip()] = v  # kept as text, as in spec overrides; validation then names it
-    return params
-
-
-def trial_spec(spec: SweepSpec, params: dict[str, Any]) -> tuple[SweepSpec, BackboneSpec]:
-    """The spec of one trial: the sweep's base values with this trial's axis values applied."""
-    raw = spec.model_dump(mode="json")
-    raw["search"] = {}
-    key = params.get("backbone", spec.backbones[0].key)
-    for name, value in params.items():
-        if name == "backbone":
-            continue
-        try:
-            set_dotted(raw, AXIS_ALIASES.get(name, name), copy.deepcopy(value))
-        except KeyError:
-            raise SpecError(
-                f"trial parameter {name!r} is not a spec field (e.g. init, seed, lora.rank)"
-            ) from None
-    from gapinit_ray.spec import spec_from_dict
-
-    tspec = spec_from_dict(raw, source=f"trial {params}")
-    bspec = next((b for b in tspec.backbones if b.key == key), None)
-    if bspec is None:
-        raise SpecError(
-            f"trial backbone {key!r} is not in backbones ({', '.join(b.key for b in tspec.backbones)})"
-        )
-    return tspec, bspec
-
-
-def trial_id(params: dict[str, Any]) -> str:
-    """Readable, filesystem-safe, unique name of a trial's parameters (stable across runs)."""
-    body = ",".join(f"{k}={params[k]}" for k in sorted(params))
-    digest = hashlib.sha1(body.encode()).hexdigest()[:8]
-    short = re.sub(r"[^A-Za-z0-9_.=,-]", "", body.replace("lora.", "").replace("train.", ""))[:80]
-    return f"{short}_{digest}" if short else digest
+from gapinit_ray.names import CAPTIONS_DIR, GAPS_DIR, TRAIN_DIR
+from gapinit_ray.plan import trial_id, trial_spec
+from gapinit_ray.spec import BackboneSpec, SweepSpec
 
 
 def prepare_backbone(spec: SweepSpec, bspec: BackboneSpec, progress: bool = True) -> str | None:
@@ -95,7 +44,7 @@ def prepare_artifact(
     artifact, _ = run_calibration(
         spec, bspec, backbone_path=backbone_path, progress=progress, use_ray=use_ray
     )
-    path = str(cache_dir(spec.storage) / "gaps" / artifact.key)
+    path = str(cache_dir(spec.storage) / GAPS_DIR / artifact.key)
     # peft's data-driven inits (EVA, CorDA, LoRA-GA): their statistics over the same D_cal, cached there
     ensure_init_stats(spec, bspec, backbone_path, path, [spec.lora.init], use_ray=use_ray, progress=progress)
     return path
@@ -193,7 +142,7 @@ def build_trainer(
         backbone_path=backbone_path,
         artifact_path=artifact_path,
         trial_id=tid,
-        out_dir=str(root / "captions" / tid),
+        out_dir=str(root / CAPTIONS_DIR / tid),
         stop_at=stop_at,
         feature_cache=feature_cache or None,
         rung_state=rung_state,
@@ -213,7 +162,7 @@ def build_trainer(
         ),
         run_config=RunConfig(
             name=tid,
-            storage_path=str(root / "train"),
+            storage_path=str(root / TRAIN_DIR),
             failure_config=FailureConfig(max_failures=r.worker_restarts),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=callbacks or [],

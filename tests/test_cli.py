@@ -107,3 +107,12 @@ def test_the_end_of_sweep_table_has_one_row_per_configuration(tmp_path: Path) ->
         store.write_report(f"t{i}", cfg, {"epoch": 1.0, "val_cider": 0.5})
     by = default_by(store.metrics())
     assert by == ["backbone", "init", "rank", "ax_calibration__passes"]  # not train.epochs, not seed
+
+
+def test_every_command_is_registered_by_name() -> None:
+    """The parser is built from the registry: each command's own module registered its run function."""
+    from gapinit_ray.cli import COMMANDS
+
+    assert sorted(COMMANDS) == _commands()
+    for name, cmd in COMMANDS.items():
+        assert cmd.name == name and cmd.run.__module__.startswith("gapinit_ray.cli.")

@@ -312,9 +312,9 @@ def test_same_seed_same_batch_order_whatever_the_init(tmp_path):
     """The trainer's data order (train.train_loader, seeded by the trial seed) is the same for every
     init of a seed, on every rank; another seed gives another order."""
     from gapinit_ray.data.resolve import split_records
+    from gapinit_ray.plan import trial_spec
     from gapinit_ray.spec import spec_from_dict
     from gapinit_ray.train import CaptionPairs, train_loader
-    from gapinit_ray.trial import trial_spec
 
     raw = yaml.safe_load(QUICKSTART.read_text())
     raw["storage"] = str(tmp_path / "store")

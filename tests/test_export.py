@@ -19,8 +19,8 @@ import torch
 import yaml
 
 from gapinit_ray.backbones import load_backbone
+from gapinit_ray.plan import trial_id, trial_spec
 from gapinit_ray.spec import spec_from_dict
-from gapinit_ray.trial import trial_id, trial_spec
 
 from .conftest import QUICKSTART, USER_ENV
 
@@ -72,8 +72,8 @@ def _clean_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
 def trained(tmp_path_factory):
     """A trained LoRA-GA trial laid out as a sweep stores it: spec.json, train/<tid>/checkpoint_*/,
     results/ rows; returns (sweep dir, spec yaml, trial dir, last report)."""
+    from gapinit_ray.plan import result_config
     from gapinit_ray.results import ResultsStore
-    from gapinit_ray.sweep import result_config
     from gapinit_ray.train import TrialContext, TrialWorker
     from gapinit_ray.trial import prepare_artifact
 

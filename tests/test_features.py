@@ -19,8 +19,9 @@ from gapinit_ray.features import (
     build_feature_cache,
     cache_plan,
 )
+from gapinit_ray.plan import trial_spec
 from gapinit_ray.train import CaptionPairs, Collate
-from gapinit_ray.trial import build_trainer, prepare_backbone, trial_spec
+from gapinit_ray.trial import build_trainer, prepare_backbone
 
 from .test_train import EpochLog
 from .test_train import tiny_spec as _trial_spec

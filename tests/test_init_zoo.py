@@ -148,8 +148,7 @@ def test_orthogonal_at_odd_rank_is_a_one_line_spec_error(tmp_path):
     raw["storage"] = str(tmp_path)
     raw["search"] = {"init": ["gap", "orthogonal"], "seed": [1]}
     with pytest.raises(SpecError, match=r"orthogonal.*even lora\.rank"):
-        from gapinit_ray.sweep import grid_points
-        from gapinit_ray.trial import trial_spec
+        from gapinit_ray.plan import grid_points, trial_spec
 
         spec = spec_from_dict(raw)
         for p in grid_points(spec):
@@ -161,7 +160,8 @@ def test_statistics_are_computed_once_and_reused_by_a_second_trial(tmp_path):
     the second (and a LoRA-GA trial after an EVA one: only the missing kind) reuses the cache."""
     from gapinit_ray.calibration_job import run_calibration
     from gapinit_ray.init_stats import ensure_init_stats, stats_path
-    from gapinit_ray.trial import prepare_artifact, trial_spec
+    from gapinit_ray.plan import trial_spec
+    from gapinit_ray.trial import prepare_artifact
 
     raw = yaml.safe_load(QUICKSTART.read_text())
     raw["storage"] = str(tmp_path / "store")
@@ -198,8 +198,8 @@ def test_statistics_are_computed_once_and_reused_by_a_second_trial(tmp_path):
 
 
 def test_zoo_spec_validates_and_runs_every_zoo_init_against_gap():
+    from gapinit_ray.plan import grid_points
     from gapinit_ray.spec import load_spec
-    from gapinit_ray.sweep import grid_points
 
     path = ROOT / "sweeps" / "init_zoo.yaml"
     assert path.read_text().startswith("# gapinit run sweeps/init_zoo.yaml")

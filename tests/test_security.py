@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from gapinit_ray.errors import GapinitError, SpecError
+from gapinit_ray.plan import trial_id
 from gapinit_ray.results import ResultsStore
 from gapinit_ray.spec import spec_from_dict
-from gapinit_ray.trial import trial_id
 
 from .conftest import ROOT
 from .test_bad_input import gapinit, raw_spec, write_spec

@@ -17,9 +17,9 @@ import psutil
 import pytest
 import yaml
 
+from gapinit_ray.plan import CASE_KEY, SEED_KEY, grid_points, param_space, params_of
 from gapinit_ray.results import ResultsStore, aggregate
 from gapinit_ray.spec import spec_from_dict
-from gapinit_ray.sweep import CASE_KEY, SEED_KEY, grid_points, param_space, params_of
 
 from .conftest import QUICKSTART, ROOT
 

@@ -14,9 +14,10 @@ import pytest
 import torch
 import yaml
 
+from gapinit_ray.plan import parse_trial_params, trial_id, trial_spec
 from gapinit_ray.spec import spec_from_dict
 from gapinit_ray.train import ADAPTER_DIR, deepspeed_config, lr_lambda
-from gapinit_ray.trial import build_trainer, parse_trial_params, trial_id, trial_spec
+from gapinit_ray.trial import build_trainer
 
 from .conftest import QUICKSTART
 

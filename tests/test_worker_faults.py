@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from gapinit_ray.faults import fired, parse
-from gapinit_ray.trial import build_trainer, sweep_dir, trial_id
+from gapinit_ray.plan import trial_id
+from gapinit_ray.trial import build_trainer, sweep_dir
 
 from .test_train import EpochLog, tiny_spec
 

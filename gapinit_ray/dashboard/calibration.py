@@ -12,6 +12,7 @@ from typing import Any
 
 from gapinit_ray.dashboard.reader import SweepReader
 from gapinit_ray.dashboard.views import clean
+from gapinit_ray.names import CACHE_DIR, GAPS_DIR
 
 
 def calibration(reader: SweepReader) -> dict[str, Any]:
@@ -22,7 +23,7 @@ def calibration(reader: SweepReader) -> dict[str, Any]:
 
     spec = reader.spec() or {}
     names = {b.get("name") for b in spec.get("backbones") or []}
-    base = reader.loc.join("_cache", "gaps")
+    base = reader.loc.join(CACHE_DIR, GAPS_DIR)
     infos = reader.loc.fs.get_file_info(pafs.FileSelector(base, recursive=False, allow_not_found=True))
     selected: dict[str, Any] = {}
     trials = reader.trials()

@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from gapinit_ray.names import SCHEDULER_STATE_FILE, SPEC_FILE
 from gapinit_ray.results._fs import is_ignored, resolve
 from gapinit_ray.results.store import (
     COMPACTED,
@@ -41,8 +42,7 @@ from gapinit_ray.results.store import (
     ResultsStore,
 )
 
-SPEC_FILE = "spec.json"
-SCHEDULER_STATE = "scheduler_state.json"
+SCHEDULER_STATE = SCHEDULER_STATE_FILE
 Identity = tuple[int, int, int]  # (inode, mtime_ns, size), as ResultsStore._identities on a local disk
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gapinit_ray.errors import GapinitError
+from gapinit_ray.names import RESULTS_DIR
 
 #: the first port tried; Ray's own dashboard listens on 8265, so ours starts a little above it
 DEFAULT_PORT = 8270
@@ -62,7 +63,7 @@ def resolve_target(arg: str) -> Target:
             f"{arg}: no such directory; pass <storage>/<sweep>, a storage root or a spec file"
         )
     p = p.resolve()
-    if (p / SPEC_FILE).is_file() or (p / "results").is_dir():
+    if (p / SPEC_FILE).is_file() or (p / RESULTS_DIR).is_dir():
         return Target(str(p.parent), p.name)
     if not list_sweeps(str(p)):
         raise DashboardError(

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gapinit_ray.dashboard.reader import SweepReader
+from gapinit_ray.names import DEFAULT_METRIC
 from gapinit_ray.results._fs import ResultsError
 from gapinit_ray.results.store import TERMINAL_STATUSES, column_axis
 
@@ -69,7 +70,7 @@ class Views:
     # ---------------------------------------------------------------------------- basics
     def metric_default(self) -> str:
         spec = self.reader.spec() or {}
-        return (spec.get("scheduler") or {}).get("metric") or "val_cider"
+        return (spec.get("scheduler") or {}).get("metric") or DEFAULT_METRIC
 
     def mode(self) -> str:
         spec = self.reader.spec() or {}

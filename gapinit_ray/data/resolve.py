@@ -15,6 +15,7 @@ from gapinit_ray.data.qa import QARecord, calibration_records, generate_syntheti
 from gapinit_ray.data.records import CaptionRecord, load_caption_set
 from gapinit_ray.data.synthetic import generate_synthetic
 from gapinit_ray.errors import DataError
+from gapinit_ray.names import CACHE_DIR
 
 
 def cache_dir(storage: str) -> Path:
@@ -24,7 +25,7 @@ def cache_dir(storage: str) -> Path:
             f"storage {storage}: the shared cache needs a local or mounted path (NFS, a PVC); "
             "object-store URIs are supported for results only"
         )
-    return Path(storage.removeprefix("file://")).expanduser().absolute() / "_cache"
+    return Path(storage.removeprefix("file://")).expanduser().absolute() / CACHE_DIR
 
 
 def check_storage(storage: str) -> None:

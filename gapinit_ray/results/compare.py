@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gapinit_ray.names import DEFAULT_METRIC
 from gapinit_ray.results._fs import ResultsError
 from gapinit_ray.results.aggregate import _sort_key, check_metric, format_table, resolve_by, select
 from gapinit_ray.results.store import column_axis
@@ -357,7 +358,7 @@ def compare(
     metrics: pa.Table,
     arms: Sequence[str] | str = ("init=gap", "init=random"),
     *,
-    metric: str = "val_cider",
+    metric: str = DEFAULT_METRIC,
     at: str = "last",
     mode: str = "max",
     by: Sequence[str] | None = None,

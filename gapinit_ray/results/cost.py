@@ -20,6 +20,9 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from gapinit_ray.names import SPEC_FILE
+from gapinit_ray.results.stop_reason import parse as parse_stop_reason
+
 #: per-report cost columns (float64 in the metrics table; absent in sweeps from before they existed)
 COST_COLUMNS = ("device_s", "wall_s", "samples", "tokens")
 
@@ -46,7 +49,8 @@ def trial_costs(metrics: pa.Table, trials: pa.Table | None, max_t: float, by: li
         for tid, reason in zip(
             trials.column("trial_id").to_pylist(), trials.column("stop_reason").to_pylist(), strict=True
         ):
-            if reason and "asha rung" in reason:  # stopped by ASHA / seed-group ASHA (not an error)
+            stop = parse_stop_reason(reason)
+            if stop is not None and stop.scheduler_stop:  # stopped by ASHA / seed-group ASHA (not an error)
                 stopped.add(tid)
     cols = ["trial_id", "epoch", *COST_COLUMNS, *by]
     rows: dict[str, list[dict]] = {}
@@ -178,7 +182,7 @@ def cost_text(sweep_dir: str, metrics: pa.Table, trials: pa.Table | None, by: li
     import os
 
     try:
-        with open(os.path.join(sweep_dir, "spec.json"), encoding="utf-8") as f:
+        with open(os.path.join(sweep_dir, SPEC_FILE), encoding="utf-8") as f:
             spec = json.load(f)
     except (OSError, ValueError):
         spec = {}

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 Kind = Literal["seed-group asha", "asha", "error"]
+SEED_GROUP, ASHA, ERROR = get_args(Kind)
 
-_RUNG_RE = re.compile(r"^(seed-group asha|asha) rung (\d+)(?: \(epoch ([0-9.eE+-]+)\))?$")
+_RUNG_RE = re.compile(
+    rf"^({re.escape(SEED_GROUP)}|{re.escape(ASHA)}) rung (\d+)(?: \(epoch ([0-9.eE+-]+)\))?$"
+)
 _ERROR_RE = re.compile(r"^error after (\d+) attempts? \(resources\.max_failures=(\d+)\)$")
 
 
@@ -38,14 +41,14 @@ class StopReason:
 
     @property
     def seed_group(self) -> bool:
-        return self.kind == "seed-group asha"
+        return self.kind == SEED_GROUP
 
     @property
     def scheduler_stop(self) -> bool:
-        return self.kind in ("seed-group asha", "asha")
+        return self.kind in (SEED_GROUP, ASHA)
 
     def text(self) -> str:
-        if self.kind == "error":
+        if self.kind == ERROR:
             n = self.attempts or 1
             return (
                 f"error after {n} attempt{'s' if n != 1 else ''} (resources.max_failures={self.max_failures})"
@@ -59,18 +62,18 @@ class StopReason:
 
 def seed_group_stop(rung_index: int, epoch: float | None) -> StopReason:
     """The seed group was stopped at the scheduler's rung ``rung_index`` (0-based, as it keeps them)."""
-    return StopReason("seed-group asha", rung=rung_index + 1, epoch=epoch)
+    return StopReason(SEED_GROUP, rung=rung_index + 1, epoch=epoch)
 
 
 def asha_stop(epoch: float, milestones: list[float]) -> StopReason:
     """Per-trial ASHA stopped a trial whose last report was at ``epoch``: the rung is the highest
     milestone it reached."""
     rung = sum(1 for m in milestones if epoch >= m)
-    return StopReason("asha", rung=max(rung, 1), epoch=epoch)
+    return StopReason(ASHA, rung=max(rung, 1), epoch=epoch)
 
 
 def error_stop(attempts: int, max_failures: int) -> StopReason:
-    return StopReason("error", attempts=max(attempts, 1), max_failures=max_failures)
+    return StopReason(ERROR, attempts=max(attempts, 1), max_failures=max_failures)
 
 
 def parse(text: str | None) -> StopReason | None:
@@ -82,5 +85,5 @@ def parse(text: str | None) -> StopReason | None:
         return StopReason(m.group(1), rung=int(m.group(2)), epoch=float(m.group(3)) if m.group(3) else None)  # type: ignore[arg-type]
     m = _ERROR_RE.match(text.strip())
     if m:
-        return StopReason("error", attempts=int(m.group(1)), max_failures=int(m.group(2)))
+        return StopReason(ERROR, attempts=int(m.group(1)), max_failures=int(m.group(2)))
     return None

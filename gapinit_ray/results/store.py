@@ -103,19 +103,13 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from gapinit_ray.names import CAPTION_METRICS, RESULTS_DIR, val_metric
 from gapinit_ray.results._fs import ResultsError, encode_name, list_files, resolve, write_bytes
 
 METRICS = (
     "train_loss",
-    "val_loss",
-    "val_bleu1",
-    "val_bleu2",
-    "val_bleu3",
-    "val_bleu4",
-    "val_meteor",
-    "val_rouge_l",
-    "val_cider",
-    "val_spice",
+    val_metric("loss"),
+    *(val_metric(m) for m in CAPTION_METRICS),
     "lr_now",
     "samples_per_s",
     "tokens_per_s",
@@ -442,7 +436,7 @@ class ResultsStore:
         self.sweep = sweep
         self.loc = resolve(root)
         self.root = root
-        self.base = self.loc.join(sweep, "results")
+        self.base = self.loc.join(sweep, RESULTS_DIR)
         self.metrics_dir = f"{self.base}/metrics"
         self.trials_dir = f"{self.base}/trials"
 

@@ -1,0 +1,194 @@
+"""`gapinit results | report | dashboard`: reading a sweep's results store."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from gapinit_ray.cli.registry import command
+from gapinit_ray.errors import GapinitError
+from gapinit_ray.names import DEFAULT_METRIC, RESULTS_DIR
+
+
+def _table_args(p: argparse.ArgumentParser, report: bool) -> None:
+    """What `results` and `report` share: the sweep, its grouping, metric and comparison."""
+    p.add_argument("sweep", help="the sweep's dir (<storage>/<name>, or a URI) or its spec file")
+    p.add_argument("--by", default="init,rank,backbone", help="group-by config columns / axes")
+    p.add_argument("--metric", default=DEFAULT_METRIC)
+    p.add_argument("--mode", choices=["max", "min"], default="max", help="what 'best' means")
+    compare_help = (
+        "compare arms over seeds, the first against each other: e.g. init=gap,init=random,"
+        "init=random-direction (exact permutation test, Holm-adjusted over the comparisons, t interval "
+        "of the difference, effect size, IQM, P(arm1 > arm2), seeds needed, verdict)"
+    )
+    if report:
+        compare_help += "; default: the first init (gap if present) vs each other one; 'none': no section"
+    p.add_argument("--compare", metavar="ARMS", help=compare_help)
+
+
+def _results_args(p: argparse.ArgumentParser) -> None:
+    _table_args(p, report=False)
+    p.add_argument("--at", default="last", help="best | last | epoch=N (--compare: also curve)")
+    p.add_argument(
+        "--n-boot",
+        type=int,
+        default=10000,
+        help="bootstrap resamples of --compare (a bootstrap CI is shown only from 20 seeds per arm)",
+    )
+    p.add_argument(
+        "--min-effect",
+        type=float,
+        help="--compare: also say how many seeds would resolve a difference of this size (metric units)",
+    )
+    p.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table")
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    _table_args(p, report=True)
+    p.add_argument("--out", help="output dir (default: <sweep dir>/report)")
+
+
+def default_by(metrics) -> list[str]:
+    """The table a sweep prints at its end: one row per configuration, i.e. grouped by backbone, init,
+    rank and every other axis the sweep varies (a searched lr, a case's ``calibration.passes``...): all
+    config columns with more than one value, the seed excepted (the rows are its aggregates)."""
+    import pyarrow.compute as pc
+
+    keep = [c for c in ("backbone", "init", "rank") if c in metrics.column_names]
+    for c in metrics.column_names:
+        if c.startswith("ax_") and len(pc.unique(metrics.column(c))) > 1:
+            keep.append(c)
+    return keep
+
+
+def print_results(storage: str, sweep: str, *, by, metric: str, at: str, mode: str, fmt: str) -> int:
+    from gapinit_ray.results import ResultsStore, aggregate, format_table
+
+    store = ResultsStore(storage, sweep)
+    metrics = store.metrics()
+    if metrics.num_rows == 0:
+        from gapinit_ray.results._fs import ResultsError
+
+        raise ResultsError(f"sweep {sweep}: no metric reports under {store.metrics_dir}")
+    trials = store.trials()
+    if by is None:
+        by = default_by(metrics)
+    table = aggregate(metrics, by=by, metric=metric, at=at, mode=mode, trials=trials)
+    print(format_table(table, fmt))
+    if fmt == "table" and "://" not in storage:
+        from gapinit_ray.results.aggregate import resolve_by
+        from gapinit_ray.results.cost import cost_text
+
+        text = cost_text(os.path.join(storage, sweep), metrics, trials, resolve_by(metrics, by))
+        if text:
+            print(text)
+    return 0
+
+
+def _sweep_location(arg: str, storage: str | None) -> tuple[str, str]:
+    """`results` / `report` take a sweep dir (<storage>/<name>) or a spec file."""
+    from pathlib import Path
+
+    p = Path(arg)
+    if p.is_file() and p.suffix in (".yaml", ".yml"):
+        from gapinit_ray.spec import load_spec
+
+        spec = load_spec(p)
+        return storage or spec.storage, spec.name
+    if "://" in arg:
+        root, _, name = arg.rstrip("/").rpartition("/")
+        return root, name
+    if not (p / RESULTS_DIR).exists():
+        raise GapinitError(f"{arg}: no results here; pass <storage>/<sweep name> or the sweep's spec file")
+    return str(p.resolve().parent), p.resolve().name
+
+
+@command(
+    "results", "aggregate a sweep's results: n seeds, mean, std, 95%% CI, min, max per group", _results_args
+)
+def cmd_results(args: argparse.Namespace) -> int:
+    storage, name = _sweep_location(args.sweep, None)
+    by = [b.strip() for b in args.by.split(",") if b.strip()]
+    if args.compare:
+        return _print_comparison(storage, name, args, by)
+    return print_results(
+        storage, name, by=by, metric=args.metric, at=args.at, mode=args.mode, fmt=args.format
+    )
+
+
+def _print_comparison(storage: str, sweep: str, args: argparse.Namespace, by: list[str]) -> int:
+    """`results --compare`: the first arm against each other, per stratum of the --by axes that
+    the arms do not vary (so the default --by init,rank,backbone compares inits at each rank)."""
+    from gapinit_ray.results import ResultsStore
+    from gapinit_ray.results.aggregate import resolve_by
+    from gapinit_ray.results.compare import compare, format_comparison, parse_arms
+
+    metrics = ResultsStore(storage, sweep).metrics()
+    if metrics.num_rows == 0:
+        from gapinit_ray.results._fs import ResultsError
+
+        raise ResultsError(f"sweep {sweep}: no metric reports under {storage}/{sweep}/results/metrics")
+    arm_cols = {a.column for a in parse_arms(metrics, args.compare)}
+    strata = [c for c in resolve_by(metrics, by) if c not in arm_cols]
+    table = compare(
+        metrics,
+        args.compare,
+        metric=args.metric,
+        at=args.at,
+        mode=args.mode,
+        by=strata,
+        n_boot=args.n_boot,
+        min_effect=args.min_effect,
+    )
+    print(format_comparison(table, args.format))
+    return 0
+
+
+@command("report", "write learning curves and the final comparison as PNG + markdown/HTML", _report_args)
+def cmd_report(args: argparse.Namespace) -> int:
+    from gapinit_ray.results import ResultsStore, write_report
+
+    storage, name = _sweep_location(args.sweep, None)
+    by = [b.strip() for b in args.by.split(",") if b.strip()]
+    out = args.out or str(__import__("pathlib").Path(storage) / name / "report")
+    compare = None if args.compare is None else [] if args.compare == "none" else args.compare
+    for path in write_report(
+        ResultsStore(storage, name), out, by=by, metric=args.metric, mode=args.mode, compare=compare
+    ):
+        print(path)
+    return 0
+
+
+def _dashboard_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "target", metavar="STORAGE_OR_SWEEP", help="<storage>/<sweep>, a storage root, a URI or a spec"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (not loopback: a token is required)")
+    p.add_argument("--port", type=int, help="port (default: the first free one from 8270; Ray's is 8265)")
+    p.add_argument("--token", help="token requests must carry (or $GAPINIT_DASHBOARD_TOKEN)")
+    p.add_argument("--token-file", help="use this Ray auth token file as the token (as `gapinit submit`)")
+    p.add_argument("--print-token", action="store_true", help="print the URL with ?token= in it")
+
+
+@command(
+    "dashboard", "live read-only web dashboard of a sweep or of every sweep of a storage", _dashboard_args
+)
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """`gapinit dashboard`: serve the live read-only dashboard until interrupted."""
+    from gapinit_ray.dashboard.server import DashboardServer, resolve_target, resolve_token
+
+    target = resolve_target(args.target)
+    token = resolve_token(args.host, args.token, args.token_file)
+    server = DashboardServer(target, args.host, args.port, token)
+    url = server.url + (f"?token={token}" if token and args.print_token else "")
+    print(
+        f"gapinit: dashboard of {target.root}{'/' + target.sweep if target.sweep else ''} at {url}",
+        file=sys.stderr,
+    )
+    if token and not args.print_token:
+        print(
+            "gapinit: requests need the token (Authorization: Bearer, or ?token= in the URL)", file=sys.stderr
+        )
+    server.run()
+    return 0
