@@ -56,7 +56,10 @@ def load_backbone_for(bspec, device: str = "cpu", path: str | None = None):
 # ---- worker side (plain functions: run in-process or inside a Ray actor)
 
 
-def _make_state(bspec_dict: dict, path: str | None = None) -> Any:
+def worker_backbone(bspec_dict: dict, path: str | None = None) -> Any:
+    """A sharded job's per-worker state: the backbone of ``bspec_dict`` (a dumped ``BackboneSpec``) on
+    this worker's device, the GPU when it has one. Calibration, the feature cache and the init
+    statistics all run their shards on it (:mod:`gapinit_ray.sharding`)."""
     import torch
 
     from gapinit_ray.spec import BackboneSpec
@@ -202,9 +205,9 @@ def run_calibration(
             shown = ", ".join(shard_ids[:8]) + (f" … (+{len(shard_ids) - 8})" if len(shard_ids) > 8 else "")
             return f"calibration shard {i} (samples {shown})"
 
-        stream = run_on_ray(_make_state, _run_shard, payloads, opts, state_kwargs, describe)
+        stream = run_on_ray(worker_backbone, _run_shard, payloads, opts, state_kwargs, describe)
     else:
-        stream = run_local(_make_state, _run_shard, payloads, state_kwargs)
+        stream = run_local(worker_backbone, _run_shard, payloads, state_kwargs)
     for i, shard in stream:
         results[i] = shard
         if bar:

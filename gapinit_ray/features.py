@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from gapinit_ray.atomic import write_atomic
+from gapinit_ray.data.samples import batch_prompt
 from gapinit_ray.errors import GapinitError
 
 FORMAT = 1
@@ -272,7 +273,7 @@ def build_feature_cache(
     backbone each, a lost actor's shard retried) or in-process; every finished shard is written at once,
     so an interrupted build keeps what it finished.
     """
-    from gapinit_ray.calibration_job import _make_state, backbone_source_id, shard_sizes
+    from gapinit_ray.calibration_job import backbone_source_id, shard_sizes, worker_backbone
     from gapinit_ray.sharding import WorkerOptions, run_local, run_on_ray
 
     started = time.perf_counter()
@@ -307,7 +308,7 @@ def build_feature_cache(
                 max_attempts=2,
             )
             stream = run_on_ray(
-                _make_state,
+                worker_backbone,
                 _run_feature_shard,
                 payloads,
                 opts,
@@ -315,7 +316,7 @@ def build_feature_cache(
                 lambda i: f"feature shard {i} (images {payloads[i].items[0][1]} …)",
             )
         else:
-            stream = run_local(_make_state, _run_feature_shard, payloads, state_kwargs)
+            stream = run_local(worker_backbone, _run_feature_shard, payloads, state_kwargs)
         for _, out in stream:
             write_shard(root, out["digests"], out["features"], out["extras"])
     return BuildReport(str(root), len(wanted), len(todo), time.perf_counter() - started)
@@ -361,8 +362,6 @@ class FeatureCollate:
                 feats[i], extras[i] = fi, ei
         self.hits += len(items) - len(missing)
         self.misses += len(missing)
-        from gapinit_ray.train import batch_prompt
-
         prompt = batch_prompt(self.backbone, items, self.prompt, self.question_prompt)
         return self.backbone.build_feature_batch(
             feats, extras, [item[2] for item in items], with_labels=True, prompt=prompt

@@ -277,7 +277,7 @@ def ensure_init_stats(
 
     Returns ``(kinds computed now, kinds found cached)``. Runs on Ray actors when Ray is up (``use_ray``
     None), with the calibration's workers and batch size, else in this process."""
-    from gapinit_ray.calibration_job import _make_state, shard_sizes
+    from gapinit_ray.calibration_job import shard_sizes, worker_backbone
     from gapinit_ray.data.resolve import calibration_pairs
     from gapinit_ray.gap import GapArtifact
     from gapinit_ray.raycompat import ray_initialized
@@ -310,7 +310,7 @@ def ensure_init_stats(
             max_attempts=2,
         )
         stream = run_on_ray(
-            _make_state,
+            worker_backbone,
             _run_stats_shard,
             payloads,
             opts,
@@ -318,7 +318,7 @@ def ensure_init_stats(
             lambda i: f"init-statistics shard {i}",
         )
     else:
-        stream = run_local(_make_state, _run_stats_shard, payloads, state_kwargs)
+        stream = run_local(worker_backbone, _run_stats_shard, payloads, state_kwargs)
     total = reduce_stats([part for _, part in stream])
     for kind in todo:
         keys = ("grad", "batches") if kind == "grads" else ("xtx", "xsum", "n", "cov", "samples")

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from gapinit_ray.data.samples import batch_prompt
 from gapinit_ray.names import VAL, split_metric, val_metric
 from gapinit_ray.pretrain import caption_loss
 
@@ -100,14 +101,6 @@ class Collate:
         images = [augment_image(load_image(item[1], item[0]), self.augment, self.rng) for item in items]
         prompt = batch_prompt(self.backbone, items, self.prompt, self.question_prompt)
         return self.backbone.build_batch(images, [item[2] for item in items], with_labels=True, prompt=prompt)
-
-
-def batch_prompt(backbone, items, prompt: str | None, question_prompt: str | None):
-    """The prompt of a batch: ``prompt`` for caption samples; for question samples (4-tuples), one
-    ``question_prompt`` filled with each sample's question."""
-    if len(items[0]) == 4:
-        return [backbone.question_prompt(item[3], question_prompt) for item in items]
-    return prompt
 
 
 def augment_image(image, transforms: list[str], rng):

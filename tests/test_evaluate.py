@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import warnings
 
 import pytest
@@ -24,6 +25,7 @@ from gapinit_ray.evaluate import (
     generate_captions,
     score_captions,
 )
+from gapinit_ray.scoring import java as java_scorers
 from gapinit_ray.spec import EvalSpec, GenerationSpec
 
 BETA2 = 1.2**2  # pycocoevalcap's Rouge: self.beta = 1.2
@@ -153,8 +155,8 @@ needs_java = pytest.mark.skipif(bool(ev.unavailable_metrics(["meteor"])), reason
 @needs_java
 def test_meteor_identical_and_disjoint_and_no_leaked_java_process(monkeypatch):
     started = []  # keep the scorers alive: their JVMs must end at once, not when GC collects them
-    real_start = ev._start_meteor
-    monkeypatch.setattr(ev, "_start_meteor", lambda: started.append(real_start()) or started[-1])
+    real_start = java_scorers.start_meteor
+    monkeypatch.setattr(java_scorers, "start_meteor", lambda: started.append(real_start()) or started[-1])
     before = java_children()
     refs = {"a": ["a man riding a wave on a surfboard"], "b": ["two dogs playing in the snow"]}
     same = score_captions(refs, {"a": refs["a"][0], "b": refs["b"][0]}, ["meteor", "bleu1"])
@@ -180,7 +182,7 @@ def test_meteor_process_dying_is_left_out_with_a_notice(monkeypatch):
         started.append(meteor)
         return meteor
 
-    monkeypatch.setattr(ev, "_start_meteor", dead_meteor)
+    monkeypatch.setattr(java_scorers, "start_meteor", dead_meteor)
     with pytest.warns(MetricUnavailableWarning, match="METEOR process failed"):
         scores = score_captions({"a": ["a cat"]}, {"a": "a cat"}, ["meteor", "rouge_l"])
     assert scores == {"rouge_l": approx(1.0)}
@@ -195,8 +197,8 @@ def _hold_slot(name: str, slots: int):
 
     code = (
         "import sys, time\n"
-        "from gapinit_ray.evaluate import machine_slot\n"
-        f"with machine_slot({name!r}, {slots}):\n"
+        "from gapinit_ray.scoring.java_lease import java_lease\n"
+        f"with java_lease({slots}, name={name!r}):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(600)\n"
     )
@@ -217,13 +219,13 @@ def _in_thread(fn):
 def test_machine_slots_limit_holders_across_processes_and_free_when_a_holder_dies():
     import uuid
 
-    from gapinit_ray.evaluate import machine_slot
+    from gapinit_ray.scoring.java_lease import java_lease
 
     name = f"test-{uuid.uuid4().hex[:8]}"
     first = _hold_slot(name, 2)
     second = _hold_slot(name, 2)  # two slots: a second holder gets in at once
     try:
-        thread, out = _in_thread(lambda: machine_slot(name, 2).__enter__() or "got")
+        thread, out = _in_thread(lambda: java_lease(2, name=name).__enter__() or "got")
         thread.join(1.5)
         assert thread.is_alive(), "a third holder got a slot while both were held"
         second.kill()  # the kernel drops a dead holder's lock: its slot is free
@@ -234,7 +236,7 @@ def test_machine_slots_limit_holders_across_processes_and_free_when_a_holder_die
         for p in (first, second):
             p.kill()
             p.wait()
-    with machine_slot(name, None):  # no limit: never waits
+    with java_lease(None, name=name):  # no limit: never waits
         pass
 
 
@@ -243,7 +245,9 @@ def test_meteor_waits_for_a_free_java_slot_then_scores():
     holder = _hold_slot("java", 1)
     refs = {"a": ["a man riding a wave on a surfboard"]}
     try:
-        thread, out = _in_thread(lambda: score_captions(refs, {"a": refs["a"][0]}, ["meteor"], java_slots=1))
+        thread, out = _in_thread(
+            lambda: score_captions(refs, {"a": refs["a"][0]}, ["meteor"], java_max_concurrent=1)
+        )
         thread.join(2)
         assert thread.is_alive(), "METEOR started while the only Java slot was held by another process"
     finally:
@@ -254,7 +258,9 @@ def test_meteor_waits_for_a_free_java_slot_then_scores():
     # BLEU alone starts no heavy JVM: it does not wait for the slot
     holder = _hold_slot("java", 1)
     try:
-        assert score_captions(refs, {"a": refs["a"][0]}, ["bleu1"], java_slots=1)["bleu1"] == approx(1.0)
+        assert score_captions(refs, {"a": refs["a"][0]}, ["bleu1"], java_max_concurrent=1)["bleu1"] == approx(
+            1.0
+        )
     finally:
         holder.kill()
         holder.wait()
@@ -304,7 +310,7 @@ def test_bad_inputs():
 
 
 def test_spice_without_its_jars_is_left_out_with_a_notice(monkeypatch):
-    monkeypatch.setattr(ev, "_missing_spice_files", lambda: ["/nowhere/stanford-corenlp-3.6.0.jar"])
+    monkeypatch.setattr(java_scorers, "missing_spice_files", lambda: ["/nowhere/stanford-corenlp-3.6.0.jar"])
     with pytest.warns(MetricUnavailableWarning, match="spice"):
         scores = score_captions({"a": ["a cat"]}, {"a": "a cat"}, ["spice", "bleu1"])
     assert list(scores) == ["bleu1"]
@@ -314,7 +320,7 @@ def test_without_java_meteor_is_left_out_and_python_tokenizer_used(monkeypatch):
     refs = {"a": ["A red circle, near the top."], "b": ["two blue squares"]}
     preds = {"a": "a red circle near top", "b": "Two blue squares!"}
     with_java = score_captions(refs, preds, ["bleu1", "rouge_l", "cider"])
-    monkeypatch.setattr(ev.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         scores = score_captions(refs, preds, ["meteor", "bleu1", "rouge_l", "cider"])

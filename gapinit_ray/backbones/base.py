@@ -1,4 +1,5 @@
-"""Shared machinery of the backbone families: the :class:`Batch` and the :class:`Backbone` base.
+"""Shared machinery of the backbone families: the :class:`Backbone` base (:class:`Batch` and the weight
+loading live in :mod:`~gapinit_ray.backbones.batch` and :mod:`~gapinit_ray.backbones.loading`).
 
 Why a hand-built layout instead of each family's HF ``Processor``: calibration needs to know *exactly*
 which LM positions hold image features and which hold the caption's own tokens (no pad, BOS/EOS, prompt
@@ -15,121 +16,43 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import types
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from gapinit_ray.backbones.batch import CAPTION, END, IMAGE, OTHER, Batch, pad_segments
+from gapinit_ray.backbones.loading import (
+    build_seeded,
+    load_checkpoint,
+    offline_requested,
+    parse_dtype,
+    resolve_source,
+)
 from gapinit_ray.errors import BackboneError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from PIL import Image
 
-# Segment kinds of a sample layout.
-OTHER = 0  # template / prompt / special tokens: no mask, no label
-IMAGE = 1  # image placeholder tokens: image_mask
-CAPTION = 2  # the caption's own tokens: caption_mask, labels
-END = 3  # the end-of-caption token (EOS / end-of-turn): labels only
-
 #: Provenance written next to the weights by :meth:`Backbone.save` (name, family, source_id).
 META_FILE = "gapinit_backbone.json"
 
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-@dataclass
-class Batch:
-    """One LM batch of (image, caption) pairs, masks aligned with ``inputs["input_ids"]``.
-
-    Attributes:
-        inputs: kwargs for ``model(**inputs)`` / ``model.generate(**inputs)``: ``input_ids`` (B, L),
-            ``attention_mask`` (B, L), ``pixel_values`` (family shape), plus ``image_grid_thw`` (B, 3) and
-            ``mm_token_type_ids`` (B, L) for Qwen2-VL, ``token_type_ids`` (B, L) for Gemma3.
-        image_mask: bool (B, L), exactly the image placeholder positions (the LM positions whose input
-            embeddings are image features).
-        caption_mask: bool (B, L), exactly the caption's own token positions.
-        labels: (B, L) long: caption ids and the end token where trained, -100 elsewhere; aligned with
-            ``input_ids`` (HF shifts them inside the loss). ``None`` unless asked for.
-        image_features: precomputed outputs of the frozen vision prefix, one ``(tokens, hidden)`` tensor
-            per image (a feature-cache batch, :meth:`Backbone.build_feature_batch`); ``inputs`` then has
-            no ``pixel_values``. Pass :meth:`Backbone.forward_inputs` to the model, not ``inputs``.
-    """
-
-    inputs: dict[str, torch.Tensor]
-    image_mask: torch.Tensor
-    caption_mask: torch.Tensor
-    labels: torch.Tensor | None = None
-    image_features: list[torch.Tensor] | None = None
-
-    def to(self, device: str | torch.device) -> Batch:
-        """The same batch with every tensor on ``device`` (dtypes kept)."""
-        return Batch(
-            inputs={k: v.to(device) for k, v in self.inputs.items()},
-            image_mask=self.image_mask.to(device),
-            caption_mask=self.caption_mask.to(device),
-            labels=None if self.labels is None else self.labels.to(device),
-            image_features=None
-            if self.image_features is None
-            else [f.to(device) for f in self.image_features],
-        )
-
-    def __len__(self) -> int:
-        return int(self.inputs["input_ids"].shape[0])
-
-
-def parse_dtype(dtype: str) -> torch.dtype | str:
-    """``"auto"`` stays ``"auto"`` (checkpoint dtype; float32 for presets); names map to torch dtypes."""
-    if dtype == "auto":
-        return "auto"
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise BackboneError(
-            f"unknown dtype {dtype!r}: use one of auto, {', '.join(sorted(set(_DTYPES)))}"
-        ) from None
-
-
-def offline_requested() -> bool:
-    """True when HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set to a true value."""
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return True
-    return False
-
-
-def resolve_source(path: str | os.PathLike) -> tuple[str, bool]:
-    """Decide whether ``path`` is a local checkpoint dir or a hub id.
-
-    Returns:
-        ``(path_or_id, local_files_only)``: a local dir is made absolute and always loads with
-        ``local_files_only=True``; a hub id loads offline only when HF_HUB_OFFLINE is set.
-
-    Raises:
-        BackboneError: ``path`` names a local location that does not exist, or is a file.
-    """
-    text = os.fspath(path)
-    p = Path(text).expanduser()
-    if p.is_dir():
-        return str(p.resolve()), True
-    if p.exists():
-        raise BackboneError(f"checkpoint path {text!r} is a file: pass the directory holding config.json")
-    if _HUB_ID.match(text) and not text.startswith("."):
-        return text, offline_requested()
-    raise BackboneError(
-        f"checkpoint directory {text!r} does not exist: check the path (or pass a hub id org/name)"
-    )
+__all__ = [
+    "CAPTION",
+    "END",
+    "IMAGE",
+    "META_FILE",
+    "OTHER",
+    "Backbone",
+    "Batch",
+    "build_seeded",
+    "load_checkpoint",
+    "offline_requested",
+    "parse_dtype",
+    "resolve_source",
+]
 
 
 class Backbone:
@@ -560,34 +483,11 @@ class Backbone:
         padding_side: str,
         with_labels: bool,
     ) -> Batch:
-        """Pad the segment lists into (B, L) tensors; masks and labels follow from the segment kinds."""
-        flat = []
-        for segments in samples:
-            ids: list[int] = []
-            kinds: list[int] = []
-            for seg_ids, kind in segments:
-                ids.extend(seg_ids)
-                kinds.extend([kind] * len(seg_ids))
-            flat.append((ids, kinds))
-        length = max(len(ids) for ids, _ in flat)
-        bsz = len(flat)
-        pad = int(self.tokenizer.pad_token_id)
-        input_ids = torch.full((bsz, length), pad, dtype=torch.long)
-        attention = torch.zeros((bsz, length), dtype=torch.long)
-        kind_t = torch.full((bsz, length), -1, dtype=torch.long)
-        for b, (ids, kinds) in enumerate(flat):
-            n = len(ids)
-            sl = slice(0, n) if padding_side == "right" else slice(length - n, length)
-            input_ids[b, sl] = torch.tensor(ids, dtype=torch.long)
-            attention[b, sl] = 1
-            kind_t[b, sl] = torch.tensor(kinds, dtype=torch.long)
-        image_mask = kind_t == IMAGE
-        caption_mask = kind_t == CAPTION
-        labels = None
-        if with_labels:
-            labels = torch.where(
-                (kind_t == CAPTION) | (kind_t == END), input_ids, torch.full_like(input_ids, -100)
-            )
+        """Pad the segment lists into (B, L) tensors (:func:`pad_segments`), add the family's extra and
+        pixel inputs, and move the batch to the model's device and pixel dtype."""
+        input_ids, attention, image_mask, caption_mask, labels = pad_segments(
+            samples, int(self.tokenizer.pad_token_id), padding_side=padding_side, with_labels=with_labels
+        )
         inputs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention}
         inputs.update(self._extra_inputs(input_ids, image_mask))
         inputs.update(pixel_inputs)
@@ -601,72 +501,5 @@ class Backbone:
         return batch
 
 
-# ---------------------------------------------------------------------- loading helpers
-def load_checkpoint(
-    cls: type[Backbone],
-    name: str,
-    path: str | os.PathLike,
-    *,
-    revision: str | None,
-    dtype: str,
-    device: str,
-) -> Backbone:
-    """Load a saved backbone or a real checkpoint of family ``cls`` from a local dir or a hub id.
-
-    Every failure (missing dir, offline and not cached, not a checkpoint of this family, broken files)
-    becomes a :class:`BackboneError` naming the path.
-    """
-    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
-
-    source, local_only = resolve_source(path)
-    torch_dtype = parse_dtype(dtype)
-    common = {"revision": revision, "local_files_only": local_only}
-    where = f"{name} checkpoint {source!r}" + (f" (revision {revision})" if revision else "")
-    try:
-        config = AutoConfig.from_pretrained(source, **common)
-    except Exception as exc:  # OSError, ValueError, EnvironmentError from hub/cache/json
-        if Path(source).is_dir():
-            hint = "the directory must hold a config.json"
-        elif local_only:
-            hint = (
-                "HF_HUB_OFFLINE is set and it is not in the HF cache: download it first or pass a local dir"
-            )
-        else:
-            hint = "check the hub id, the revision and network access"
-        raise BackboneError(f"cannot read the config of {where}: {hint} ({_one_line(exc)})") from exc
-    model_type = getattr(config, "model_type", None)
-    if model_type not in cls.model_types:
-        raise BackboneError(
-            f"{where} is a {model_type!r} model, not a {cls.family} one "
-            f"(expected model_type {' or '.join(cls.model_types)}): pick the matching backbone name"
-        )
-    try:
-        device_map = None if torch.device(device).type == "cpu" else device
-    except RuntimeError as exc:
-        raise BackboneError(f"invalid device {device!r} for {where}: use e.g. cpu, cuda, cuda:1") from exc
-    try:
-        model = cls.model_class().from_pretrained(source, dtype=torch_dtype, device_map=device_map, **common)
-        tokenizer = AutoTokenizer.from_pretrained(source, **common)
-        image_processor = AutoImageProcessor.from_pretrained(source, **common)
-    except Exception as exc:
-        raise BackboneError(f"cannot load {where}: {_one_line(exc)}") from exc
-    model, tokenizer = cls.adapt_checkpoint(model, tokenizer)
-    source_id = source if Path(source).is_dir() else f"{source}@{revision or 'main'}"
-    return cls(name, model, tokenizer, image_processor, source_id)
-
-
 def _train_stays_eval(module: torch.nn.Module, mode: bool = True) -> torch.nn.Module:
     return torch.nn.Module.train(module, False)
-
-
-def _one_line(exc: BaseException) -> str:
-    """``Type: first line of the message`` (HF errors span many lines; ours are one line)."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
-
-
-def build_seeded(build_fn, seed: int):
-    """Call ``build_fn()`` under ``torch.manual_seed(seed)`` without disturbing the caller's RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_fn()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from gapinit_ray.dashboard.payload import clean
 from gapinit_ray.dashboard.reader import SweepReader
-from gapinit_ray.dashboard.views import clean
 from gapinit_ray.names import CACHE_DIR, GAPS_DIR
 
 

@@ -171,7 +171,7 @@ class DashboardServer:
         return self
 
     def stop(self) -> None:
-        from gapinit_ray.dashboard.views import shutdown_compare_process
+        from gapinit_ray.dashboard.comparison import shutdown_compare_process
 
         self.server.should_exit = True
         shutdown_compare_process()

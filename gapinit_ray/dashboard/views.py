@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
-import math
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -23,6 +22,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gapinit_ray.dashboard.comparison import (
+    COMPARE_COLUMNS,
+    compare_process,
+    comparison_payload,
+    shutdown_compare_process,
+)
+from gapinit_ray.dashboard.payload import clean, clean_keys, codes, floats, group_order
 from gapinit_ray.dashboard.reader import SweepReader
 from gapinit_ray.names import DEFAULT_METRIC
 from gapinit_ray.results._fs import ResultsError
@@ -32,20 +38,7 @@ from gapinit_ray.results.store import TERMINAL_STATUSES, column_axis
 TABLE_METRICS = ("val_loss", "train_loss", "align_cos_mean")
 ALIGNMENT = ("align_cos_mean", "align_cos_min", "align_cos_max")
 
-
-def clean(value: Any) -> Any:
-    """JSON-safe: NaN / inf -> None, numpy scalars -> Python, timestamps -> ISO 8601 (UTC)."""
-    if isinstance(value, dict):
-        return {str(k): clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, datetime.datetime):
-        return value.astimezone(datetime.timezone.utc).isoformat()
-    return value
+__all__ = ["ALIGNMENT", "TABLE_METRICS", "Views", "check_at", "clean", "shutdown_compare_process"]
 
 
 class Views:
@@ -184,18 +177,18 @@ class Views:
         if t.num_rows == 0:
             return {"metric": metric, "by": by, "groups": []}
         epoch = pc.cast(t["epoch"], pa.float64()).to_numpy(zero_copy_only=False)
-        tcode = _codes(t["trial_id"])
+        tcode = codes(t["trial_id"])
         # the group of each row: its `by` values, numbered in sorted order of the values
         combined = np.zeros(t.num_rows, np.int64)
         for c in by:  # one integer per distinct key tuple (mixed radix of the columns' codes)
-            k = _codes(t[c]) + 1
+            k = codes(t[c]) + 1
             combined = combined * (int(k.max()) + 1) + k
         uniq, gid = np.unique(combined, return_inverse=True)
         gid = gid.reshape(-1)
         first = np.zeros(len(uniq), np.int64)
         first[gid[::-1]] = np.arange(t.num_rows)[::-1]  # a row of each group: its key values
         key_rows = t.select(by).take(pa.array(first)).to_pylist() if by else [{}] * len(uniq)
-        groups = sorted(range(len(uniq)), key=lambda g: _order(key_rows[g].values()))
+        groups = sorted(range(len(uniq)), key=lambda g: group_order(key_rows[g].values()))
         # (group, epoch) runs: n, mean, std (ddof=1) over the seeds that reported there
         order = np.lexsort((epoch, gid))
         g_o, e_o, v_o = gid[order], epoch[order], v[order]
@@ -240,9 +233,9 @@ class Views:
                 "key": key_rows[g],
                 "epoch": e_o[starts][sel].tolist(),
                 "n": n[sel].tolist(),
-                "mean": _floats(mean[sel]),
-                "ci95_low": _floats(mean[sel] - half[sel]),
-                "ci95_high": _floats(mean[sel] + half[sel]),
+                "mean": floats(mean[sel]),
+                "ci95_low": floats(mean[sel] - half[sel]),
+                "ci95_high": floats(mean[sel] + half[sel]),
                 "n_trials": int(n_trials[g]),
             }
             if seeds:
@@ -389,7 +382,7 @@ class Views:
         metric = metric or self.metric_default()
         if metrics.num_rows == 0:
             return {"metric": metric, "arms": [], "rows": [], "why": "no reports yet"}
-        keep = [c for c in metrics.column_names if c in _COMPARE_COLUMNS or c.startswith("ax_")]
+        keep = [c for c in metrics.column_names if c in COMPARE_COLUMNS or c.startswith("ax_")]
         table = metrics.select(list(dict.fromkeys([*keep, metric])))
         if in_process:
             return comparison_payload(table, arms, metric, at, by, self.mode())
@@ -469,82 +462,6 @@ def _device_hours(metrics: pa.Table, hours: float, workers: float, res: dict) ->
         "cpu_hours": hours * workers * float(res.get("cpus_per_worker") or 0),
         "gpu_hours": hours * workers * gpus,
     }
-
-
-#: the columns the comparison reads (config columns, the seed, what de-duplicates reports) + its metric
-_COMPARE_COLUMNS = {"trial_id", "epoch", "timestamp", "seed", "backbone", "init", "rank", "lr", "group_id"}
-_POOL: Any = None
-_POOL_LOCK = threading.Lock()
-
-
-def compare_process():
-    """One worker process for the comparisons of every dashboard in this process (spawned on first
-    use: a fork of a process running Arrow / uvicorn threads is not safe)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            _POOL = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        return _POOL
-
-
-def shutdown_compare_process() -> None:
-    """Stop the comparison worker process (a comparison still running is not waited for)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is not None:
-            _POOL.shutdown(wait=False, cancel_futures=True)
-            _POOL = None
-
-
-def comparison_payload(
-    metrics: pa.Table, arms: str | None, metric: str, at: str, by: str, mode: str
-) -> dict[str, Any]:
-    """The comparison endpoint's payload from the metric rows (see :meth:`Views.comparison`)."""
-    from gapinit_ray.results.aggregate import resolve_by
-    from gapinit_ray.results.compare import compare, parse_arms, sample_size_line
-    from gapinit_ray.results.report import default_arms
-
-    arm_list = [a for a in (arms.split(",") if arms else default_arms(metrics)) if a.strip()]
-    if len(arm_list) < 2:
-        return {"metric": metric, "arms": arm_list, "rows": [], "why": "fewer than two arms to compare"}
-    arm_cols = {a.column for a in parse_arms(metrics, arm_list)}
-    wanted = resolve_by(metrics, [b.strip() for b in by.split(",") if b.strip()])
-    strata = [c for c in wanted if c not in arm_cols]
-    table = compare(metrics, arm_list, metric=metric, at=at, mode=mode, by=strata, n_boot=10000)
-    rows = table.to_pylist()
-    for r in rows:
-        where = ", ".join(f"{c}={r[c]}" for c in strata)
-        r["sample_size"] = sample_size_line(r, where=where)
-    return clean({"metric": metric, "at": at, "arms": arm_list, "strata": strata, "rows": rows})
-
-
-def _order(values) -> tuple:
-    """Sort key of a group's values: None last, mixed types apart (as ``gapinit results`` orders rows)."""
-    return tuple((v is None, str(type(v)), v if v is not None else 0) for v in values)
-
-
-def _codes(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Integer codes of a column's values (nulls: -1), equal values equal codes."""
-    enc = pc.dictionary_encode(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
-    return pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-
-
-def _floats(values: np.ndarray) -> list[float | None]:
-    """A float array as a JSON list: NaN / inf -> None (the fast path of :func:`clean`)."""
-    return [x if math.isfinite(x) else None for x in values.tolist()]
-
-
-def clean_keys(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """:func:`clean` for the small parts of the curve groups (keys, seed lines' values)."""
-    for g in groups:
-        g["key"] = clean(g["key"])
-        for line in g.get("seeds", []):
-            line["value"] = [x if math.isfinite(x) else None for x in line["value"]]
-            line["seed"] = clean(line["seed"])
-    return groups
 
 
 def _trial_hours(metrics: pa.Table) -> float:

@@ -1,7 +1,8 @@
 """Results of a sweep: an Arrow/Parquet store, seed aggregates, text tables and reports.
 
-* :mod:`~gapinit_ray.results.store` — :class:`ResultsStore` (layout, schemas, atomic writes, reads),
-  :func:`group_key`, :func:`config_columns`;
+* :mod:`~gapinit_ray.results.store` — :class:`ResultsStore`, built from :mod:`~.layout` (file and
+  directory names), :mod:`~.schema` (columns, :func:`group_key`, :func:`config_columns`), :mod:`~.writer`
+  (atomic writes), :mod:`~.reader` (reads), :mod:`~.compaction` and :mod:`~.manifest` (the sweep file);
 * :mod:`~gapinit_ray.results.aggregate` — :func:`aggregate` (mean ± std / 95 % CI over seeds) and
   :func:`format_table`;
 * :mod:`~gapinit_ray.results.compare` — :func:`compare` (arm vs arm over seeds: exact permutation

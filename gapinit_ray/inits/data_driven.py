@@ -1,6 +1,6 @@
 """peft's data-driven LoRA inits (EVA, CorDA, LoRA-GA) fed from the statistics cached with the GapArtifact.
 
-:func:`gapinit_ray.lora_init.apply_lora` calls these around ``get_peft_model``: the statistics
+:func:`gapinit_ray.inits.apply.apply_lora` calls these around ``get_peft_model``: the statistics
 (:mod:`gapinit_ray.init_stats`) go to peft's own preprocessing / init functions, so the decompositions,
 rank crops, scalings and base rewrites are peft's; only the statistics (sums over D_cal, sharded on the
 calibration workers) and EVA's PCA of them are ours.
@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from gapinit_ray.inits.adapters import PEFT_PREFIX
 
 
 def peft_extra_config(method: Any, opts: Any) -> dict[str, Any]:
@@ -72,7 +74,6 @@ def eva_apply(peft_model: Any, names: list[str], stats: dict, rank: int, rho: fl
     from peft import initialize_lora_eva_weights
 
     from gapinit_ray.init_stats import eva_components
-    from gapinit_ray.lora_init import PEFT_PREFIX
 
     offered = max(rank, round(rho * rank))
     comps = {n: eva_components(stats, n, offered) for n in names}
