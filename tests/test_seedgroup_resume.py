@@ -17,6 +17,7 @@ import yaml
 
 from gapinit_ray.results import ResultsStore, aggregate
 
+from .conftest import share_caches
 from .test_sweep import _finish, _kill_tree, _run_cli, sweep_raw
 
 NAME = "sg_resume"
@@ -57,6 +58,7 @@ def _holding(state: dict | None) -> list[tuple[str, int]]:
 def test_seed_group_sweep_resumed_after_the_driver_is_killed_mid_rung(tmp_path) -> None:
     spec_path = tmp_path / "sweep.yaml"
     spec_path.write_text(yaml.safe_dump(_raw(tmp_path)))
+    share_caches(tmp_path / "store", "gaps", "features")  # calibrated and cached once per session
     sweep = tmp_path / "store" / NAME
     state_file = sweep / "scheduler_state.json"
     # 2 CPUs, 1-worker trials: the slots go to the first group's two members (the second group's wait),
