@@ -19,7 +19,7 @@ from gapinit_ray.gap import SpotSettings, reduce_shards
 from gapinit_ray.sharding import ShardFailed, WorkerOptions, run_on_ray
 from gapinit_ray.spec import spec_from_dict
 
-from .conftest import QUICKSTART, share_caches
+from .conftest import QUICKSTART
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,6 @@ def test_shard_sizes() -> None:
 def quick_spec(tmp_path, **over) -> object:
     raw = yaml.safe_load(QUICKSTART.read_text())
     raw["storage"] = str(tmp_path / "store")
-    share_caches(raw["storage"], "backbones")  # not the GapArtifacts these tests compute
     raw["data"]["sources"]["shapes"]["num_images"] = 64
     raw["calibration"].update({"num_samples": 23, "batch_size": 4, "spot": {"k": 3}})
     raw["calibration"].update(over)
