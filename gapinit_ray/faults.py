@@ -6,8 +6,9 @@ Points (``GAPINIT_INJECT_FAULTS`` or ``build_trainer(faults=...)``, comma-separa
     setup            after the model, data and DeepSpeed engine are built, before the first report
     mid_epoch:E      halfway through the steps of the epoch that ends at epoch E (E = 1, 2, ...)
     after_report:E   after the report at epoch E, once Ray Train has it (its controller collects a
-                     report from the workers every 2 s; a worker that dies before that loses it, and
-                     the restarted group redoes the epoch from the checkpoint before)
+                     report from the workers every health-check interval, Ray's default 2 s; a worker
+                     that dies before that loses it, and the restarted group redoes the epoch from
+                     the checkpoint before)
     hold             while the run holds at a seed-group rung waiting for its group's decision
     final_eval       during the last report's evaluation (after the validation loss, before generation)
 
@@ -26,9 +27,10 @@ import time
 ENV = "GAPINIT_INJECT_FAULTS"
 POINTS = ("setup", "mid_epoch", "after_report", "hold", "final_eval")
 FIRED_DIR = "faults_fired"
-#: how long ``after_report`` waits before the kill: Ray Train 2.60's controller polls workers every 2 s
-#: (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``), so by then the report and its checkpoint are registered
-REPORT_SETTLE_S = 5.0
+#: how long ``after_report`` waits before the kill: Ray Train 2.60's controller polls the workers every
+#: ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` (Ray's default 2 s; gapinit_ray.cluster and the tests set 0.5),
+#: so after two and a half intervals (2 s at least) the report and its checkpoint are registered
+REPORT_SETTLE_S = max(2.0, 2.5 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S") or 2.0))
 
 
 def parse(text: str | None) -> list[str]:

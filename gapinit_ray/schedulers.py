@@ -844,6 +844,10 @@ class SeedGroupASHA(TrialScheduler):
                     continue
                 if trial.status in (Trial.TERMINATED, Trial.ERROR):
                     continue
+                if self._wait == "in_trial" and trial.status == Trial.RUNNING:
+                    # its trainable reads the stop (member_plan) and returns, ending a held Train run
+                    # first: stopping it here would kill that run mid-hold or mid-shutdown
+                    continue
                 m.status, m.waiting = _STOPPED, None
                 self._changed()
                 controller.stop_trial(trial)

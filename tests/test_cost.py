@@ -3,10 +3,6 @@ sees of those processes), totals per arm and sweep, and ASHA's saving by hand.""
 
 from __future__ import annotations
 
-import threading
-import time
-
-import psutil
 import pyarrow as pa
 import pytest
 
@@ -69,34 +65,10 @@ def test_asha_saving_by_hand() -> None:
 
 
 @pytest.mark.slow
-def test_device_seconds_match_what_psutil_measures_of_the_train_workers(ray_local, tmp_path) -> None:
-    from gapinit_ray.trial import build_trainer
-
-    from .test_train import EpochLog, tiny_spec
-
-    spec = tiny_spec(tmp_path, epochs=2)
-    seen: dict[int, float] = {}
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            for p in psutil.process_iter(["cmdline"]):
-                try:
-                    if "RayTrainWorker" in " ".join(p.info["cmdline"] or []):
-                        t = p.cpu_times()
-                        seen[p.pid] = t.user + t.system
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    continue
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    log = EpochLog(str(tmp_path / "reports.jsonl"))
-    result = build_trainer(spec, {"init": "gap", "seed": 1}, callbacks=[log.callback], progress=False).fit()
-    done.set()
-    sampler.join()
+def test_device_seconds_match_what_psutil_measures_of_the_train_workers(clean_tiny_trial) -> None:
+    # the trial ran with psutil sampling its Ray Train worker's CPU time (see conftest.clean_tiny_trial)
+    result, reports, seen = clean_tiny_trial.result, clean_tiny_trial.reports, clean_tiny_trial.cpu_s
     assert result.error is None
-    reports = log.reports()
     ours = sum(r["device_s"] for r in reports)
     measured = sum(seen.values())
     assert len(seen) == 1 and measured > 0

@@ -24,7 +24,7 @@ import yaml
 
 from gapinit_ray.results import ResultsStore
 
-from .conftest import ROOT
+from .conftest import ROOT, share_caches
 from .store_process import cider
 from .test_sweep import _finish, _run_cli, sweep_raw
 
@@ -111,6 +111,7 @@ def assert_one_line_error(result: dict, kind: str, path_part: str, *words: str) 
 @pytest.mark.slow
 def test_a_trial_that_raises_is_retried_then_recorded_failed_and_the_others_complete(tmp_path) -> None:
     raw = sweep_raw(tmp_path, name="faulty")
+    share_caches(raw["storage"], "gaps", "features")  # calibrated and cached once per session
     # One case's LoRA targets a module name the backbone does not have: the spec validates (module
     # names are known only once the model is loaded) and that trial raises in every attempt. The
     # calibration hooks real modules, so preparing the sweep succeeds.

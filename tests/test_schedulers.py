@@ -656,11 +656,15 @@ def test_in_trial_waiting_never_pauses_and_the_state_file_tells_members_what_to_
     assert member_plan(path, "a0") == MemberPlan("train", 1, 3.0)
     # b's mean (1.0) is below a's (6.0): with eta 3 the cutoff of one earlier mean is that mean
     assert ctrl.report(b[0], 1, 0.0) == CONTINUE
-    # the reporter's trainable stops by itself (its Train run is ending); the waiting one is stopped
+    # the reporter's trainable stops by itself (its Train run is ending); so does the waiting one,
+    # which may hold its Train run at the rung: Tune does not stop (kill) it, it reads "stop" and ends
     assert ctrl.report(b[1], 1, 2.0) == CONTINUE
     assert member_plan(path, "b1") == MemberPlan("stop", 0)
     assert member_plan(path, "b0") == MemberPlan("stop", 0)
-    assert "b0" in ctrl.stop_calls  # the waiting member is stopped by Tune, as a running trial
+    assert "b0" not in ctrl.stop_calls and b[0].status == Trial.RUNNING
+    b[0].set_status(Trial.TERMINATED)  # its trainable returned
+    sched.on_trial_complete(ctrl, b[0], {})
+    assert sched.rung_state()["groups"][sched.group_of(b[0])]["member_status"]["b0"] == "stopped"
     # past the last rung: train to the end
     ctrl.report(a[0], 3, 6.0)
     assert member_plan(path, "a0") == MemberPlan("wait", 1, 3.0)

@@ -21,7 +21,7 @@ from gapinit_ray.plan import CASE_KEY, SEED_KEY, grid_points, param_space, param
 from gapinit_ray.results import ResultsStore, aggregate
 from gapinit_ray.spec import spec_from_dict
 
-from .conftest import QUICKSTART, ROOT
+from .conftest import QUICKSTART, ROOT, share_caches
 
 
 def sweep_raw(tmp_path: Path, name: str = "tiny", **over) -> dict:
@@ -109,6 +109,7 @@ def _finish(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
 def test_tiny_sweep_never_splits_a_group_and_aggregates_match_raw_parquet(tmp_path) -> None:
     spec_path = tmp_path / "sweep.yaml"
     spec_path.write_text(yaml.safe_dump(sweep_raw(tmp_path)))
+    share_caches(tmp_path / "store", "gaps", "features")  # calibrated and cached once per session
     # 2 CPUs for 4 one-worker trials: members that reach a rung first end their Train run and wait,
     # and their worker slots go to the members still training (the hand-over the design rests on)
     proc = _run_cli("run", str(spec_path), "--num-cpus", "2", "--quiet", cwd=tmp_path)
@@ -189,6 +190,7 @@ def test_resume_after_the_driver_is_killed(tmp_path) -> None:
     raw["search"] = {"init": ["gap", "random"], "seed": [1, 2]}
     raw["scheduler"]["type"] = "fifo"
     raw["resources"]["max_concurrent_trials"] = 1  # one trial at a time: a clean "some done, one running"
+    share_caches(raw["storage"], "gaps", "features")
     spec_path = tmp_path / "sweep.yaml"
     spec_path.write_text(yaml.safe_dump(raw))
     sweep = tmp_path / "store" / "resumable"

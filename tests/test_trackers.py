@@ -16,7 +16,7 @@ from gapinit_ray.results import ResultsStore
 from gapinit_ray.spec import spec_from_dict
 from gapinit_ray.trackers import Trackers, run_id_of
 
-from .conftest import ROOT
+from .conftest import ROOT, share_caches
 from .test_sweep import sweep_raw
 
 TRIALS = {  # trial id -> (group, config)
@@ -163,6 +163,7 @@ def test_a_sweep_with_all_three_trackers_logs_what_the_store_has(ray_local, tmp_
     from gapinit_ray.sweep import run_sweep
 
     raw = sweep_raw(tmp_path, name="tracked")
+    share_caches(raw["storage"], "gaps", "features")  # calibrated and cached once per session
     raw["search"] = {"init": ["gap"], "seed": [1, 2]}
     raw["train"]["epochs"] = 2
     raw["loggers"] = ["mlflow", "tensorboard", "wandb"]

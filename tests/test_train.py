@@ -19,12 +19,13 @@ from gapinit_ray.spec import spec_from_dict
 from gapinit_ray.train import ADAPTER_DIR, deepspeed_config, lr_lambda
 from gapinit_ray.trial import build_trainer
 
-from .conftest import QUICKSTART
+from .conftest import QUICKSTART, share_caches
 
 
 def tiny_spec(tmp_path: Path, **train_over):
     raw = yaml.safe_load(QUICKSTART.read_text())
     raw["storage"] = str(tmp_path / "store")
+    share_caches(raw["storage"], "backbones", "gaps")
     raw["data"]["sources"]["shapes"]["num_images"] = 64
     raw["data"]["val"]["limit"] = 6
     raw["calibration"].update({"num_samples": 16, "workers": 1})

@@ -44,15 +44,15 @@ def test_fault_points_parse() -> None:
 
 
 @pytest.mark.slow
-def test_a_worker_killed_at_every_point_of_a_trial_in_turn(ray_local, tmp_path) -> None:
+def test_a_worker_killed_at_every_point_of_a_trial_in_turn(clean_tiny_trial, tmp_path) -> None:
     """One trial, its worker killed four times: before the first report, right after the epoch-1
     report, in the middle of epoch 2, and during the final evaluation."""
-    params = {"init": "gap", "seed": 3}
-    clean_spec = tiny_spec(tmp_path, epochs=2)
-    clean, _, _ = _run(clean_spec, params, [], tmp_path, "clean")
+    # the unkilled run (same spec and seed, same storage: the same data and GapArtifact)
+    params, clean = clean_tiny_trial.params, clean_tiny_trial.reports
+    assert clean_tiny_trial.result.error is None
     assert [r["epoch"] for r in clean] == [0, 1, 2]
 
-    spec = tiny_spec(tmp_path, epochs=2).model_copy(update={"name": "killed"})
+    spec = clean_tiny_trial.spec.model_copy(update={"name": "killed"}, deep=True)
     spec.resources.max_failures = 0
     spec.resources.worker_restarts = 4
     faults = ["setup", "after_report:1", "mid_epoch:2", "final_eval"]
