@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--loggers", default="mlflow,tensorboard,wandb", help="comma-separated, the 'on' side")
+    ap.add_argument("--no-write", action="store_true", help="print only (a per-logger breakdown)")
     args = ap.parse_args(argv)
+    loggers = [s for s in args.loggers.split(",") if s]
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             for r in range(args.rounds):  # alternate, so drift on a shared machine hits both
                 off += _sweep(Path(tmp), f"off{r}", [], args.epochs)
-                on += _sweep(Path(tmp), f"on{r}", ["mlflow", "tensorboard", "wandb"], args.epochs)
+                on += _sweep(Path(tmp), f"on{r}", loggers, args.epochs)
     finally:
         ray.shutdown()
     result = {

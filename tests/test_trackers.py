@@ -15,6 +15,7 @@ import yaml
 from gapinit_ray.results import ResultsStore
 from gapinit_ray.spec import spec_from_dict
 from gapinit_ray.trackers import Trackers, run_id_of
+from gapinit_ray.trackers.backends import wandb_records, wandb_steps
 
 from .conftest import ROOT
 from .test_sweep import sweep_raw
@@ -51,7 +52,8 @@ def test_three_trackers_read_back_and_a_resume_continues_the_same_runs(tmp_path)
     spec = _spec(tmp_path)
     root = tmp_path / "sweep"
     assert _log(spec, root, range(0, 2), end=False) == {}  # the sweep is killed after epoch 1...
-    assert _log(spec, root, range(2, 3), end=True) == {}  # ...and resumed: epoch 2, then the end
+    # ...and resumed: Tune replays epoch 1 (restored from its checkpoint), then epoch 2 and the end
+    assert _log(spec, root, range(1, 3), end=True) == {}
 
     from mlflow.tracking import MlflowClient
 
@@ -94,34 +96,14 @@ def test_three_trackers_read_back_and_a_resume_continues_the_same_runs(tmp_path)
         record = _wandb_run_record(p)
         tid = next(t for t in TRIALS if run_id_of(t) == record.run_id)
         assert record.run_group == TRIALS[tid][0] and record.job_type == TRIALS[tid][1]["init"]
+    for tid in TRIALS:  # one history row per epoch over the run's offline logs: the replay is skipped
+        runs = [p for p in offline if p.name.endswith("-" + run_id_of(tid))]
+        assert sorted(s for p in runs for s in wandb_steps(p)) == [0, 1, 2]
 
 
 def _wandb_run_record(run_dir: Path):
-    """The run record (id, group, job type) of an offline W&B run, read from its ``.wandb`` log: W&B's
-    LevelDB-style log (a 7-byte ``:W&B`` header, then 32 KiB blocks of records, each with a 7-byte
-    checksum/length/type header; a record may be split FIRST/MIDDLE/LAST over blocks) of protobuf
-    ``Record`` messages."""
-    import struct
-
-    from wandb.proto import wandb_internal_pb2
-
-    data = next(run_dir.glob("*.wandb")).read_bytes()
-    assert data[:4] == b":W&B"
-    pos, block, pending = 7, 32768, b""
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # the block's zero padding
-            pos += block - pos % block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
-        if kind in (2, 3):  # FIRST, MIDDLE
-            pending += chunk
-            continue
-        payload, pending = pending + chunk, b""
-        if kind not in (1, 4):
-            continue
-        rec = wandb_internal_pb2.Record()
-        rec.ParseFromString(payload)
+    """The run record (id, group, job type) of an offline W&B run, read from its ``.wandb`` log."""
+    for rec in wandb_records(run_dir):
         if rec.WhichOneof("record_type") == "run":
             return rec.run
     raise AssertionError(f"{run_dir}: no run record")
