@@ -1,16 +1,21 @@
 """Experiment trackers' overhead: the same tiny sweep with all three loggers (MLflow, TensorBoard,
 W&B offline) and without, side by side in one process on one local Ray, alternating.
 
-    python -m benchmarks.trackers [--rounds 2] [--epochs 2]
+    python -m benchmarks.trackers [--rounds 4] [--epochs 4] [--loggers mlflow,tensorboard,wandb] [--no-write]
 
 Reports the per-step time (1 / samples_per_s of every training report) of the trials with loggers on
-over off (target <= 1.03: trackers run on the driver, in their own threads), and the driver-side cost
-of one ``Trackers.result`` call (it only enqueues). Writes benchmarks/results/trackers.json.
+over off (target <= 1.03: the trackers run in one child process of the driver at nice 19), the ratio
+of each round (the rounds alternate which side goes first) and the quartiles of both sides, so the
+machine's own noise can be told from the trackers' cost, and the driver-side cost of one
+``Trackers.result`` call (it only enqueues). ``--loggers`` picks the "on" side (one tracker at a time
+gives the breakdown). Writes benchmarks/results/trackers.json unless ``--no-write``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import tempfile
 import time
@@ -67,8 +72,8 @@ def enqueue_cost(n: int = 2000) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--loggers", default="mlflow,tensorboard,wandb", help="comma-separated, the 'on' side")
     ap.add_argument("--no-write", action="store_true", help="print only (a per-logger breakdown)")
     args = ap.parse_args(argv)
@@ -78,26 +83,44 @@ def main(argv: list[str] | None = None) -> dict:
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     on: list[float] = []
     off: list[float] = []
+    per_round: list[float] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for r in range(args.rounds):  # alternate, so drift on a shared machine hits both
-                off += _sweep(Path(tmp), f"off{r}", [], args.epochs)
-                on += _sweep(Path(tmp), f"on{r}", loggers, args.epochs)
+                first, second = ("off", "on") if r % 2 == 0 else ("on", "off")
+                got = {}
+                for side in (first, second):
+                    got[side] = _sweep(Path(tmp), f"{side}{r}", loggers if side == "on" else [], args.epochs)
+                off += got["off"]
+                on += got["on"]
+                per_round.append(statistics.median(got["on"]) / statistics.median(got["off"]))
     finally:
         ray.shutdown()
+
+    def spread(xs: list[float]) -> dict[str, float]:
+        q = statistics.quantiles(xs, n=4)
+        return {"p25": q[0], "median": statistics.median(xs), "p75": q[2]}
+
     result = {
         "machine": machine(),
+        "loggers": loggers,
         "rounds": args.rounds,
         "epochs": args.epochs,
         "step_s_loggers_off": statistics.median(off),
         "step_s_loggers_on": statistics.median(on),
         "on_over_off_time_per_step": statistics.median(on) / statistics.median(off),
+        "on_over_off_per_round": per_round,
+        "step_s_spread": {"on": spread(on), "off": spread(off)},
         "reports": {"on": len(on), "off": len(off)},
+        "load_average_1m_at_end": os.getloadavg()[0],
         "driver_enqueue_s_per_result": enqueue_cost(),
     }
-    write_result("trackers", result)
+    if not args.no_write:
+        write_result("trackers", result)
+    print(json.dumps(result, indent=1))
     print(
         f"time per step, loggers on / off: {result['on_over_off_time_per_step']:.3f} (target <= 1.03); "
+        f"per round {', '.join(f'{x:.3f}' for x in per_round)}; "
         f"driver enqueue {result['driver_enqueue_s_per_result'] * 1e6:.1f} µs per result"
     )
     return result

@@ -140,44 +140,130 @@ def test_a_logger_whose_package_is_missing_is_a_spec_error_naming_the_extra(tmp_
     assert "Traceback" not in r.stderr
 
 
+def test_the_sweep_report_goes_to_one_sweep_level_mlflow_run(tmp_path) -> None:
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from gapinit_ray.trackers import log_report
+
+    spec = _spec(tmp_path)
+    root = tmp_path / "sweep"
+    (root / "report").mkdir(parents=True)
+    (root / "spec.json").write_text(json.dumps(spec.model_dump(mode="json")))
+    page = root / "report" / "report.md"
+    page.write_text("first\n")
+    first = log_report(root, [str(page)])
+    page.write_text("second\n")  # the report written again: the same run, the files replaced
+    assert log_report(root, [str(page)]) == first
+    client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow/mlflow.db")
+    exp = client.get_experiment_by_name(spec.name)
+    sweeps = [
+        r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("gapinit.kind") == "sweep"
+    ]
+    assert [r.info.run_id for r in sweeps] == [first]
+    assert [a.path for a in client.list_artifacts(first, "report")] == ["report/report.md"]
+    got = Path(client.download_artifacts(first, "report/report.md", str(tmp_path)))
+    assert got.read_text() == "second\n"
+
+
+def _wait_for(what, timeout_s: float, proc) -> None:
+    import time
+
+    deadline = time.time() + timeout_s
+    while not what() and time.time() < deadline and proc.poll() is None:
+        time.sleep(1)
+
+
 @pytest.mark.slow
-def test_a_sweep_with_all_three_trackers_logs_what_the_store_has(ray_local, tmp_path) -> None:
-    from gapinit_ray.sweep import run_sweep
+def test_a_killed_and_resumed_sweep_with_all_three_trackers_logs_what_the_store_has_once(tmp_path) -> None:
+    """A tiny sweep with all three trackers in a `gapinit run` subprocess, SIGKILLed (with everything it
+    started: Ray, the trackers' process, wandb-core) once a trial finished and the next one reported,
+    then `gapinit resume`d: each tracker read back with its own reader has exactly one run per trial,
+    the store's per-epoch metrics once each (no step logged twice), and `gapinit report` puts the
+    report on the sweep's MLflow run."""
+    import time
+
+    import psutil
+
+    from .test_sweep import _finish, _kill_tree, _run_cli
 
     raw = sweep_raw(tmp_path, name="tracked")
     raw["search"] = {"init": ["gap"], "seed": [1, 2]}
+    raw["scheduler"]["type"] = "fifo"
     raw["train"]["epochs"] = 2
+    raw["resources"]["max_concurrent_trials"] = 1  # one trial at a time: "one done, one running"
     raw["loggers"] = ["mlflow", "tensorboard", "wandb"]
+    spec_path = tmp_path / "sweep.yaml"
+    spec_path.write_text(yaml.safe_dump(raw))
     spec = spec_from_dict(raw)
-    run_sweep(spec, quiet=True)
-    store = ResultsStore(spec.storage, spec.name)
-    metrics = store.metrics().to_pandas()
-    trials = store.trials().to_pandas()
-    assert len(trials) == 2 and trials["logger_errors"].isna().all()
     root = Path(spec.storage) / spec.name
+    store = ResultsStore(spec.storage, spec.name)
+
+    def table(kind: str):
+        try:
+            return getattr(store, kind)().to_pandas()
+        except Exception:
+            return None
+
+    def one_done_and_the_next_reported() -> bool:
+        t, m = table("trials"), table("metrics")
+        if t is None or m is None:
+            return False
+        done = set(t.loc[t["status"] == "TERMINATED", "trial_id"])
+        return bool(done) and bool(set(m["trial_id"]) - done)
+
+    proc = _run_cli("run", str(spec_path), "--num-cpus", "2", "--quiet", cwd=tmp_path)
+    _wait_for(one_done_and_the_next_reported, 900, proc)
+    assert proc.poll() is None, "the sweep ended before it could be killed"
+    assert one_done_and_the_next_reported(), "no trial finished before the deadline"
+    time.sleep(3)  # the trackers' process takes the report
+    _kill_tree(psutil.Process(proc.pid))
+    proc.communicate()
+    resumed = _run_cli("resume", str(root), "--num-cpus", "2", "--quiet", cwd=tmp_path)
+    _out, err = _finish(resumed, 900)
+    assert resumed.returncode == 0, err[-3000:]
+
+    metrics, trials = store.metrics().to_pandas(), store.trials().to_pandas()
+    assert sorted(trials["status"]) == ["TERMINATED"] * 2 and trials["logger_errors"].isna().all()
+    assert not metrics.duplicated(["trial_id", "epoch"]).any()
+    ours = {
+        tid: sorted((round(e), v) for e, v in zip(rows["epoch"], rows["val_cider"], strict=True))
+        for tid, rows in metrics.groupby("trial_id")
+    }
+    assert sorted(ours) == sorted(trials["trial_id"])
 
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow/mlflow.db")
     exp = client.get_experiment_by_name(spec.name)
-    runs = {
-        r.data.tags["gapinit.trial_id"]: r
-        for r in client.search_runs([exp.experiment_id])
-        if r.data.tags.get("gapinit.kind") == "trial"
-    }
-    assert sorted(runs) == sorted(trials["trial_id"])
-    for tid, rows in metrics.groupby("trial_id"):
-        ours = sorted((round(e), v) for e, v in zip(rows["epoch"], rows["val_cider"], strict=True))
-        logged = sorted(
-            (m.step, m.value) for m in client.get_metric_history(runs[tid].info.run_id, "val_cider")
-        )
-        assert logged == [(e, pytest.approx(v)) for e, v in ours]
+    runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("gapinit.kind") == "trial"]
+    assert sorted(r.data.tags["gapinit.trial_id"] for r in runs) == sorted(ours)  # one run per trial
+    assert len({r.data.tags["mlflow.parentRunId"] for r in runs}) == 1  # both seeds under one group
+    assert sorted(p.name for p in (root / "tensorboard").iterdir()) == sorted(ours)  # one run dir each
+    offline = sorted((root / "wandb" / "wandb").glob("offline-run-*"))
+    assert {p.name.split("-", 3)[3] for p in offline} == {run_id_of(t) for t in ours}  # one run id each
+    for r in runs:
+        tid = r.data.tags["gapinit.trial_id"]
+        expected = [(e, pytest.approx(v)) for e, v in ours[tid]]
+        logged = [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val_cider")]
+        assert sorted(logged) == expected  # every epoch once: no step twice after the resume
+        assert r.info.status == "FINISHED" and r.data.tags["gapinit.status"] == "TERMINATED"
+        assert client.list_artifacts(r.info.run_id, "adapter")  # the trial's last adapter
         acc = EventAccumulator(str(root / "tensorboard" / tid))
         acc.Reload()
-        assert [(s.step, s.value) for s in acc.Scalars("val_cider")] == [
-            (e, pytest.approx(v, rel=1e-6)) for e, v in ours
-        ]
-        assert client.list_artifacts(runs[tid].info.run_id, "adapter")  # the trial's last adapter
-    offline = sorted((root / "wandb" / "wandb").glob("offline-run-*"))
-    assert {p.name.split("-", 3)[3] for p in offline} == {run_id_of(t) for t in trials["trial_id"]}
+        scalars = [(s.step, s.value) for s in acc.Scalars("val_cider")]
+        assert sorted(scalars) == [(e, pytest.approx(v, rel=1e-6)) for e, v in ours[tid]]
+        steps = [s for p in offline if p.name.endswith("-" + run_id_of(tid)) for s in wandb_steps(p)]
+        assert sorted(steps) == [e for e, _ in ours[tid]]
+
+    from gapinit_ray.cli import main
+
+    assert main(["report", str(root)]) == 0
+    sweep_runs = [
+        r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("gapinit.kind") == "sweep"
+    ]
+    assert len(sweep_runs) == 1
+    logged = {a.path for a in client.list_artifacts(sweep_runs[0].info.run_id, "report")}
+    assert {"report/report.md", "report/report.html"} <= logged
