@@ -21,6 +21,7 @@ run (tag ``gapinit.kind`` = ``sweep``; the seed groups' parent runs stay one per
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import queue
@@ -37,8 +38,10 @@ EXTRAS = {
     "tensorboard": ("tensorboard", "tensorboard"),
     "wandb": ("wandb", "wandb"),
 }
-#: seconds the driver waits at the end of a sweep for trackers to write what is queued
-CLOSE_TIMEOUT_S = 60.0
+#: the most seconds the end of a sweep waits for the trackers to write what is queued
+CLOSE_TIMEOUT_S = 900.0
+#: ... and the seconds it waits for a tracker that makes no progress (uses no CPU): one that hangs
+CLOSE_STALL_S = 60.0
 #: how often the trackers' process checks that the driver is still there
 PARENT_POLL_S = 1.0
 
@@ -81,6 +84,7 @@ class _Worker:
         self.q: queue.Queue[tuple | None] = queue.Queue()
         self.error: str | None = None
         self.failed_trials: set[str] = set()
+        self.inflight: list[tuple] = []  # the batch being written
         self.thread = threading.Thread(target=self._loop, name=f"gapinit-tracker-{name}", daemon=True)
         self.thread.start()
 
@@ -107,50 +111,79 @@ class _Worker:
             if self.error is not None:
                 self.failed_trials.update(e[1] for e in batch)
             elif batch:
-                done = 0
+                self.inflight = batch
                 try:
                     for kind, tid, data in batch:
                         getattr(self.backend, kind)(tid, **data)
-                        done += 1
                     self.backend.flush()
                 except Exception as e:  # a tracker's failure never reaches the sweep
                     self.error = _one_line(e)
-                    # the event that failed, and the batch's others that may not be flushed
-                    self.failed_trials.update(ev[1] for ev in batch[min(done, len(batch) - 1) :])
+                    self.failed_trials.update(ev[1] for ev in batch)  # the batch may not be written
                     print(
                         f"gapinit: logger {self.name} failed ({self.error}); the sweep goes on without it, "
                         "and the trials it did not log say so in their rows",
                         file=sys.stderr,
                         flush=True,
                     )
+                self.inflight = []
             if last:
+                if self.error is None:
+                    try:
+                        self.backend.close()
+                    except Exception as e:
+                        self.error = _one_line(e)
                 return
 
-    def close(self, timeout_s: float) -> None:
-        self.q.put(None)
-        self.thread.join(timeout_s)
-        if self.thread.is_alive():  # still busy (a tracker that hangs): what is queued is not logged
-            if self.error is None:
-                self.error = f"did not finish within {timeout_s:g} s"
-            while True:
-                try:
-                    event = self.q.get_nowait()
-                except queue.Empty:
-                    break
-                if event is not None:
-                    self.failed_trials.add(event[1])
-            return
+    def give_up(self, why: str) -> None:
+        """The thread did not finish in time (a tracker that hangs): what it holds is not logged."""
         if self.error is None:
+            self.error = why
+        self.failed_trials.update(e[1] for e in self.inflight)
+        while True:
             try:
-                self.backend.close()
-            except Exception as e:
-                self.error = _one_line(e)
+                event = self.q.get_nowait()
+            except queue.Empty:
+                break
+            if event is not None:
+                self.failed_trials.add(event[1])
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and of what it started (W&B's service)."""
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            total += sum(child.cpu_times()[:2])
+    return total
+
+
+def close_workers(workers: list[_Worker], stall_s: float, max_s: float) -> None:
+    """Let every worker write what is queued and close its tracker. At the lowest priority on a busy
+    machine that can take long, so the wait is for *progress*: it ends when all are done, when the
+    process (trackers and W&B's service together) has used no CPU for ``stall_s`` (a tracker waiting
+    on a server that does not answer), or after ``max_s`` in all."""
+    for w in workers:
+        w.q.put(None)
+    start = last_change = time.monotonic()
+    last_cpu = _cpu_s()
+    while any(w.thread.is_alive() for w in workers):
+        now = time.monotonic()
+        if now - start > max_s or now - last_change > stall_s:
+            break
+        next(w for w in workers if w.thread.is_alive()).thread.join(1.0)
+        cpu = _cpu_s()
+        if cpu > last_cpu:  # any CPU: at nice 19 on a busy machine progress can be very slow
+            last_cpu, last_change = cpu, time.monotonic()
+    for w in workers:
+        if w.thread.is_alive():
+            w.give_up(f"did not finish (no progress for {stall_s:g} s, or {max_s:g} s in all)")
 
 
 def _lowest_priority() -> None:
     """This process (and what it starts, e.g. W&B's ``wandb-core``) yields the CPU and the disk."""
-    import contextlib
-
     with contextlib.suppress(OSError, AttributeError):
         os.setpriority(os.PRIO_PROCESS, 0, 19)
     with contextlib.suppress(Exception):
@@ -197,9 +230,7 @@ def serve(spec, sweep_dir: Path, events, answers, parent_pid: int, close_timeout
             break
         for w in workers:
             w.put(event)
-    deadline = time.monotonic() + close_timeout_s
-    for w in workers:
-        w.close(max(deadline - time.monotonic(), 1.0))
+    close_workers(workers, CLOSE_STALL_S, close_timeout_s)
     answers.put(_failures(workers))
 
 
@@ -253,14 +284,15 @@ class Trackers:
         self._put("end", trial_id, {"status": status, "stop_reason": stop_reason, "checkpoint": checkpoint})
 
     def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> dict[str, str]:
-        """Wait for the queued events (at most ``timeout_s`` in all); return ``{trial_id: what failed}``."""
+        """Wait for the queued events (see :func:`close_workers`: ``timeout_s`` at most, a tracker that
+        makes no progress for :data:`CLOSE_STALL_S` is given up); return ``{trial_id: what failed}``."""
         if self._proc is None:
             return {}
         if self._start_error is not None:
             return {t: f"logging failed: trackers: {self._start_error}" for t in self._sent}
         self._events.put(None)
         try:
-            failed = self._answers.get(timeout=timeout_s + 10.0)  # the process has its own deadline
+            failed = self._answers.get(timeout=timeout_s + 30.0)  # the process has its own deadline
         except (queue.Empty, EOFError, OSError):
             failed = {t: "logging failed: trackers: no answer from the trackers' process" for t in self._sent}
         self._proc.join(10.0)

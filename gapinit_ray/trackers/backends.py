@@ -15,7 +15,7 @@
   sweep name, ``group`` = seed group id, ``job_type`` = init, run id derived from the trial id
   (``resume="allow"``: a resumed sweep continues the run).
 
-Every backend skips a report whose step (epoch) its run already has, read back from the tracker's own
+Every backend skips a report whose epoch its run already has, read back from the tracker's own
 store when a run is continued (MLflow's metric history, TensorBoard's event files, the W&B offline
 runs' logs), so a report replayed after a restore is never a second point at the same step.
 """
@@ -35,6 +35,12 @@ def _step(metrics: dict[str, float]) -> int:
     return round(metrics.get("epoch", 0.0))
 
 
+def _key(epoch: float) -> float:
+    """What a report is known by when a resumed run skips the reports it has: its epoch (exact, so
+    reports at fractional epochs that share a step are all kept)."""
+    return round(float(epoch), 6)
+
+
 def _hparams(config: dict, group_id: str) -> dict[str, Any]:
     out: dict[str, Any] = {"group_id": group_id}
     for k, v in config.items():
@@ -51,16 +57,15 @@ class TensorBoardBackend:
         self.steps: dict[str, set[int]] = {}
 
     @staticmethod
-    def logged_steps(run_dir: Path) -> set[int]:
-        """The steps of the ``epoch`` scalar already in a trial's event files (TensorBoard's reader)."""
-        from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    def logged_epochs(run_dir: Path) -> set[float]:
+        """The values of the ``epoch`` scalar already in a trial's event files (TensorBoard's reader)."""
+        from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
-        steps: set[int] = set()
+        epochs: set[float] = set()
         for path in sorted(run_dir.glob("events.out.tfevents.*")):
-            for event in EventFileLoader(str(path)).Load():
-                if any(v.tag == "epoch" for v in event.summary.value):
-                    steps.add(int(event.step))
-        return steps
+            for event in LegacyEventFileLoader(str(path)).Load():
+                epochs.update(_key(v.simple_value) for v in event.summary.value if v.tag == "epoch")
+        return epochs
 
     def _writer(self, trial_id: str, group_id: str, config: dict):
         w = self.writers.get(trial_id)
@@ -70,7 +75,7 @@ class TensorBoardBackend:
 
             run_dir = self.root / trial_id
             if trial_id not in self.steps:
-                self.steps[trial_id] = self.logged_steps(run_dir) if run_dir.is_dir() else set()
+                self.steps[trial_id] = self.logged_epochs(run_dir) if run_dir.is_dir() else set()
             w = SummaryWriter(log_dir=str(run_dir), flush_secs=3600)  # flushed per batch
             exp, ssi, _ = hparams(_hparams(config, group_id), {"val_cider": 0.0, "val_loss": 0.0})
             for summary in (exp, ssi):
@@ -80,12 +85,12 @@ class TensorBoardBackend:
 
     def result(self, trial_id: str, group_id: str, config: dict, metrics: dict[str, float]) -> None:
         w = self._writer(trial_id, group_id, config)
-        step = _step(metrics)
-        if step in self.steps[trial_id]:
+        key = _key(metrics.get("epoch", 0.0))
+        if key in self.steps[trial_id]:
             return
         for k, v in metrics.items():
-            w.add_scalar(k, v, global_step=step)
-        self.steps[trial_id].add(step)
+            w.add_scalar(k, v, global_step=_step(metrics))
+        self.steps[trial_id].add(key)
 
     def flush(self) -> None:
         for w in self.writers.values():
@@ -166,8 +171,11 @@ class MlflowBackend:
         if rid is not None:
             return rid
         rid = self._find("trial", "gapinit.trial_id", trial_id)
-        if rid is not None:  # a resumed sweep: the steps the run has
-            self.steps[trial_id] = {int(m.step) for m in self.client.get_metric_history(rid, "epoch")}
+        if rid is not None:  # a resumed sweep: the reports the run has, and its group's run to close
+            self.steps[trial_id] = {_key(m.value) for m in self.client.get_metric_history(rid, "epoch")}
+            parent = self.parents.get(group_id) or self._find("group", "gapinit.group_id", group_id)
+            if parent is not None:
+                self.parents[group_id] = parent
         else:
             parent = self._parent(group_id, config)
             tags = {
@@ -191,11 +199,11 @@ class MlflowBackend:
         from mlflow.entities import Metric
 
         rid = self._run(trial_id, group_id, config)
-        step, now = _step(metrics), int(time.time() * 1000)
-        if step in self.steps[trial_id]:
+        step, now, key = _step(metrics), int(time.time() * 1000), _key(metrics.get("epoch", 0.0))
+        if key in self.steps[trial_id]:
             return
         self.pending.setdefault(rid, []).extend(Metric(k, v, now, step) for k, v in metrics.items())
-        self.steps[trial_id].add(step)
+        self.steps[trial_id].add(key)
 
     def flush(self) -> None:
         while self.pending:
@@ -281,18 +289,15 @@ def wandb_records(run_dir: Path) -> Iterator[Any]:
         yield rec
 
 
-def wandb_steps(run_dir: Path) -> list[int]:
-    """The ``_step`` of every history row of an offline W&B run (one per ``run.log``)."""
+def wandb_history(run_dir: Path) -> list[dict[str, Any]]:
+    """The history rows of an offline W&B run (one per ``run.log``: the metrics, ``_step``, ...)."""
     import json
 
-    out = []
-    for rec in wandb_records(run_dir):
-        if rec.WhichOneof("record_type") == "history":
-            for item in rec.history.item:
-                key = item.key or ".".join(item.nested_key)
-                if key == "_step":
-                    out.append(int(json.loads(item.value_json)))
-    return out
+    return [
+        {item.key or ".".join(item.nested_key): json.loads(item.value_json) for item in rec.history.item}
+        for rec in wandb_records(run_dir)
+        if rec.WhichOneof("record_type") == "history"
+    ]
 
 
 class WandbBackend:
@@ -312,7 +317,10 @@ class WandbBackend:
             rid = run_id_of(trial_id)
             if trial_id not in self.steps:  # what earlier (offline) runs of this id logged
                 self.steps[trial_id] = {
-                    s for d in (self.dir / "wandb").glob(f"offline-run-*-{rid}") for s in wandb_steps(d)
+                    _key(row["epoch"])
+                    for d in (self.dir / "wandb").glob(f"offline-run-*-{rid}")
+                    for row in wandb_history(d)
+                    if isinstance(row.get("epoch"), int | float)
                 }
             self.dir.mkdir(parents=True, exist_ok=True)
             run = wandb.init(
@@ -332,11 +340,11 @@ class WandbBackend:
         return run
 
     def result(self, trial_id: str, group_id: str, config: dict, metrics: dict[str, float]) -> None:
-        run, step = self._run(trial_id, group_id, config), _step(metrics)
-        if step in self.steps[trial_id]:
+        run, key = self._run(trial_id, group_id, config), _key(metrics.get("epoch", 0.0))
+        if key in self.steps[trial_id]:
             return
-        run.log(metrics, step=step)
-        self.steps[trial_id].add(step)
+        run.log(metrics, step=_step(metrics))
+        self.steps[trial_id].add(key)
 
     def flush(self) -> None:
         pass  # W&B's service writes the run's log itself
