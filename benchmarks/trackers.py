@@ -14,6 +14,7 @@ gives the breakdown). Writes benchmarks/results/trackers.json unless ``--no-writ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -60,6 +61,7 @@ def enqueue_cost(n: int = 2000) -> float:
         raw.update(storage=tmp, loggers=["tensorboard"])
         trackers = Trackers(spec_from_dict(raw), Path(tmp))
         metrics = {f"m{i}": float(i) for i in range(30)}
+        trackers.result("t0", "g", {"init": "gap", "seed": 0}, {"epoch": 0.0})  # starts the process
         t0 = time.perf_counter()
         for i in range(n):
             trackers.result(
@@ -70,14 +72,56 @@ def enqueue_cost(n: int = 2000) -> float:
     return spent / n
 
 
+def tracker_cpu_s_per_report(logger: str, trials: int = 4, epochs: int = 4) -> float:
+    """CPU seconds the trackers' process (and what it starts: W&B's service) uses per report of one
+    tracker, from starting it to closing it, with ``trials`` x ``epochs`` reports of 30 metrics: what the
+    tracker takes from the machine's CPUs (at nice 19). CPU time, not wall time: a busy machine makes
+    it slower, not larger."""
+    import threading
+
+    import psutil
+    import yaml
+
+    from gapinit_ray.spec import spec_from_dict
+    from gapinit_ray.trackers import Trackers
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = yaml.safe_load((Path(__file__).parents[1] / "sweeps" / "quickstart.yaml").read_text())
+        raw.update(storage=tmp, loggers=[logger])
+        trackers = Trackers(spec_from_dict(raw), Path(tmp))
+        metrics = {f"m{i}": float(i) for i in range(30)}
+        for epoch in range(epochs):
+            for t in range(trials):
+                trackers.result(
+                    f"t{t}", f"g{t // 2}", {"init": "gap", "seed": t}, {"epoch": epoch, **metrics}
+                )
+        for t in range(trials):
+            trackers.end(f"t{t}", "TERMINATED", None, None)
+        proc, used = psutil.Process(trackers._proc.pid), {}
+        closing = threading.Thread(target=trackers.close)
+        closing.start()
+        while closing.is_alive():  # the last sample of each process before it ends
+            with contextlib.suppress(psutil.Error):
+                for p in [proc, *proc.children(recursive=True)]:
+                    cpu = p.cpu_times()
+                    used[p.pid] = cpu.user + cpu.system
+            closing.join(0.2)
+    return sum(used.values()) / (trials * epochs)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--loggers", default="mlflow,tensorboard,wandb", help="comma-separated, the 'on' side")
     ap.add_argument("--no-write", action="store_true", help="print only (a per-logger breakdown)")
+    ap.add_argument("--cpu-only", action="store_true", help="only the trackers' CPU per report, no sweeps")
     args = ap.parse_args(argv)
     loggers = [s for s in args.loggers.split(",") if s]
+    cpu = {lg: tracker_cpu_s_per_report(lg) for lg in loggers}
+    if args.cpu_only:
+        print(json.dumps({"tracker_cpu_s_per_report": cpu}, indent=1))
+        return {"tracker_cpu_s_per_report": cpu}
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
@@ -114,6 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
         "reports": {"on": len(on), "off": len(off)},
         "load_average_1m_at_end": os.getloadavg()[0],
         "driver_enqueue_s_per_result": enqueue_cost(),
+        "tracker_cpu_s_per_report": cpu,
     }
     if not args.no_write:
         write_result("trackers", result)

@@ -218,6 +218,9 @@ class MlflowBackend:
         if rid is None:
             return
         client = self._client()
+        tags = client.get_run(rid).data.tags  # its group's run is closed at the end (also on a resume)
+        if "mlflow.parentRunId" in tags:
+            self.parents.setdefault(tags.get("gapinit.group_id", ""), tags["mlflow.parentRunId"])
         client.set_tag(rid, "gapinit.status", status)
         client.set_tag(rid, "gapinit.stop_reason", stop_reason or "")
         if checkpoint:
