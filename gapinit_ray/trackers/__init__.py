@@ -69,6 +69,12 @@ def run_id_of(trial_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", trial_id)[-64:].strip("-")
 
 
+def epoch_key(epoch: float) -> float:
+    """What a report is known by when a resumed run skips the reports it has: its epoch (exact, so
+    reports at fractional epochs that share a step are all kept)."""
+    return round(float(epoch), 6)
+
+
 def _one_line(e: BaseException) -> str:
     line = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return f"{type(e).__name__}: {line}"[:300]
@@ -243,6 +249,8 @@ class Trackers:
         self._proc = None
         self._events = self._answers = None
         self._sent: set[str] = set()
+        self._reported: dict[str, set[float]] = {}  # trial -> epochs sent
+        self._ended: set[str] = set()
         self._start_error: str | None = None
 
     def __getstate__(self) -> dict:
@@ -278,14 +286,48 @@ class Trackers:
             self._events.put((kind, trial_id, data))
 
     def result(self, trial_id: str, group_id: str, config: dict, metrics: dict) -> None:
-        self._put("result", trial_id, {"group_id": group_id, "config": config, "metrics": _numbers(metrics)})
+        numbers = _numbers(metrics)
+        self._reported.setdefault(trial_id, set()).add(epoch_key(numbers.get("epoch", 0.0)))
+        self._put("result", trial_id, {"group_id": group_id, "config": config, "metrics": numbers})
 
     def end(self, trial_id: str, status: str, stop_reason: str | None, checkpoint: str | None) -> None:
+        self._ended.add(trial_id)
         self._put("end", trial_id, {"status": status, "stop_reason": stop_reason, "checkpoint": checkpoint})
+
+    def catch_up(self) -> None:
+        """Send what the results store has and this driver did not send: the reports and ends of the
+        trials that finished under a driver that was killed before its trackers wrote them (a resumed
+        sweep does not run them again). The trackers skip what their runs already have."""
+        import json
+
+        from gapinit_ray.results import ResultsStore
+        from gapinit_ray.results.store import group_key
+
+        store = ResultsStore(self.spec.storage, self.spec.name)
+        trials, metrics = store.trials().to_pylist(), store.metrics().to_pylist()
+        by_trial: dict[str, list[dict]] = {}
+        for row in metrics:
+            by_trial.setdefault(row["trial_id"], []).append(row)
+
+        def text(v) -> str | None:
+            return v if isinstance(v, str) and v else None
+
+        for t in trials:
+            tid, params = t["trial_id"], json.loads(t["config_json"])
+            sent = self._reported.get(tid, set())
+            for row in sorted(by_trial.get(tid, []), key=lambda r: float(r.get("epoch") or 0.0)):
+                if epoch_key(float(row.get("epoch") or 0.0)) not in sent:
+                    self.result(tid, group_key(params), params, row)
+            if tid not in self._ended and t.get("status") in ("TERMINATED", "STOPPED", "ERROR"):
+                self.end(tid, t["status"], text(t.get("stop_reason")), text(t.get("checkpoint_path")))
 
     def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> dict[str, str]:
         """Wait for the queued events (see :func:`close_workers`: ``timeout_s`` at most, a tracker that
         makes no progress for :data:`CLOSE_STALL_S` is given up); return ``{trial_id: what failed}``."""
+        try:
+            self.catch_up()
+        except Exception as e:  # the store unreadable: what was sent is still logged
+            print(f"gapinit: loggers: no catch-up from the results store ({_one_line(e)})", file=sys.stderr)
         if self._proc is None:
             return {}
         if self._start_error is not None:

@@ -28,17 +28,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from gapinit_ray.trackers import epoch_key as _key
 from gapinit_ray.trackers import run_id_of
 
 
 def _step(metrics: dict[str, float]) -> int:
     return round(metrics.get("epoch", 0.0))
-
-
-def _key(epoch: float) -> float:
-    """What a report is known by when a resumed run skips the reports it has: its epoch (exact, so
-    reports at fractional epochs that share a step are all kept)."""
-    return round(float(epoch), 6)
 
 
 def _hparams(config: dict, group_id: str) -> dict[str, Any]:
@@ -73,10 +68,7 @@ class TensorBoardBackend:
             from torch.utils.tensorboard import SummaryWriter
             from torch.utils.tensorboard.summary import hparams
 
-            run_dir = self.root / trial_id
-            if trial_id not in self.steps:
-                self.steps[trial_id] = self.logged_epochs(run_dir) if run_dir.is_dir() else set()
-            w = SummaryWriter(log_dir=str(run_dir), flush_secs=3600)  # flushed per batch
+            w = SummaryWriter(log_dir=str(self.root / trial_id), flush_secs=3600)  # flushed per batch
             exp, ssi, _ = hparams(_hparams(config, group_id), {"val_cider": 0.0, "val_loss": 0.0})
             for summary in (exp, ssi):
                 w.file_writer.add_summary(summary)
@@ -84,10 +76,12 @@ class TensorBoardBackend:
         return w
 
     def result(self, trial_id: str, group_id: str, config: dict, metrics: dict[str, float]) -> None:
-        w = self._writer(trial_id, group_id, config)
-        key = _key(metrics.get("epoch", 0.0))
+        key, run_dir = _key(metrics.get("epoch", 0.0)), self.root / trial_id
+        if trial_id not in self.steps:  # what earlier writers of this trial wrote
+            self.steps[trial_id] = self.logged_epochs(run_dir) if run_dir.is_dir() else set()
         if key in self.steps[trial_id]:
             return
+        w = self._writer(trial_id, group_id, config)
         for k, v in metrics.items():
             w.add_scalar(k, v, global_step=_step(metrics))
         self.steps[trial_id].add(key)
@@ -132,7 +126,7 @@ class MlflowBackend:
             from mlflow.tracking import MlflowClient
 
             if self.uri.startswith("sqlite:///"):
-                Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+                self._create_sqlite(Path(self.uri[len("sqlite:///") :]))
             self.client = MlflowClient(tracking_uri=self.uri)
             exp = self.client.get_experiment_by_name(self.experiment_name)
             self.experiment_id = (
@@ -141,6 +135,20 @@ class MlflowBackend:
                 else self.client.create_experiment(self.experiment_name, artifact_location=self.artifacts)
             )
         return self.client
+
+    @staticmethod
+    def _create_sqlite(db: Path) -> None:
+        """Create MLflow's SQLite store under another name, then rename it: MLflow's table creation is
+        many transactions, and a driver killed in the middle must not leave a store it cannot open."""
+        if db.exists():
+            return
+        from mlflow.tracking import MlflowClient
+
+        db.parent.mkdir(parents=True, exist_ok=True)
+        tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
+        os.replace(tmp, db)  # (MLflow keeps the tmp store cached, open on the renamed file: unused)
 
     def _find(self, kind: str, key: str, value: str) -> str | None:
         runs = self._client().search_runs(
@@ -318,13 +326,6 @@ class WandbBackend:
             import wandb
 
             rid = run_id_of(trial_id)
-            if trial_id not in self.steps:  # what earlier (offline) runs of this id logged
-                self.steps[trial_id] = {
-                    _key(row["epoch"])
-                    for d in (self.dir / "wandb").glob(f"offline-run-*-{rid}")
-                    for row in wandb_history(d)
-                    if isinstance(row.get("epoch"), int | float)
-                }
             self.dir.mkdir(parents=True, exist_ok=True)
             run = wandb.init(
                 project=self.project,
@@ -343,10 +344,17 @@ class WandbBackend:
         return run
 
     def result(self, trial_id: str, group_id: str, config: dict, metrics: dict[str, float]) -> None:
-        run, key = self._run(trial_id, group_id, config), _key(metrics.get("epoch", 0.0))
+        key = _key(metrics.get("epoch", 0.0))
+        if trial_id not in self.steps:  # what earlier (offline) runs of this id logged
+            self.steps[trial_id] = {
+                _key(row["epoch"])
+                for d in (self.dir / "wandb").glob(f"offline-run-*-{run_id_of(trial_id)}")
+                for row in wandb_history(d)
+                if isinstance(row.get("epoch"), int | float)
+            }
         if key in self.steps[trial_id]:
             return
-        run.log(metrics, step=_step(metrics))
+        self._run(trial_id, group_id, config).log(metrics, step=_step(metrics))
         self.steps[trial_id].add(key)
 
     def flush(self) -> None:
