@@ -206,11 +206,15 @@ def _failures(workers: list[_Worker]) -> dict[str, str]:
     return {tid: "logging failed: " + "; ".join(v) for tid, v in out.items()}
 
 
-def serve(spec, sweep_dir: Path, events, answers, parent_pid: int, close_timeout_s: float) -> None:
+def serve(raw_spec: dict, sweep_dir: Path, events, answers, parent_pid: int, close_timeout_s: float) -> None:
     """The trackers' process: take events from ``events`` until ``None`` (or until the driver is gone),
-    close every tracker and put ``{trial_id: what failed}`` on ``answers``."""
+    close every tracker and put ``{trial_id: what failed}`` on ``answers``. The spec comes as its JSON
+    dict, so that nothing heavier than this module is imported before the priority is lowered."""
     _lowest_priority()
+    from gapinit_ray.spec import spec_from_dict
     from gapinit_ray.trackers.backends import BACKENDS
+
+    spec = spec_from_dict(raw_spec)
 
     workers: list[_Worker] = []
     for lg in spec.loggers:
@@ -268,7 +272,14 @@ class Trackers:
         self._events, self._answers = ctx.Queue(), ctx.Queue()
         self._proc = ctx.Process(
             target=serve,
-            args=(self.spec, self.sweep_dir, self._events, self._answers, os.getpid(), CLOSE_TIMEOUT_S),
+            args=(
+                self.spec.model_dump(mode="json"),
+                self.sweep_dir,
+                self._events,
+                self._answers,
+                os.getpid(),
+                CLOSE_TIMEOUT_S,
+            ),
             name="gapinit-trackers",
             daemon=True,
         )
