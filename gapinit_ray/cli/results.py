@@ -153,10 +153,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     by = [b.strip() for b in args.by.split(",") if b.strip()]
     out = args.out or str(__import__("pathlib").Path(storage) / name / "report")
     compare = None if args.compare is None else [] if args.compare == "none" else args.compare
-    for path in write_report(
+    written = write_report(
         ResultsStore(storage, name), out, by=by, metric=args.metric, mode=args.mode, compare=compare
-    ):
+    )
+    for path in written:
         print(path)
+    from gapinit_ray.trackers import log_report
+
+    log_report(__import__("pathlib").Path(storage) / name, written)  # to MLflow, when the sweep logs there
     return 0
 
 

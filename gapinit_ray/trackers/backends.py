@@ -1,5 +1,4 @@
-"""Experiment trackers (the spec's ``loggers``): MLflow, TensorBoard, Weights & Biases, fed from the
-sweep driver's Tune callback, grouped by seed group.
+"""The trackers behind :class:`gapinit_ray.trackers.Trackers` (they run in the trackers' process).
 
 - **mlflow**: one parent run per seed group, one child run per seed (trial); params = the trial's
   config, metrics per report (step = the epoch, rounded; ``epoch`` is logged as a metric too), tags
@@ -7,175 +6,35 @@ sweep driver's Tune callback, grouped by seed group.
   ``gapinit.stop_reason``, ``gapinit.status``; the trial's last adapter as an artifact. Tracking URI:
   the logger's ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else a SQLite store
   ``<sweep>/mlflow/mlflow.db`` (artifacts beside it). Runs are found again by their ``gapinit.*`` tags,
-  so a resumed sweep continues the same runs.
+  so a resumed sweep continues the same runs. The reports of a batch go in one ``log_batch`` per run.
 - **tensorboard**: ``<sweep>/tensorboard/<trial>/`` event files, one scalar per metric per report
   (step = epoch, rounded), and the HParams plugin's session per trial whose hyperparameters are the
   config *without* the seed plus ``group_id``: TensorBoard's HParams view shows each seed group as one
-  session group.
+  session group. Written to disk once per batch.
 - **wandb**: offline unless the logger says ``mode: online``; ``dir`` ``<sweep>/wandb``, ``project`` the
   sweep name, ``group`` = seed group id, ``job_type`` = init, run id derived from the trial id
   (``resume="allow"``: a resumed sweep continues the run).
 
-Every tracker runs in its own thread behind a queue: the driver only enqueues, so a slow or
-unreachable tracker never slows a trial or the sweep. The first error of a tracker is printed once
-(one line), the tracker is switched off for the rest of the sweep, and every trial it did not log
-fully gets ``logging failed: <tracker>: <error>`` in its trial row (``logger_errors``).
+Every backend skips a report whose epoch its run already has, read back from the tracker's own
+store when a run is continued (MLflow's metric history, TensorBoard's event files, the W&B offline
+runs' logs), so a report replayed after a restore is never a second point at the same step.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import queue
-import re
-import sys
-import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from gapinit_ray.names import DEFAULT_METRIC, val_metric
-
-#: logger type -> (module to import, the extra that installs it)
-EXTRAS = {
-    "mlflow": ("mlflow", "mlflow"),
-    "tensorboard": ("tensorboard", "tensorboard"),
-    "wandb": ("wandb", "wandb"),
-}
-#: seconds the driver waits at the end of a sweep for trackers to write what is queued
-CLOSE_TIMEOUT_S = 60.0
+from gapinit_ray.trackers import epoch_key as _key
+from gapinit_ray.trackers import run_id_of
 
 
-def missing_package(kind: str) -> str | None:
-    """The ``pip install`` hint when the tracker's package is not installed, else None."""
-    import importlib.util
-
-    module, extra = EXTRAS[kind]
-    if importlib.util.find_spec(module) is None:
-        return f"pip install 'gapinit-ray[{extra}]'"
-    return None
-
-
-def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
-    return {
-        k: float(v)
-        for k, v in metrics.items()
-        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
-    }
-
-
-def run_id_of(trial_id: str) -> str:
-    """A tracker-safe run id derived from a trial id (letters, digits, ``-``, ``_``; at most 64)."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "-", trial_id)[-64:].strip("-")
-
-
-class _Event:
-    __slots__ = ("data", "kind", "trial_id")
-
-    def __init__(self, kind: str, trial_id: str, data: dict) -> None:
-        self.kind, self.trial_id, self.data = kind, trial_id, data
-
-
-class _Worker:
-    """One tracker behind a queue, in its own thread."""
-
-    def __init__(self, name: str, backend) -> None:
-        self.name, self.backend = name, backend
-        self.q: queue.Queue[_Event | None] = queue.Queue()
-        self.error: str | None = None
-        self.failed_trials: set[str] = set()
-        self.thread = threading.Thread(target=self._loop, name=f"gapinit-tracker-{name}", daemon=True)
-        self.thread.start()
-
-    def put(self, event: _Event) -> None:
-        if self.error is not None:
-            self.failed_trials.add(event.trial_id)
-            return
-        self.q.put(event)
-
-    def _loop(self) -> None:
-        while True:
-            event = self.q.get()
-            if event is None:
-                return
-            if self.error is not None:
-                self.failed_trials.add(event.trial_id)
-                continue
-            try:
-                getattr(self.backend, event.kind)(event.trial_id, **event.data)
-            except Exception as e:  # a tracker's failure never reaches the sweep
-                line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                self.error = f"{type(e).__name__}: {line}"[:300]
-                self.failed_trials.add(event.trial_id)
-                print(
-                    f"gapinit: logger {self.name} failed ({self.error}); the sweep goes on without it, "
-                    "and the trials it did not log say so in their rows",
-                    file=sys.stderr,
-                )
-
-    def close(self, timeout_s: float) -> None:
-        self.q.put(None)
-        self.thread.join(timeout_s)
-        if self.thread.is_alive():  # still busy (a tracker that hangs): what is queued is not logged
-            if self.error is None:
-                self.error = f"did not finish within {timeout_s:g} s"
-            while True:
-                try:
-                    event = self.q.get_nowait()
-                except queue.Empty:
-                    break
-                if event is not None:
-                    self.failed_trials.add(event.trial_id)
-            return
-        with_close = getattr(self.backend, "close", None)
-        if with_close is not None and self.error is None:
-            try:
-                with_close()
-            except Exception as e:
-                self.error = f"{type(e).__name__}: {e}"[:300]
-
-
-class Trackers:
-    """The sweep's trackers (driver side). ``result`` / ``end`` only enqueue."""
-
-    def __init__(self, spec, sweep_dir: Path) -> None:
-        self.spec, self.sweep_dir = spec, sweep_dir
-        self._workers: list[_Worker] | None = None  # started at the first event
-
-    def __getstate__(self) -> dict:
-        # Tune pickles its callbacks with the experiment state: threads, queues and tracker clients
-        # stay in this process; a restored copy starts its own at its first event
-        return {"spec": self.spec, "sweep_dir": self.sweep_dir, "_workers": None}
-
-    @property
-    def workers(self) -> list[_Worker]:
-        if self._workers is None:
-            backends = {"mlflow": MlflowBackend, "tensorboard": TensorBoardBackend, "wandb": WandbBackend}
-            self._workers = [
-                _Worker(lg.type, backends[lg.type](self.spec, lg, self.sweep_dir)) for lg in self.spec.loggers
-            ]
-        return self._workers
-
-    def result(self, trial_id: str, group_id: str, config: dict, metrics: dict) -> None:
-        data = {"group_id": group_id, "config": config, "metrics": _numbers(metrics)}
-        for w in self.workers:
-            w.put(_Event("result", trial_id, data))
-
-    def end(self, trial_id: str, status: str, stop_reason: str | None, checkpoint: str | None) -> None:
-        data = {"status": status, "stop_reason": stop_reason, "checkpoint": checkpoint}
-        for w in self.workers:
-            w.put(_Event("end", trial_id, data))
-
-    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> dict[str, str]:
-        """Wait for the queued events (at most ``timeout_s`` in all); return ``{trial_id: what failed}``."""
-        import time
-
-        deadline = time.monotonic() + timeout_s
-        failures: dict[str, list[str]] = {}
-        for w in self._workers or []:
-            w.close(max(deadline - time.monotonic(), 1.0))
-            for tid in w.failed_trials:
-                failures.setdefault(tid, []).append(f"{w.name}: {w.error}")
-        return {tid: "logging failed: " + "; ".join(v) for tid, v in failures.items()}
+def _step(metrics: dict[str, float]) -> int:
+    return round(metrics.get("epoch", 0.0))
 
 
 def _hparams(config: dict, group_id: str) -> dict[str, Any]:
@@ -191,6 +50,18 @@ class TensorBoardBackend:
     def __init__(self, spec, logger, sweep_dir: Path) -> None:
         self.root = sweep_dir / "tensorboard"
         self.writers: dict[str, Any] = {}
+        self.steps: dict[str, set[int]] = {}
+
+    @staticmethod
+    def logged_epochs(run_dir: Path) -> set[float]:
+        """The values of the ``epoch`` scalar already in a trial's event files (TensorBoard's reader)."""
+        from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+
+        epochs: set[float] = set()
+        for path in sorted(run_dir.glob("events.out.tfevents.*")):
+            for event in LegacyEventFileLoader(str(path)).Load():
+                epochs.update(_key(v.simple_value) for v in event.summary.value if v.tag == "epoch")
+        return epochs
 
     def _writer(self, trial_id: str, group_id: str, config: dict):
         w = self.writers.get(trial_id)
@@ -198,7 +69,7 @@ class TensorBoardBackend:
             from torch.utils.tensorboard import SummaryWriter
             from torch.utils.tensorboard.summary import hparams
 
-            w = SummaryWriter(log_dir=str(self.root / trial_id))
+            w = SummaryWriter(log_dir=str(self.root / trial_id), flush_secs=3600)  # flushed per batch
             exp, ssi, _ = hparams(_hparams(config, group_id), {DEFAULT_METRIC: 0.0, val_metric("loss"): 0.0})
             for summary in (exp, ssi):
                 w.file_writer.add_summary(summary)
@@ -206,11 +77,19 @@ class TensorBoardBackend:
         return w
 
     def result(self, trial_id: str, group_id: str, config: dict, metrics: dict[str, float]) -> None:
+        key, run_dir = _key(metrics.get("epoch", 0.0)), self.root / trial_id
+        if trial_id not in self.steps:  # what earlier writers of this trial wrote
+            self.steps[trial_id] = self.logged_epochs(run_dir) if run_dir.is_dir() else set()
+        if key in self.steps[trial_id]:
+            return
         w = self._writer(trial_id, group_id, config)
-        step = round(metrics.get("epoch", 0.0))
         for k, v in metrics.items():
-            w.add_scalar(k, v, global_step=step)
-        w.flush()
+            w.add_scalar(k, v, global_step=_step(metrics))
+        self.steps[trial_id].add(key)
+
+    def flush(self) -> None:
+        for w in self.writers.values():
+            w.flush()
 
     def end(self, trial_id: str, status: str, stop_reason: str | None, checkpoint: str | None) -> None:
         w = self.writers.pop(trial_id, None)
@@ -240,13 +119,15 @@ class MlflowBackend:
         self.client = None
         self.runs: dict[str, str] = {}
         self.parents: dict[str, str] = {}
+        self.steps: dict[str, set[int]] = {}  # trial -> steps its run has
+        self.pending: dict[str, list] = {}  # run id -> metrics not yet sent
 
     def _client(self):
         if self.client is None:
             from mlflow.tracking import MlflowClient
 
             if self.uri.startswith("sqlite:///"):
-                Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+                self._create_sqlite(Path(self.uri[len("sqlite:///") :]))
             self.client = MlflowClient(tracking_uri=self.uri)
             exp = self.client.get_experiment_by_name(self.experiment_name)
             self.experiment_id = (
@@ -255,6 +136,20 @@ class MlflowBackend:
                 else self.client.create_experiment(self.experiment_name, artifact_location=self.artifacts)
             )
         return self.client
+
+    @staticmethod
+    def _create_sqlite(db: Path) -> None:
+        """Create MLflow's SQLite store under another name, then rename it: MLflow's table creation is
+        many transactions, and a driver killed in the middle must not leave a store it cannot open."""
+        if db.exists():
+            return
+        from mlflow.tracking import MlflowClient
+
+        db.parent.mkdir(parents=True, exist_ok=True)
+        tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
+        os.replace(tmp, db)  # (MLflow keeps the tmp store cached, open on the renamed file: unused)
 
     def _find(self, kind: str, key: str, value: str) -> str | None:
         runs = self._client().search_runs(
@@ -281,8 +176,16 @@ class MlflowBackend:
         return rid
 
     def _run(self, trial_id: str, group_id: str, config: dict) -> str:
-        rid = self.runs.get(trial_id) or self._find("trial", "gapinit.trial_id", trial_id)
-        if rid is None:
+        rid = self.runs.get(trial_id)
+        if rid is not None:
+            return rid
+        rid = self._find("trial", "gapinit.trial_id", trial_id)
+        if rid is not None:  # a resumed sweep: the reports the run has, and its group's run to close
+            self.steps[trial_id] = {_key(m.value) for m in self.client.get_metric_history(rid, "epoch")}
+            parent = self.parents.get(group_id) or self._find("group", "gapinit.group_id", group_id)
+            if parent is not None:
+                self.parents[group_id] = parent
+        else:
             parent = self._parent(group_id, config)
             tags = {
                 "gapinit.kind": "trial",
@@ -297,23 +200,36 @@ class MlflowBackend:
             from mlflow.entities import Param
 
             self.client.log_batch(rid, params=[Param(k, str(v)[:500]) for k, v in config.items()])
+            self.steps[trial_id] = set()
         self.runs[trial_id] = rid
         return rid
 
     def result(self, trial_id: str, group_id: str, config: dict, metrics: dict[str, float]) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         rid = self._run(trial_id, group_id, config)
-        step, now = round(metrics.get("epoch", 0.0)), int(time.time() * 1000)
-        self.client.log_batch(rid, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
+        step, now, key = _step(metrics), int(time.time() * 1000), _key(metrics.get("epoch", 0.0))
+        if key in self.steps[trial_id]:
+            return
+        self.pending.setdefault(rid, []).extend(Metric(k, v, now, step) for k, v in metrics.items())
+        self.steps[trial_id].add(key)
+
+    def flush(self) -> None:
+        while self.pending:
+            rid, metrics = next(iter(self.pending.items()))
+            for i in range(0, len(metrics), 1000):  # MLflow's limit per log_batch
+                self.client.log_batch(rid, metrics=metrics[i : i + 1000])
+            del self.pending[rid]
 
     def end(self, trial_id: str, status: str, stop_reason: str | None, checkpoint: str | None) -> None:
+        self.flush()
         rid = self.runs.get(trial_id) or self._find("trial", "gapinit.trial_id", trial_id)
         if rid is None:
             return
         client = self._client()
+        tags = client.get_run(rid).data.tags  # its group's run is closed at the end (also on a resume)
+        if "mlflow.parentRunId" in tags:
+            self.parents.setdefault(tags.get("gapinit.group_id", ""), tags["mlflow.parentRunId"])
         client.set_tag(rid, "gapinit.status", status)
         client.set_tag(rid, "gapinit.stop_reason", stop_reason or "")
         if checkpoint:
@@ -325,8 +241,75 @@ class MlflowBackend:
         client.set_terminated(rid, "FAILED" if status == "ERROR" else "FINISHED")
 
     def close(self) -> None:
+        self.flush()
         for rid in self.parents.values():
             self._client().set_terminated(rid, "FINISHED")
+
+    def log_report(self, files: list[Path]) -> str:
+        """The report's files as artifacts ``report/`` of the sweep-level run (created once)."""
+        rid = self._find("sweep", "gapinit.sweep", self.sweep)
+        if rid is None:
+            tags = {"gapinit.kind": "sweep", "gapinit.sweep": self.sweep}
+            rid = (
+                self._client()
+                .create_run(self.experiment_id, tags=tags, run_name=f"sweep {self.sweep}")
+                .info.run_id
+            )
+        for f in files:
+            self.client.log_artifact(rid, str(f), artifact_path="report")
+        self.client.set_terminated(rid, "FINISHED")
+        return rid
+
+
+def wandb_records(run_dir: Path) -> Iterator[Any]:
+    """The protobuf ``Record`` messages of an offline W&B run, read from its ``.wandb`` log: W&B's
+    LevelDB-style log (a 7-byte ``:W&B`` header, then 32 KiB blocks of records, each with a 7-byte
+    checksum/length/type header; a record may be split FIRST/MIDDLE/LAST over blocks). A log cut short
+    (a killed process) ends at its last whole record."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    logs = sorted(run_dir.glob("*.wandb"))
+    if not logs:
+        return
+    data = logs[0].read_bytes()
+    if data[:4] != b":W&B":
+        return
+    pos, block, pending = 7, 32768, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # the block's zero padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0 and length == 0:  # zeros: the end of what was written
+            return
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if len(chunk) < length:
+            return
+        if kind in (2, 3):  # FIRST, MIDDLE
+            pending += chunk
+            continue
+        payload, pending = pending + chunk, b""
+        if kind not in (1, 4):
+            continue
+        rec = wandb_internal_pb2.Record()
+        try:
+            rec.ParseFromString(payload)
+        except Exception:
+            return
+        yield rec
+
+
+def wandb_history(run_dir: Path) -> list[dict[str, Any]]:
+    """The history rows of an offline W&B run (one per ``run.log``: the metrics, ``_step``, ...)."""
+    import json
+
+    return [
+        {item.key or ".".join(item.nested_key): json.loads(item.value_json) for item in rec.history.item}
+        for rec in wandb_records(run_dir)
+        if rec.WhichOneof("record_type") == "history"
+    ]
 
 
 class WandbBackend:
@@ -336,12 +319,14 @@ class WandbBackend:
         self.mode = logger.mode
         self.dir = sweep_dir / "wandb"
         self.runs: dict[str, Any] = {}
+        self.steps: dict[str, set[int]] = {}
 
     def _run(self, trial_id: str, group_id: str, config: dict):
         run = self.runs.get(trial_id)
         if run is None:
             import wandb
 
+            rid = run_id_of(trial_id)
             self.dir.mkdir(parents=True, exist_ok=True)
             run = wandb.init(
                 project=self.project,
@@ -349,7 +334,7 @@ class WandbBackend:
                 mode=self.mode,
                 group=group_id,
                 job_type=str(config.get("init", "trial")),
-                id=run_id_of(trial_id),
+                id=rid,
                 name=trial_id,
                 resume="allow",
                 config=config,
@@ -360,7 +345,21 @@ class WandbBackend:
         return run
 
     def result(self, trial_id: str, group_id: str, config: dict, metrics: dict[str, float]) -> None:
-        self._run(trial_id, group_id, config).log(metrics, step=round(metrics.get("epoch", 0.0)))
+        key = _key(metrics.get("epoch", 0.0))
+        if trial_id not in self.steps:  # what earlier (offline) runs of this id logged
+            self.steps[trial_id] = {
+                _key(row["epoch"])
+                for d in (self.dir / "wandb").glob(f"offline-run-*-{run_id_of(trial_id)}")
+                for row in wandb_history(d)
+                if isinstance(row.get("epoch"), int | float)
+            }
+        if key in self.steps[trial_id]:
+            return
+        self._run(trial_id, group_id, config).log(metrics, step=_step(metrics))
+        self.steps[trial_id].add(key)
+
+    def flush(self) -> None:
+        pass  # W&B's service writes the run's log itself
 
     def end(self, trial_id: str, status: str, stop_reason: str | None, checkpoint: str | None) -> None:
         run = self.runs.pop(trial_id, None)
@@ -373,3 +372,6 @@ class WandbBackend:
     def close(self) -> None:
         for run in self.runs.values():
             run.finish()
+
+
+BACKENDS = {"mlflow": MlflowBackend, "tensorboard": TensorBoardBackend, "wandb": WandbBackend}
