@@ -83,7 +83,6 @@ the reported one is stored as ``lr_now``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import numbers
@@ -234,9 +233,9 @@ def group_key(config: Mapping[str, Any], seed_key: str = "seed") -> str:
 
     Every process (trainer, scheduler, reader) must get the same id for the same config, so it is a
     SHA-1 of canonical JSON (sorted keys, numpy scalars as Python ones), never Python's ``hash``."""
-    rest = {k: v for k, v in _plain(dict(config)).items() if k != seed_key}
-    body = json.dumps(rest, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha1(body.encode()).hexdigest()[:16]
+    from gapinit_ray.seedgroup.ids import group_id
+
+    return group_id(config, seed_key)
 
 
 def _typed(field: str, value: Any, type_: pa.DataType) -> pa.Scalar:
