@@ -162,7 +162,9 @@ class RungBook:
         self.labels: dict[str, str] = {}  # group id -> readable config without the seed (optional)
         self.num_stopped = 0
         self.version = 0  # bumped by every event
-        # groups with a recorded value at a rung they have not decided: the only ones settle() looks at
+        # what settle() looks at: groups changed since it last ran, and groups blocked at a rung (a
+        # recorded value, no decision: only a partial decision can unblock them without a change)
+        self._dirty: set[str] = set()
         self._open: set[str] = set()
 
     # ----------------------------------------------------------------------------- the one mutator
@@ -182,11 +184,11 @@ class RungBook:
                 if status == STOPPED and member.status != STOPPED:
                     self.num_stopped += 1
                 member.status = status
-            self._open.add(key)
+            self._dirty.add(key)
         elif kind == "value":
             member = self.members[event["trial"]]
             member.values[int(event["rung"])] = float(event["value"])
-            self._open.add(member.group)
+            self._dirty.add(member.group)
         elif kind == "decision":
             key, rung, decision = event["group"], int(event["rung"]), event["decision"]
             group = self.groups[key]
@@ -335,17 +337,23 @@ class RungBook:
         return decision
 
     def settle(self, *, allow_partial: bool = False) -> None:
-        """Decide every rung that has become decidable (errors, removals, early finishes); only the
-        groups with an undecided recorded rung are looked at, so a step costs O(groups in flight)."""
-        for key in sorted(self._open):
+        """Decide every rung that has become decidable (errors, removals, early finishes). Only groups
+        touched since the last call are looked at (and, with ``allow_partial``, those blocked at a rung),
+        so a call costs O(groups changed), not O(groups)."""
+        keys = self._dirty | self._open if allow_partial else self._dirty
+        self._dirty = set()
+        for key in sorted(keys):
             group = self.groups[key]
             while group.stopped_at is None:
                 rung = self.current_rung(key)
                 recorded = any(rung in self.members[t].values for t in group.members)
                 if not recorded or self.try_decide(key, rung, allow_partial=allow_partial) is None:
                     break
-            if group.stopped_at is not None or not self._has_pending(key):
+            if group.stopped_at is None and self._has_pending(key):
+                self._open.add(key)
+            else:
                 self._open.discard(key)
+        self._dirty.clear()  # what this call's own decisions touched is settled too
 
     def _has_pending(self, key: str) -> bool:
         rung = self.current_rung(key)

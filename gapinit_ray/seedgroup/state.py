@@ -227,12 +227,26 @@ class StateReader:
         return self._book
 
 
-def rung_state_of(snapshot_text: str, log_tail: bytes = b"") -> dict[str, Any]:
-    """:meth:`RungBook.rung_state` of a snapshot's text plus the log bytes after its offset (a reader
-    that has the files' contents, e.g. the dashboard on any filesystem), with groups labelled."""
+def rung_state_of(snapshot_text: str, log: bytes = b"") -> dict[str, Any]:
+    """:meth:`RungBook.rung_state` of a snapshot's text and the log's bytes (a reader that has the
+    files' contents, e.g. the dashboard on any filesystem), plus ``labels`` (group id -> config)."""
     snap = Snapshot.from_json(snapshot_text)
     book = RungBook(schedule_of(snap.settings))
     for event in snap.events:
         book.apply(event)
-    replay(book, _complete_lines(log_tail)[0])
+    replay(book, _complete_lines(log[snap.log_offset :])[0])
     return {**book.rung_state(), "labels": dict(book.labels)}
+
+
+def write_snapshot(path: str | os.PathLike[str], book: RungBook) -> None:
+    """A standalone snapshot of ``book`` (no log: ``log_offset`` 0), written atomically."""
+    write_atomic(path, Snapshot(book.schedule.to_dict(), book.events(), 0).to_json())
+
+
+def read_snapshot(path: str | os.PathLike[str]) -> RungBook:
+    """The book of a standalone snapshot (:func:`write_snapshot`); ValueError if it is not one."""
+    snap = Snapshot.from_json(Path(path).read_text(encoding="utf-8"), str(path))
+    book = RungBook(schedule_of(snap.settings))
+    for event in snap.events:
+        book.apply(event)
+    return book
