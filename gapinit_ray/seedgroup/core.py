@@ -472,27 +472,6 @@ class RungBook:
         return out
 
 
-def check_event(event: Any, n_rungs: int) -> dict[str, Any]:
-    """``event`` if it is a well-formed book event, else ValueError (a state file from elsewhere)."""
-    ok = isinstance(event, dict)
-    kind = event.get("k") if ok else None
-    if kind == "member":
-        ok = isinstance(event.get("trial"), str) and isinstance(event.get("group"), str)
-        ok = ok and event.get("status") in STATUSES
-    elif kind == "value":
-        ok = isinstance(event.get("trial"), str) and isinstance(event.get("value"), int | float)
-        ok = ok and isinstance(event.get("rung"), int) and 0 <= event["rung"] < n_rungs
-    elif kind == "decision":
-        ok = isinstance(event.get("group"), str) and event.get("decision") in DECISIONS
-        ok = ok and isinstance(event.get("rung"), int) and 0 <= event["rung"] < n_rungs
-        ok = ok and isinstance(event.get("mean"), int | float) and not isinstance(event["mean"], bool)
-    else:
-        ok = False
-    if not ok:
-        raise ValueError(f"malformed seed-group state event: {event!r}")
-    return event
-
-
 __all__ = [
     "ACTIVE",
     "COMPLETED",
@@ -508,5 +487,4 @@ __all__ = [
     "RungBook",
     "Schedule",
     "asha_milestones",
-    "check_event",
 ]

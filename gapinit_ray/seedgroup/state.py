@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gapinit_ray.atomic import write_atomic
-from gapinit_ray.seedgroup.core import RungBook, Schedule, check_event
+from gapinit_ray.seedgroup.core import DECISIONS, STATUSES, RungBook, Schedule
 
 #: The snapshot's and the log's file names in the sweep dir (the only place they are spelled out).
 STATE_FILE = "scheduler_state.json"
@@ -87,6 +87,27 @@ class Snapshot:
             return cls(settings, events, int(raw["log_offset"]))
         except (KeyError, TypeError) as e:
             raise ValueError(f"{where}: malformed seed-group state: {e!r}") from None
+
+
+def check_event(event: Any, n_rungs: int) -> dict[str, Any]:
+    """``event`` if it is a well-formed book event, else ValueError (a state file from elsewhere)."""
+    ok = isinstance(event, dict)
+    kind = event.get("k") if ok else None
+    if kind == "member":
+        ok = isinstance(event.get("trial"), str) and isinstance(event.get("group"), str)
+        ok = ok and event.get("status") in STATUSES
+    elif kind == "value":
+        ok = isinstance(event.get("trial"), str) and isinstance(event.get("value"), int | float)
+        ok = ok and isinstance(event.get("rung"), int) and 0 <= event["rung"] < n_rungs
+    elif kind == "decision":
+        ok = isinstance(event.get("group"), str) and event.get("decision") in DECISIONS
+        ok = ok and isinstance(event.get("rung"), int) and 0 <= event["rung"] < n_rungs
+        ok = ok and isinstance(event.get("mean"), int | float) and not isinstance(event["mean"], bool)
+    else:
+        ok = False
+    if not ok:
+        raise ValueError(f"malformed seed-group state event: {event!r}")
+    return event
 
 
 def schedule_of(settings: dict[str, Any]) -> Schedule:
