@@ -10,8 +10,9 @@ flight, record and decide, then flush the events to the state log in ``<tmp>/sch
 trials would. A *decision* here is one report at a rung (answered continue, stop or wait).
 
 Reports decisions/s, amortized ms per decision (target ≤ 1 ms), bytes written to the state per sweep
-and per decision, and both per tenth of the sweep, to show that neither grows with the number of
-groups already decided; plus the bytes the former format (the whole state rewritten as one JSON on
+and per decision (log appends, plus the snapshots' amortized share: a compaction is one large write
+when the log has outgrown the last snapshot), and both per tenth of the sweep, to show that neither
+grows with the number of groups already decided; plus the bytes the former format (the whole state rewritten as one JSON on
 every change) would have written, estimated from the state size sampled along the way. Writes
 benchmarks/results/seedgroup_scale.json.
 """
@@ -45,8 +46,7 @@ def simulate(groups: int, seeds: int, in_flight: int, root: Path, seed: int = 0)
     queue = list(range(groups))
     active: dict[str, int] = {}  # member -> group index, members that may report now
     reached: dict[str, int] = {}  # member -> rungs reported
-    tenths: list[list[float]] = [[0.0, 0, 0] for _ in range(10)]  # seconds, bytes, decisions per tenth
-    expected = groups * seeds * len(milestones)  # upper bound on decisions, for the tenths
+    per_decision: list[tuple[float, int, int, int]] = []  # (s, bytes, log bytes, groups finished so far)
     decisions = group_decisions = 0
     old_bytes = 0.0  # the former format: the whole state rewritten on every change (sampled)
     old_sample, old_every = 0, 200
@@ -64,7 +64,7 @@ def simulate(groups: int, seeds: int, in_flight: int, root: Path, seed: int = 0)
         rung = reached[tid]
         t = milestones[rung] if rung < len(milestones) else SCHEDULE["max_t"]
         value = quality[g] + rng.gauss(0, 4) + 0.3 * t
-        before = writer.bytes_written
+        before, log_before = writer.bytes_written, writer.log_bytes_written
         t0 = time.perf_counter()
         book.settle()
         answer = book.report(tid, t, value)
@@ -75,12 +75,12 @@ def simulate(groups: int, seeds: int, in_flight: int, root: Path, seed: int = 0)
             active.pop(tid)
         elif rung < len(milestones):
             decisions += 1
-            k = min(9, (decisions - 1) * 10 // expected)
-            tenths[k][0] += dt
-            tenths[k][1] += writer.bytes_written - before
-            tenths[k][2] += 1
             if answer != WAIT:
                 group_decisions += 1
+            finished = len(book.groups) - len(set(active.values()))
+            per_decision.append(
+                (dt, writer.bytes_written - before, writer.log_bytes_written - log_before, finished)
+            )
             if decisions % old_every == 0:
                 old_sample = len(json.dumps(book.events()))
             old_bytes += old_sample
@@ -92,7 +92,8 @@ def simulate(groups: int, seeds: int, in_flight: int, root: Path, seed: int = 0)
     wall = time.perf_counter() - t_start
     assert reader.book().rung_state() == book.rung_state()
     log_bytes = st.log_path(path).stat().st_size
-    timed = sum(x[0] for x in tenths)
+    timed = sum(x[0] for x in per_decision)
+    tenths = [per_decision[i * decisions // 10 : (i + 1) * decisions // 10] for i in range(10)]
     return {
         "trials": groups * seeds,
         "groups": groups,
@@ -107,16 +108,21 @@ def simulate(groups: int, seeds: int, in_flight: int, root: Path, seed: int = 0)
         "state_bytes_written": writer.bytes_written,
         "state_bytes_per_decision": round(writer.bytes_written / decisions, 1),
         "log_bytes": log_bytes,
+        "log_bytes_per_decision": round(writer.log_bytes_written / decisions, 1),
+        "snapshot_bytes_written": writer.bytes_written - writer.log_bytes_written,
         "snapshot_bytes": path.stat().st_size,
         "former_format_bytes_estimate": int(old_bytes),
         "former_format_bytes_per_decision_estimate": round(old_bytes / decisions, 1),
+        # the sweep's decisions in 10 equal parts, in order: cost per decision as the groups decided grow
         "by_tenth_of_sweep": [
             {
-                "decisions": int(n),
-                "ms_per_decision": round(1000 * s / n, 4) if n else None,
-                "bytes_per_decision": round(b / n, 1) if n else None,
+                "decisions": len(part),
+                "groups_finished_by_then": part[-1][3],
+                "ms_per_decision": round(1000 * sum(x[0] for x in part) / len(part), 4),
+                "bytes_per_decision": round(sum(x[1] for x in part) / len(part), 1),
+                "log_bytes_per_decision": round(sum(x[2] for x in part) / len(part), 1),
             }
-            for s, b, n in tenths
+            for part in tenths
         ],
     }
 

@@ -159,6 +159,8 @@ class RungBook:
         self.members: dict[str, Member] = {}
         self.groups: dict[str, Group] = {}
         self.rungs: list[dict[str, float]] = [{} for _ in self.milestones]  # group -> raw mean
+        # the same means as arrays (grown by doubling), so a cutoff costs one numpy call, not a loop
+        self._means = [np.empty(16) for _ in self.milestones]
         self.labels: dict[str, str] = {}  # group id -> readable config without the seed (optional)
         self.num_stopped = 0
         self.version = 0  # bumped by every event
@@ -195,7 +197,11 @@ class RungBook:
             mean = float(event["mean"])
             group.decisions[rung] = decision
             group.means[rung] = mean
+            n = len(self.rungs[rung])
             self.rungs[rung][key] = mean
+            if n == len(self._means[rung]):
+                self._means[rung] = np.concatenate([self._means[rung], np.empty(n)])
+            self._means[rung][n] = mean
             if decision == STOP:
                 group.stopped_at = rung
         else:
@@ -301,14 +307,14 @@ class RungBook:
 
     def cutoff(self, rung: int) -> float | None:
         """Ray's ``_Bracket.cutoff`` over the group means recorded at ``rung``, in metric units."""
-        recorded = [self.schedule.sign * v for v in self.rungs[rung].values()]
-        if not recorded:
+        n = len(self.rungs[rung])
+        if not n:
             return None
+        sign = self.schedule.sign
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rung: nan, as in Ray
-            return self.schedule.sign * float(
-                np.nanpercentile(recorded, (1 - 1 / self.schedule.reduction_factor) * 100)
-            )
+            q = (1 - 1 / self.schedule.reduction_factor) * 100
+            return sign * float(np.nanpercentile(sign * self._means[rung][:n], q))
 
     def try_decide(self, key: str, rung: int, *, allow_partial: bool = False) -> str | None:
         """Decide ``rung`` for group ``key`` if every member still expected there has recorded."""

@@ -138,6 +138,7 @@ class StateWriter:
         self._snapshot_bytes = 0
         self._since_snapshot = 0
         self.bytes_written = 0  # log + snapshot bytes, since this writer was made
+        self.log_bytes_written = 0  # of which appended to the log
 
     def start(self, book: RungBook) -> None:
         """A fresh state (a new sweep, or another run's files left over): empty log, new snapshot."""
@@ -167,6 +168,7 @@ class StateWriter:
         self._offset += len(data)
         self._since_snapshot += len(data)
         self.bytes_written += len(data)
+        self.log_bytes_written += len(data)
         if self._since_snapshot > max(COMPACT_MIN_BYTES, self._snapshot_bytes):
             self.snapshot(book)
 
