@@ -138,7 +138,10 @@ def run_scheduler(kind: str, configs: int, storage: str) -> dict:
         state_path=state,
     )
     tuner = tune.Tuner(
-        scheduler_trainable,
+        # a tenth of a CPU per trial: a member waiting at a rung inside its trial keeps its Tune slot
+        # (as in the sweep, whose trials ask for no CPU), so one CPU each would let 2 members of a group
+        # wait on 2 CPUs for a third that never starts
+        tune.with_resources(scheduler_trainable, {"cpu": 0.1}),
         # Tune's grid varies the alphabetically first axis fastest: "seed" < "variant" creates a
         # config's seeds together, so a group is complete within max_concurrent_trials
         param_space={
