@@ -1,6 +1,6 @@
 """Run every benchmark and write benchmarks/results/*.json plus benchmarks/results/SUMMARY.md.
 
-    python -m benchmarks.run_all [--only calibration,trial,sweep,feature_cache,quickstart_memory,dashboard,trackers] [--full]
+    python -m benchmarks.run_all [--only calibration,trial,sweep,feature_cache,quickstart_memory,dashboard,trackers,seedgroup_scale] [--full]
 
 Each figure is a ratio measured side by side in one run on the machine recorded with it; the machines
 these run on are shared and noisy, so compare ratios, not absolute times across machines.
@@ -17,7 +17,16 @@ import time
 from benchmarks.common import RESULTS
 from gapinit_ray.atomic import write_atomic
 
-ALL = ("calibration", "trial", "sweep", "feature_cache", "quickstart_memory", "dashboard", "trackers")
+ALL = (
+    "calibration",
+    "trial",
+    "sweep",
+    "feature_cache",
+    "quickstart_memory",
+    "dashboard",
+    "trackers",
+    "seedgroup_scale",
+)
 # arguments of each benchmark in the suite (--full: every benchmark's defaults): the feature cache's
 # whole-sweep comparison (~16 min by itself on 2 CPUs) is left out and its last figures kept, marked
 # carried_over; the results query is timed on 200 trials x 25 reports (building the data, ~10 ms per
@@ -99,6 +108,13 @@ def headlines(name: str, r: dict) -> list[str]:
             f"trackers (MLflow, TensorBoard, W&B offline) on / off: time per training step "
             f"{_get(r, 'on_over_off_time_per_step', fmt='{:.3f}')}× (target ≤ 1.03); driver enqueue "
             f"{_get(r, 'driver_enqueue_s_per_result', fmt='{:.1e}')} s per result"
+        ]
+    if name == "seedgroup_scale":
+        return [
+            f"seed-group ASHA core + state, {k.replace('_', ' ')}: {_get(v, 'ms_per_decision', fmt='{:.3f}')} ms "
+            f"per decision (target ≤ 1), {_get(v, 'state_bytes_per_decision', fmt='{:.0f}')} B written per "
+            f"decision, {_get(v, 'state_bytes_written', fmt='{}')} B per sweep"
+            for k, v in r.get("runs", {}).items()
         ]
     return []
 

@@ -3,9 +3,11 @@
 (a) Epochs run by ``fifo``, per-trial ``asha`` and ``seed-group-asha`` (``make_scheduler``, grace 1,
     η=3, max_t=9, groups of 3 seeds) on a real local Ray, for a cheap function trainable: config c has
     a true quality q_c, and each epoch (a 10 ms sleep) reports ``score = q_c·(1 − exp(−epoch/τ)) +
-    seed offset (±0.02) + epoch jitter (±0.005)``, τ = 2.5, with a checkpoint holding the
-    epoch, so a trial that seed-group ASHA pauses at a rung resumes where it stopped. Every epoch a
-    trial runs is logged to a file, so re-run epochs would count too. Best config: highest mean over
+    seed offset (±0.02) + epoch jitter (±0.005)``, τ = 2.5, with a checkpoint holding the epoch.
+    Under seed-group ASHA the trainable runs the product's in-trial mode: it trains segment by segment
+    (:func:`~gapinit_ray.seedgroup.trial_side.run_segments`) and waits at each rung, inside the trial,
+    until the scheduler's state says its group was promoted or stopped. Every epoch a trial runs is
+    logged to a file, so re-run epochs would count too. Best config: highest mean over
     seeds of the final score, among the configs that reached max_t.
 (b) Query time of ``aggregate(store.metrics(), by=["init"], metric="val_cider", at="last")`` against
     loading the same sweep through Tune: ``ResultGrid(ExperimentAnalysis(path))`` then
@@ -80,7 +82,8 @@ def score(c: int, configs: int, seed: int, epoch: int) -> float:
 
 
 def scheduler_trainable(config: dict) -> None:
-    """One epoch = a 10 ms sleep and a report with a checkpoint of the epoch; resumes from it."""
+    """One epoch = a 10 ms sleep and a report with a checkpoint of the epoch; resumes from it. With
+    ``state_path`` (seed-group ASHA) it waits at each rung for its group, as the sweep's trials do."""
     import ray.tune as tune
 
     start = 0
@@ -89,26 +92,40 @@ def scheduler_trainable(config: dict) -> None:
         with checkpoint.as_directory() as d:
             start = json.loads((Path(d) / "state.json").read_text())["epoch"]
     log = Path(config["log_dir"]) / f"{tune.get_context().get_trial_id()}.log"
-    for epoch in range(start + 1, MAX_T + 1):
-        time.sleep(EPOCH_S)
-        with open(log, "a") as f:  # every epoch run, re-runs included
-            f.write(f"{epoch}\n")
-        with tempfile.TemporaryDirectory() as d:
-            (Path(d) / "state.json").write_text(json.dumps({"epoch": epoch}))
-            metrics = {
-                "epoch": epoch,
-                "score": score(config["variant"], config["configs"], config["seed"], epoch),
-            }
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+    done = [start]
+
+    def fit(stop_at: float | None, continuing: bool = False) -> float:
+        for epoch in range(done[0] + 1, (MAX_T if stop_at is None else int(stop_at)) + 1):
+            time.sleep(EPOCH_S)
+            with open(log, "a") as f:  # every epoch run, re-runs included
+                f.write(f"{epoch}\n")
+            with tempfile.TemporaryDirectory() as d:
+                (Path(d) / "state.json").write_text(json.dumps({"epoch": epoch}))
+                metrics = {
+                    "epoch": epoch,
+                    "score": score(config["variant"], config["configs"], config["seed"], epoch),
+                }
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            done[0] = epoch
+        return float(done[0])
+
+    if config.get("state_path") is None:
+        fit(None)
+        return
+    from gapinit_ray.seedgroup.trial_side import RungGate, run_segments
+
+    run_segments(fit, RungGate(config["state_path"], tune.get_context().get_trial_id()), MAX_T, poll_s=0.02)
 
 
 def run_scheduler(kind: str, configs: int, storage: str) -> dict:
     import ray.tune as tune
 
     from gapinit_ray.schedulers import make_scheduler
+    from gapinit_ray.seedgroup.state import state_path
 
     log_dir = Path(storage) / f"{kind}-epochs"
     log_dir.mkdir(parents=True)
+    state = str(state_path(Path(storage) / f"{kind}-state")) if kind == "seed-group-asha" else None
     scheduler = make_scheduler(
         kind,
         metric="score",
@@ -118,9 +135,13 @@ def run_scheduler(kind: str, configs: int, storage: str) -> dict:
         reduction_factor=3,
         max_t=MAX_T,
         group_size=SEEDS,
+        state_path=state,
     )
     tuner = tune.Tuner(
-        scheduler_trainable,
+        # a tenth of a CPU per trial: a member waiting at a rung inside its trial keeps its Tune slot
+        # (as in the sweep, whose trials ask for no CPU), so one CPU each would let 2 members of a group
+        # wait on 2 CPUs for a third that never starts
+        tune.with_resources(scheduler_trainable, {"cpu": 0.1}),
         # Tune's grid varies the alphabetically first axis fastest: "seed" < "variant" creates a
         # config's seeds together, so a group is complete within max_concurrent_trials
         param_space={
@@ -128,9 +149,10 @@ def run_scheduler(kind: str, configs: int, storage: str) -> dict:
             "variant": tune.grid_search(list(range(configs))),
             "configs": configs,
             "log_dir": str(log_dir),
+            "state_path": state,
         },
-        # reuse_actors: a trial's process is kept for the next trial (and for a paused trial's resume)
-        # instead of a new one per start; the epochs counted do not change, the wall time falls ~10x
+        # reuse_actors: a trial's process is kept for the next trial instead of a new one per start;
+        # the epochs counted do not change, the wall time falls ~10x
         tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=24, reuse_actors=True),
         run_config=tune.RunConfig(
             name=kind,
@@ -493,6 +515,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"q_c in [0.5, 0.9], {EPOCH_S * 1000:.0f} ms/epoch, "
                 f"checkpoint per report, resume from it), max_t={MAX_T}, grace_period=1, "
                 "reduction_factor=3, group_size=3, max_concurrent_trials=24, reuse_actors=True, ray.init(num_cpus=2); "
+                "seed-group ASHA in the product's mode: members wait at rungs inside the trial; "
                 "epochs_run counts every epoch a trial ran (re-runs included)"
             ),
             "true_best_config": max(range(args.configs), key=lambda c: quality(c, args.configs)),

@@ -66,7 +66,8 @@ SCHEDULERS: tuple[str, ...] = get_args(SchedulerType)
 # Under ``<storage>/<sweep name>/`` (see gapinit_ray.sweep and the README's storage layout).
 
 SPEC_FILE = "spec.json"  # the validated spec the sweep ran
-SCHEDULER_STATE_FILE = "scheduler_state.json"  # seed-group ASHA's state (rungs, groups, decisions)
+SCHEDULER_STATE_FILE = "scheduler_state.json"  # seed-group ASHA's snapshot (gapinit_ray.seedgroup.state)
+SCHEDULER_LOG_FILE = "scheduler_state.jsonl"  # seed-group ASHA's append-only event log after the snapshot
 RESULTS_DIR = "results"  # the Parquet results store
 TRAIN_DIR = "train"  # Ray Train runs, one per trial: checkpoints with the peft adapter
 CAPTIONS_DIR = "captions"  # generated captions per trial and epoch

@@ -54,7 +54,7 @@ class SweepStatus:
 
 def rung_summary(rung_state: dict[str, Any]) -> tuple[int, dict[float, tuple[int, int, int]]]:
     """(number of groups, per milestone: groups judged, promoted, stopped) from seed-group ASHA's
-    :meth:`~gapinit_ray.schedulers.SeedGroupASHA.rung_state`."""
+    :meth:`~gapinit_ray.seedgroup.tune.SeedGroupASHA.rung_state`."""
     groups = rung_state.get("groups", {})
     out: dict[float, tuple[int, int, int]] = {}
     for m in rung_state.get("milestones", []):

@@ -14,7 +14,8 @@ Flow of :func:`run_sweep`:
 Storage layout under ``<storage>/<sweep name>/`` (stable; documented in the README):
 ``spec.json`` (the validated spec), ``tune/`` (Tune experiment state, used by resume), ``train/<trial>/``
 (Ray Train runs: checkpoints with the peft adapter), ``results/`` (Parquet metric and trial rows),
-``captions/<trial>/epoch_N/captions.json``, ``scheduler_state.json``; shared caches in
+``captions/<trial>/epoch_N/captions.json``, ``scheduler_state.json`` + ``.jsonl`` (seed-group rungs,
+:mod:`gapinit_ray.seedgroup.state`); shared caches in
 ``<storage>/_cache/`` (synthetic data, pretrained tiny backbones, GapArtifacts).
 """
 
@@ -24,14 +25,13 @@ import contextlib
 import json
 import socket
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from gapinit_ray.atomic import write_atomic
 from gapinit_ray.errors import GapinitError
-from gapinit_ray.names import FIFO, SCHEDULER_STATE_FILE, SEED_GROUP_ASHA, SPEC_FILE
+from gapinit_ray.names import FIFO, SEED_GROUP_ASHA, SPEC_FILE
 from gapinit_ray.plan import (
     SEED_KEY,
     grid_points,
@@ -42,6 +42,7 @@ from gapinit_ray.plan import (
     trial_spec,
 )
 from gapinit_ray.progress import ProgressView, SweepStatus, rung_summary
+from gapinit_ray.seedgroup.ids import group_id
 from gapinit_ray.spec import SweepSpec, grid_size
 from gapinit_ray.trial import (
     prepare_artifact,
@@ -71,12 +72,6 @@ class ResultsCallback:
         return _Writer()
 
 
-#: How often a member waiting at a rung reads the scheduler state, and how long a rung report may take
-#: to be recorded by the scheduler before the trial gives up with an error.
-RUNG_POLL_S = 1.0
-RUNG_RECORD_TIMEOUT_S = 900.0
-
-
 def trainable(
     config: dict[str, Any],
     spec_dict: dict,
@@ -94,19 +89,20 @@ def trainable(
     otherwise the run ends (freeing its workers), the trial waits for the group's decision and, when
     promoted, starts the next segment from the checkpoint; but while the group's other members still to
     report are all running, the run holds at the rung instead of ending (no restart when the cluster
-    fits a whole group). ``slots`` names the sweep's :class:`~gapinit_ray.slots.TrainSlots` actor:
-    each Train run holds one of its permits.
+    fits a whole group). ``slots`` names the sweep's :class:`~gapinit_ray.seedgroup.slots.TrainSlots`
+    actor: each Train run holds one of its permits.
     """
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from gapinit_ray.slots import train_slot
+    from gapinit_ray.seedgroup.slots import train_slot
     from gapinit_ray.trial import build_trainer
 
     spec = SweepSpec.model_validate(spec_dict)
     params = params_of(config, spec)
     tid = trial_id(params)
-    group = _group_key(params)
+    columns = result_config(spec, params)
+    group = group_id(columns)
     rank = _group_rank(spec, group)
     tspec, bspec = trial_spec(spec, params)
     # the driver calibrated every key of the grid; a sampled axis may reach one it did not: then this
@@ -121,7 +117,7 @@ def trainable(
         """One Train run; returns the epoch of its last report (where it actually ended)."""
         # the row is on disk before Tune (and its scheduler) sees the report
         callbacks = [
-            ResultsCallback(spec.storage, spec.name, tid, result_config(spec, params)),
+            ResultsCallback(spec.storage, spec.name, tid, columns),
             TuneReportCallback(),
         ]
         tune_id = tune.get_context().get_trial_id() if state_path else None
@@ -154,18 +150,22 @@ def trainable(
             return
         fit(None)
         return
-    _run_segments(fit, state_path, float(spec.max_t))
+    from gapinit_ray.seedgroup.trial_side import RungGate, run_segments
+
+    run_segments(fit, RungGate(state_path, tune.get_context().get_trial_id()), float(spec.max_t))
 
 
-def _group_key(params: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in params.items() if k != "seed"}, sort_keys=True, default=str)
+def trial_group(spec: SweepSpec, config: dict[str, Any]) -> str:
+    """The seed group id of the trial with Tune config ``config``: :func:`~gapinit_ray.seedgroup.ids.group_id`
+    of its result columns, the id the results store and the trackers give it too."""
+    return group_id(result_config(spec, params_of(config, spec)))
 
 
 def _group_rank(spec: SweepSpec, group: str) -> int | None:
     """The place of a seed group in the sweep's grid (None: not a grid point, e.g. a sampled axis)."""
     ranks: dict[str, int] = {}
     for point in grid_points(spec):
-        ranks.setdefault(_group_key(point), len(ranks))
+        ranks.setdefault(group_id(result_config(spec, point)), len(ranks))
     return ranks.get(group)
 
 
@@ -186,35 +186,6 @@ def finished_report(spec: SweepSpec, tid: str) -> dict[str, Any] | None:
     return {k: last[k] for k in ("epoch", *METRICS) if last.get(k) is not None}
 
 
-def _run_segments(fit, state_path: str, max_t: float) -> None:
-    """Seed-group ASHA in the trial: train to a rung, wait for the group, go on or stop."""
-    from ray import tune
-
-    from gapinit_ray.schedulers import member_plan
-
-    me = tune.get_context().get_trial_id()
-    reached = -1.0  # epoch of the last segment's last report (-1: no segment yet)
-    since = time.monotonic()
-    while True:
-        plan = member_plan(state_path, me)
-        if plan.action == "stop":
-            return
-        if plan.action == "train" and (plan.stop_at is None or plan.stop_at > reached):
-            # a later segment (resumed from a checkpoint) goes before any trial's first one
-            reached = fit(plan.stop_at, continuing=reached >= 0 or bool(plan.rung))
-            if plan.stop_at is None or reached >= max_t:
-                return
-            since = time.monotonic()
-            continue
-        # "wait" (group undecided), "unknown", or the last segment's rung report not recorded yet
-        if plan.action != "wait" and time.monotonic() - since > RUNG_RECORD_TIMEOUT_S:
-            raise GapinitError(
-                f"trial {me}: the scheduler has not recorded its result at epoch {reached:g} after "
-                f"{RUNG_RECORD_TIMEOUT_S:g} s ({state_path}); is the metric reported?"
-            )
-        time.sleep(RUNG_POLL_S)
-
-
 # -------------------------------------------------------------------------- driver-side callback
 
 
@@ -226,7 +197,6 @@ class SweepProgress:
         from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
         from gapinit_ray.results import ResultsStore
-        from gapinit_ray.results.store import group_key
 
         store = ResultsStore(spec.storage, spec.name)
         metric, mode = spec.scheduler.metric, spec.scheduler.mode
@@ -273,7 +243,7 @@ class SweepProgress:
                     init_checks=result.get("init_checks") or None,
                 )
                 if trackers is not None:
-                    trackers.result(tid, group_key(params), params, result)
+                    trackers.result(tid, group_id(params), params, result)
                 value = result.get(metric)
                 if isinstance(value, int | float) and value == value:
                     better = self.best is None or (
@@ -285,11 +255,9 @@ class SweepProgress:
 
             def _release(self, tid: str) -> None:
                 # a trial that ended (or died) holding a Train slot gives it back
-                if slots is not None:
-                    import ray
+                from gapinit_ray.seedgroup.slots import release_slot
 
-                    with contextlib.suppress(ValueError):
-                        ray.get_actor(slots).release.remote(tid)
+                release_slot(slots, tid)
 
             def on_trial_complete(self, iteration, trials, trial, **info):
                 tid, params = self._params(trial)
@@ -373,16 +341,16 @@ def _stop_reason(spec: SweepSpec, scheduler, trial) -> str | None:
     """Why the scheduler stopped a trial before max_t (None when it ran to the end), as
     :class:`~gapinit_ray.results.stop_reason.StopReason` text."""
     from gapinit_ray.results.stop_reason import asha_stop, seed_group_stop
-    from gapinit_ray.schedulers import asha_milestones
+    from gapinit_ray.seedgroup.core import asha_milestones
+    from gapinit_ray.seedgroup.tune import SeedGroupASHA
 
     last = (trial.last_result or {}).get("epoch")
     s = spec.scheduler
     milestones = asha_milestones(s.grace_period, spec.max_t, s.reduction_factor)
-    if hasattr(scheduler, "rung_state"):
-        group = scheduler.rung_state()["groups"].get(scheduler.group_of(trial), {})
-        if group.get("stopped_at") is None:
+    if isinstance(scheduler, SeedGroupASHA):
+        at = scheduler.stopped_at(trial)  # the milestone (epoch) of the rung
+        if at is None:
             return None
-        at = float(group["stopped_at"])  # the milestone (epoch) of the rung
         index = milestones.index(at) if at in milestones else sum(1 for m in milestones if m < at)
         return seed_group_stop(index, at).text()
     if s.type == "asha" and last is not None and last < spec.max_t:
@@ -391,12 +359,12 @@ def _stop_reason(spec: SweepSpec, scheduler, trial) -> str | None:
 
 
 def _rung_reached(scheduler, trial) -> int | None:
-    """Index of the last rung the trial passed (seed-group ASHA only)."""
-    if not hasattr(scheduler, "rung_state"):
+    """How many rungs the trial passed (seed-group ASHA only)."""
+    from gapinit_ray.seedgroup.tune import SeedGroupASHA
+
+    if not isinstance(scheduler, SeedGroupASHA):
         return None
-    state = scheduler.rung_state()
-    values = state["groups"].get(scheduler.group_of(trial), {}).get("values", {}).get(trial.trial_id, {})
-    return len(values) if values else 0
+    return scheduler.rungs_reached(trial) or 0
 
 
 # ---------------------------------------------------------------------------------------- driver
@@ -408,7 +376,7 @@ def _max_concurrent(spec: SweepSpec, per_group: bool = True) -> int:
     With seed groups, members that reach a rung first wait there (inside their trainable, holding no
     CPU/GPU) until the last one gets there, and Tune counts them against this limit; so the limit is
     the slots times the group size, or a group's last members would never be created; ``per_group=False``
-    gives the slots alone (how many Train jobs run at once, :mod:`gapinit_ray.slots`)."""
+    gives the slots alone (how many Train jobs run at once, :mod:`gapinit_ray.seedgroup.slots`)."""
     import ray
 
     seeds = spec.search.axes.get("seed")
@@ -487,9 +455,13 @@ def prepare_feature_caches(
 
 
 def make_scheduler(spec: SweepSpec):
-    """The spec's scheduler. Seed-group ASHA knows the group size (the number of seeds) and keeps its
-    rung state in ``<sweep>/scheduler_state.json`` after every change, so a resumed sweep keeps it."""
+    """The spec's scheduler. Seed-group ASHA knows the group size (the number of seeds), names groups
+    with :func:`trial_group` and keeps its rung state in the sweep dir
+    (:mod:`gapinit_ray.seedgroup.state`), so a resumed sweep keeps it."""
+    import functools
+
     from gapinit_ray.schedulers import make_scheduler as _make
+    from gapinit_ray.seedgroup.state import state_path
 
     s = spec.scheduler
     seeds = spec.search.axes.get("seed")
@@ -503,9 +475,8 @@ def make_scheduler(spec: SweepSpec):
         max_t=spec.max_t,
         group_size=len(seeds) if isinstance(seeds, list) else 1,
         seed_key=SEED_KEY,
-        state_path=str(sweep_dir(spec) / SCHEDULER_STATE_FILE),
-        # members wait at rungs inside their trainable, not PAUSEd by Tune (see schedulers.py)
-        wait="in_trial",
+        state_path=state_path(sweep_dir(spec)),
+        group_of=functools.partial(trial_group, spec),
     )
 
 
@@ -526,6 +497,8 @@ def run_sweep(spec: SweepSpec, *, quiet: bool = False):
 def _run(spec: SweepSpec, quiet: bool):
     from ray import tune
 
+    from gapinit_ray.seedgroup.state import state_path
+
     root = sweep_dir(spec)
     root.mkdir(parents=True, exist_ok=True)
     _check_same_sweep(spec, root)
@@ -540,10 +513,10 @@ def _run(spec: SweepSpec, quiet: bool):
     slots = gate = None
     if seed_groups:
         # Tune keeps slots x group size trials alive (members wait at rungs); only `slots` of them run
-        # a Train job at a time, the rest wait for a permit before starting one (gapinit_ray.slots)
-        from gapinit_ray.slots import start_slots
+        # a Train job at a time, the rest wait for a permit before starting one (seedgroup.slots)
+        from gapinit_ray.seedgroup.slots import slots_name, start_slots
 
-        slots = f"gapinit-slots:{root}"
+        slots = slots_name(root)
         # the handle keeps the actor alive until this function returns (it is not detached)
         # the trials Tune starts at once ask for a slot together: served by group, not by arrival
         # (a resumed sweep restarts only its unfinished trials: served as they come)
@@ -558,7 +531,7 @@ def _run(spec: SweepSpec, quiet: bool):
             backbone_paths=backbone_paths,
             artifact_paths=artifact_paths,
             feature_caches=feature_caches,
-            state_path=str(root / SCHEDULER_STATE_FILE) if seed_groups else None,
+            state_path=str(state_path(root)) if seed_groups else None,
             slots=slots,
         ),
         {"CPU": 0, "memory": 2**20},

@@ -242,7 +242,7 @@ class TrialContext:
     # whether the group was promoted at once and then goes on instead of ending (see _past_rung)
     rung_state: str | None = None
     tune_trial_id: str | None = None
-    # the sweep's Train slot actor (gapinit_ray.slots): who is running now, to hold at a rung (_past_rung)
+    # the sweep's Train slot actor (seedgroup.slots): who is running now, to hold at a rung (_past_rung)
     slots: str | None = None
     # fault points where a worker kills itself once (gapinit_ray.faults; recovery tests, chaos runs)
     faults: list[str] | None = None
@@ -447,14 +447,8 @@ class TrialWorker:
         if the group was promoted meanwhile, end if it was stopped). If not, the report was lost: report
         it again, the very numbers the checkpoint went with (a new evaluation would rewrite the stored
         row with no training figures), and end. Returns (the epoch to stop at now, end this run?)."""
-        recorded = False
-        if self.rank == 0 and self.ctx.rung_state and self.ctx.tune_trial_id:
-            from gapinit_ray.schedulers import member_plan
-
-            plan = member_plan(self.ctx.rung_state, self.ctx.tune_trial_id)
-            recorded = plan.action in ("wait", "stop") or (
-                plan.action == "train" and (plan.stop_at is None or plan.stop_at > epoch)
-            )
+        gate = self._rung_gate()
+        recorded = gate is not None and gate.recorded(epoch)
         if _broadcast(recorded, self.world):
             return self._past_rung(float(epoch), stop_at, (epoch, 0))
         if self.last_metrics is not None:
@@ -483,25 +477,21 @@ class TrialWorker:
         if that decided the group and promoted it (this member reported last), every rank goes on to the
         next rung in this run instead of ending it and starting a new Train run from the checkpoint.
         While the group is undecided but its other members still to report are all running (they hold
-        Train slots, :func:`~gapinit_ray.schedulers.may_hold`; one still starting counts for the first
+        Train slots, :meth:`~gapinit_ray.seedgroup.trial_side.RungGate.may_hold`; one still starting counts for the first
         ``HOLD_STARTING_GRACE_S`` of the hold), the run holds at the rung,
         rank 0 asking again every ``HOLD_POLL_S`` and telling the other ranks each time (no collective
         waits longer than that), and goes on or ends once the group is decided.
         """
         if stop_at is None or value < stop_at:
             return stop_at, False
-        from gapinit_ray.schedulers import HOLD, promoted_plan
+        from gapinit_ray.seedgroup.trial_side import HOLD
 
         held = time.perf_counter()
+        gate = self._rung_gate()
         while True:
             plan = None
-            if self.rank == 0 and self.ctx.rung_state and self.ctx.tune_trial_id:
-                plan = promoted_plan(
-                    self.ctx.rung_state,
-                    self.ctx.tune_trial_id,
-                    value,
-                    hold=lambda: self._may_hold(time.perf_counter() - held),
-                )
+            if gate is not None:
+                plan = gate.after_rung(value, hold=lambda: self._may_hold(gate, time.perf_counter() - held))
             if self.world > 1:
                 import torch.distributed as dist
 
@@ -518,34 +508,34 @@ class TrialWorker:
         self.t0 += time.perf_counter() - held  # a mid-epoch hold is not training time
         return plan.stop_at, False
 
+    def _rung_gate(self):
+        """Rank 0 of a seed-group member: its view of the group's decisions (None elsewhere)."""
+        if self.rank != 0 or not (self.ctx.rung_state and self.ctx.tune_trial_id):
+            return None
+        if getattr(self, "_gate", None) is None:
+            from gapinit_ray.seedgroup.trial_side import RungGate
+
+            self._gate = RungGate(self.ctx.rung_state, self.ctx.tune_trial_id)
+        return self._gate
+
     def _tell_started(self) -> None:
         """Rank 0 of a seed-group member: tell the sweep's slot actor this run has its workers (others
         of the group at a rung may hold theirs while it trains, see _past_rung)."""
-        if self.rank != 0 or not (self.ctx.slots and self.ctx.tune_trial_id):
-            return
-        import contextlib
+        if self.rank == 0:
+            from gapinit_ray.seedgroup.slots import tell_started
 
-        import ray
+            tell_started(self.ctx.slots, self.ctx.tune_trial_id)
 
-        with contextlib.suppress(ValueError):  # no slot actor (the sweep is ending): nobody holds
-            ray.get_actor(self.ctx.slots).started.remote(self.ctx.tune_trial_id)
+    def _may_hold(self, gate, held_s: float) -> bool:
+        """The rung hold's hook, rank 0 ``held_s`` into a hold: are the group's members still to report
+        there all training, or (for the first ``HOLD_STARTING_GRACE_S``) starting their Train run with
+        a slot? The slot actor knows; without it (gone, busy) the run ends, as without holding."""
+        from gapinit_ray.seedgroup.slots import slot_holders
 
-    def _may_hold(self, held_s: float) -> bool:
-        """Rank 0 at a rung, ``held_s`` into a hold: are the group's members still to report there all
-        training, or (for the first ``HOLD_STARTING_GRACE_S``) starting their Train run with a slot?"""
-        if not self.ctx.slots:
+        holders = slot_holders(self.ctx.slots)
+        if holders is None:
             return False
-        import ray
-
-        from gapinit_ray.schedulers import may_hold
-
-        try:
-            running, starting = ray.get(ray.get_actor(self.ctx.slots).holders.remote(), timeout=30)
-        except Exception:  # the slot actor is gone (sweep ending) or busy: end the run, as without it
-            return False
-        return may_hold(
-            self.ctx.rung_state, self.ctx.tune_trial_id, running, starting, held_s, HOLD_STARTING_GRACE_S
-        )
+        return gate.may_hold(*holders, held_s, HOLD_STARTING_GRACE_S)
 
     def _cost_since_last_report(self) -> dict[str, float]:
         """``device_s`` (on GPU: wall time x the GPUs the trial's workers hold; on CPU: the workers'

@@ -71,41 +71,34 @@ def _metrics(init: str, seed: int, epoch: float) -> dict:
 
 
 def _scheduler_state() -> dict:
-    """A seed-group ASHA state as SeedGroupASHA.state_dict() writes it: rung 1 (epoch 1) judged for the
-    three groups, ``random`` stopped there."""
-    groups, trials, means = {}, {}, {}
+    """A seed-group ASHA state as the scheduler's state writer saves it (gapinit_ray.seedgroup.state):
+    rung 1 (epoch 1) judged for the three groups, ``random`` stopped there."""
+    from gapinit_ray.seedgroup.core import RungBook, Schedule
+    from gapinit_ray.seedgroup.state import Snapshot
+
+    book = RungBook(Schedule(max_t=3, grace_period=1, reduction_factor=2, metric="val_cider", mode="max"))
     for init in INITS:
-        key = json.dumps({"init": init}, sort_keys=True)
-        decision = "STOP" if init == STOPPED else "CONTINUE"
+        key = f"g-{init}"
         members = [f"tune_{init}_{s}" for s in SEEDS]
-        groups[key] = {
-            "members": members,
-            "decisions": {"0": decision},
-            "stopped_at": 0 if decision == "STOP" else None,
-        }
-        means[key] = sum(_cider(init, s, 1) for s in SEEDS) / len(SEEDS)
+        for m in members:
+            book.apply(
+                {
+                    "k": "member",
+                    "trial": m,
+                    "group": key,
+                    "status": "active",
+                    "label": json.dumps({"init": init}),
+                }
+            )
+        for s, m in zip(SEEDS, members, strict=True):
+            book.apply({"k": "value", "trial": m, "rung": 0, "value": _cider(init, s, 1)})
+        decision = "STOP" if init == STOPPED else "CONTINUE"
+        mean = sum(_cider(init, s, 1) for s in SEEDS) / len(SEEDS)
+        book.apply({"k": "decision", "group": key, "rung": 0, "decision": decision, "mean": mean})
         for s, m in zip(SEEDS, members, strict=True):
             status = "stopped" if decision == "STOP" else "errored" if (init, s) == FAILED else "completed"
-            trials[m] = {"group": key, "status": status, "values": {"0": _cider(init, s, 1)}, "waiting": None}
-    settings = {
-        "time_attr": "epoch",
-        "metric": "val_cider",
-        "mode": "max",
-        "max_t": 3,
-        "grace_period": 1,
-        "reduction_factor": 2,
-        "group_size": None,
-        "seed_key": "seed",
-        "milestones": [1.0, 2.0],
-    }
-    return {
-        "version": 1,
-        "settings": settings,
-        "rungs": [means, {}],
-        "groups": groups,
-        "trials": trials,
-        "num_stopped": 3,
-    }
+            book.apply({"k": "member", "trial": m, "group": key, "status": status})
+    return json.loads(Snapshot(book.schedule.to_dict(), book.events(), 0).to_json())
 
 
 def _spec(name: str) -> dict:

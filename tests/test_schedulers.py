@@ -1,8 +1,11 @@
-"""Seed-group ASHA driven by hand-made results and a fake controller (no Ray cluster).
+"""Seed-group ASHA's Tune adapter driven by hand-made results and a fake controller (no Ray cluster).
 
 The fake controller mirrors what ``TuneController`` 2.60 does around a scheduler: ``stop_trial`` calls
 ``on_trial_remove`` for PENDING/PAUSED trials and ``on_trial_complete`` for RUNNING ones before marking
-them TERMINATED; a PAUSE decision makes the trial PAUSED; ``choose_trial_to_run`` picks what starts next.
+them TERMINATED; ``choose_trial_to_run`` picks what starts next. Members wait at rungs inside their
+trainable (the product's only mode): the simulated trainable reads its plan from the scheduler's state
+files the way :mod:`gapinit_ray.seedgroup.trial_side` does, and returns by itself when its group is
+stopped or it reached ``max_t``.
 """
 
 from __future__ import annotations
@@ -17,9 +20,12 @@ import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
-from gapinit_ray.schedulers import SCHEDULER_KINDS, SeedGroupASHA, make_scheduler
+from gapinit_ray.schedulers import SCHEDULER_KINDS, make_scheduler
+from gapinit_ray.seedgroup.core import MemberPlan
+from gapinit_ray.seedgroup.state import StateReader, state_path
+from gapinit_ray.seedgroup.tune import SeedGroupASHA
 
-CONTINUE, PAUSE, STOP = TrialScheduler.CONTINUE, TrialScheduler.PAUSE, TrialScheduler.STOP
+CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 M = "val_cider"
 
 
@@ -65,11 +71,14 @@ class FakeController:
         result = {"epoch": epoch, M: value}
         decision = self.scheduler.on_trial_result(self, trial, result)
         self.last[trial.trial_id] = result
-        if decision == PAUSE:
-            trial.set_status(Trial.PAUSED)
-        elif decision == STOP:
+        if decision == STOP:
             self.stop_trial(trial)
         return decision
+
+    def returned(self, trial: Trial) -> None:
+        """The trainable returned by itself (its group stopped, or it reached max_t)."""
+        self.scheduler.on_trial_complete(self, trial, self.last.get(trial.trial_id, {}))
+        trial.set_status(Trial.TERMINATED)
 
 
 def trial(tid: str, **config: Any) -> Trial:
@@ -80,9 +89,6 @@ def sgasha(**kw: Any) -> SeedGroupASHA:
     args = {"metric": M, "mode": "max", "max_t": 9, "grace_period": 1, "reduction_factor": 3}
     args.update(kw)
     return SeedGroupASHA(**args)
-
-
-# ----------------------------------------------------------------------------- randomized streams
 
 
 def make_values(n_configs: int, n_seeds: int, max_t: int, seed: int) -> dict[tuple[int, int], list[float]]:
@@ -98,99 +104,87 @@ def make_values(n_configs: int, n_seeds: int, max_t: int, seed: int) -> dict[tup
 
 
 def simulate(
-    scheduler: SeedGroupASHA,
+    tmp_path,
     *,
     n_configs: int = 8,
     n_seeds: int = 3,
     max_t: int = 9,
     seed: int = 0,
-    slots: int = 4,
     restore_at: int | None = None,
-    restore_path: Any = None,
-    check_split: bool = True,
 ) -> tuple[list[tuple[str, int, str]], FakeController]:
-    """Run a sweep against a fake controller: `slots` trials run at once, a random running trial
-    reports its next epoch, PAUSEd trials hold no slot. Checks after every event that no group is split.
-    With `restore_at`, the scheduler is replaced by one restored from a saved state after that many
-    results, the way a Tune restore re-adds every trial."""
+    """A sweep against a fake controller: 2 groups' worth of trials alive at once (as the sweep's
+    ``max_concurrent_trials`` = slots × seeds), each trainable asks the state file what to do (train:
+    report its next epoch; wait: nothing; stop: return). With ``restore_at``, the driver "dies" after
+    that many results: a scheduler unpickled as Tune had it at the start re-adds every trial and
+    continues from the state files."""
+    path = state_path(tmp_path / f"run{seed}")
     values = make_values(n_configs, n_seeds, max_t, seed)
     rng = random.Random(seed)
-    ctrl = FakeController(scheduler)
-    specs = [(c, s) for c in range(n_configs) for s in range(n_seeds)]
-    rng.shuffle(specs)  # trials arrive in random order, seeds of a config far apart
+    sched = sgasha(state_path=path, group_size=n_seeds)
+    at_start = pickle.dumps(sched)  # what tuner.pkl holds
+    ctrl = FakeController(sched)
     cs = {}
-    for i, (c, s) in enumerate(specs):
-        t = ctrl.add(trial(f"t{i:03d}", init=f"cfg{c}", **{"lora.rank": 1}, seed=s))
-        cs[t.trial_id] = (c, s)
+    for c in range(n_configs):  # a configuration's seeds one after another (the sweep's grid order)
+        for s in range(n_seeds):
+            t = ctrl.add(trial(f"t{c:02d}{s}", init=f"cfg{c}", **{"lora.rank": 1}, seed=s))
+            cs[t.trial_id] = (c, s)
+    reader = StateReader(path)
     epoch = dict.fromkeys(cs, 0)
     log: list[tuple[str, int, str]] = []
     while True:
         running = [t for t in ctrl.trials if t.status == Trial.RUNNING]
-        while len(running) < slots:
-            chosen = ctrl.scheduler.choose_trial_to_run(ctrl)
-            if chosen is None:
-                break
-            assert chosen.status in (Trial.PENDING, Trial.PAUSED)
+        while len(running) < 2 * n_seeds and (chosen := ctrl.scheduler.choose_trial_to_run(ctrl)) is not None:
+            assert chosen.status == Trial.PENDING
             chosen.set_status(Trial.RUNNING)
             running.append(chosen)
         if not running:
             break
-        t = rng.choice(sorted(running, key=lambda x: x.trial_id))
+        book = reader.book()
+        plans = {t.trial_id: book.plan(t.trial_id) for t in running}
+        for t in running:
+            if plans[t.trial_id].action == "stop" or epoch[t.trial_id] >= max_t:
+                ctrl.returned(t)
+        movable = [t for t in running if plans[t.trial_id].action == "train" and epoch[t.trial_id] < max_t]
+        if not movable:
+            ctrl.scheduler.choose_trial_to_run(ctrl)  # a controller step: decides what errors unblocked
+            continue
+        t = rng.choice(sorted(movable, key=lambda x: x.trial_id))
         epoch[t.trial_id] += 1
-        e = epoch[t.trial_id]
-        decision = ctrl.report(t, e, values[cs[t.trial_id]][e])
-        log.append((t.trial_id, e, decision))
-        if check_split:
-            assert_not_split(ctrl, epoch, max_t)
+        decision = ctrl.report(t, epoch[t.trial_id], values[cs[t.trial_id]][epoch[t.trial_id]])
+        log.append((t.trial_id, epoch[t.trial_id], decision))
+        assert_not_split(ctrl, epoch, max_t)
         if restore_at is not None and len(log) == restore_at:
-            ctrl.scheduler.save(restore_path)
-            fresh = SeedGroupASHA(**scheduler_args(ctrl.scheduler))
-            fresh.restore(restore_path)
+            fresh = pickle.loads(at_start)
             ctrl.scheduler = fresh
-            for tr in ctrl.trials:
+            for tr in ctrl.trials:  # Tune re-adds every trial (each restarted trial at once, here)
                 fresh.on_trial_add(ctrl, tr)
     assert all(t.status == Trial.TERMINATED for t in ctrl.trials)
     return log, ctrl
 
 
-def scheduler_args(s: SeedGroupASHA) -> dict[str, Any]:
-    keys = (
-        "time_attr",
-        "metric",
-        "mode",
-        "max_t",
-        "grace_period",
-        "reduction_factor",
-        "group_size",
-        "seed_key",
-    )
-    return {k: getattr(s, f"_{k}") for k in keys}
-
-
 def assert_not_split(ctrl: FakeController, epoch: dict[str, int], max_t: int) -> None:
     """All members of a group share one fate: all stopped at the same rung, or all still in."""
-    sched = ctrl.scheduler
     by_id = {t.trial_id: t for t in ctrl.trials}
-    for key, g in sched.rung_state()["groups"].items():
-        members = [by_id[tid] for tid in g["members"]]
-        early = [t for t in members if t.status == Trial.TERMINATED and epoch[t.trial_id] < max_t]
+    for key, g in ctrl.scheduler.rung_state()["groups"].items():
         if g["decision"] == "stopped":
-            assert all(t.status == Trial.TERMINATED for t in members), key
-            # every member reported exactly up to the stop rung's milestone, and no further
-            assert {epoch[t.trial_id] for t in members} == {g["stopped_at"]}, (key, g)
+            # no member trained past the stop rung's milestone
+            assert all(epoch[t] <= g["stopped_at"] for t in g["members"]), (key, g)
         else:
-            assert not early, (key, [(t.trial_id, epoch[t.trial_id]) for t in early])
+            early = [t for t in g["members"] if by_id[t].status == Trial.TERMINATED and epoch[t] < max_t]
+            assert not early, key
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_a_group_is_never_split(seed):
-    sched = sgasha(max_t=9, reduction_factor=3)
-    log, _ = simulate(sched, seed=seed)
-    state = sched.rung_state()
+# ----------------------------------------------------------------------------- whole sweeps
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_group_is_never_split_and_is_judged_on_its_mean(seed, tmp_path):
+    log, ctrl = simulate(tmp_path, seed=seed)
+    state = ctrl.scheduler.rung_state()
     fates = [g["decision"] for g in state["groups"].values()]
     assert "stopped" in fates and "finished" in fates  # the stream exercised both outcomes
-    assert any(d == PAUSE for _, _, d in log)
-    # a group is judged on its mean over all its seeds
+    assert {d for _, _, d in log} == {CONTINUE}  # Tune is never told to stop or pause a trial
+    assert ctrl.stop_calls == []  # every member of a stopped group ended by itself
     for key, g in state["groups"].items():
         for milestone, means in ((m, r["group_means"]) for m, r in state["rungs"].items()):
             if key in means:
@@ -216,194 +210,67 @@ def test_per_trial_asha_splits_the_groups_seed_group_asha_keeps_together():
                     ray.on_trial_add(None, t)
                 if ray.on_trial_result(None, t, {"epoch": e, M: curve[e]}) == STOP:
                     stopped_at[c, s] = e
-        for c in range(8):
-            fates = {stopped_at.get((c, s)) for s in range(3)}
-            split += len(fates) > 1
+        split += sum(len({stopped_at.get((c, s)) for s in range(3)}) > 1 for c in range(8))
     assert split > 0
 
 
-# ----------------------------------------------------------------------------- decisions on the mean
+@pytest.mark.parametrize("restore_at", [1, 7, 20, 41])
+def test_a_driver_restart_mid_stream_gives_identical_decisions(restore_at, tmp_path):
+    baseline, base = simulate(tmp_path / "a", seed=3)
+    assert restore_at < len(baseline)
+    log, ctrl = simulate(tmp_path / "b", seed=3, restore_at=restore_at)
+    assert log == baseline
+    assert ctrl.scheduler.rung_state() == base.scheduler.rung_state()
 
 
-def _two_group_setup(b_values):
-    """η=2, milestones 1 and 2. Group A: seeds at 10, 10. Group B: two seeds with `b_values`."""
+# ----------------------------------------------------------------------------- hooks one by one
+
+
+def _members(ctrl: FakeController, prefix: str, init: str, n: int = 2) -> list[Trial]:
+    return [ctrl.add(trial(f"{prefix}{i}", init=init, seed=i)) for i in range(n)]
+
+
+def test_the_state_file_tells_members_what_to_do_and_tune_always_hears_continue(tmp_path):
+    path = state_path(tmp_path)
+    sched = sgasha(state_path=path, group_size=2)
+    ctrl = FakeController(sched)
+    a, b = _members(ctrl, "a", "gap"), _members(ctrl, "b", "random")
+    reader = StateReader(path)
+    assert reader.book().plan("a0") == MemberPlan("train", 0, 1.0)  # milestones 1, 3
+    assert ctrl.report(a[0], 1, 5.0) == CONTINUE
+    assert reader.book().plan("a0") == MemberPlan("wait", 0, 1.0)
+    assert ctrl.report(a[1], 1, 7.0) == CONTINUE
+    assert reader.book().plan("a0") == MemberPlan("train", 1, 3.0)
+    assert ctrl.report(b[0], 1, 0.0) == CONTINUE
+    # b's mean (1.0) is below a's (6.0): stopped. A member holding its Train run at the rung (b0) is
+    # not stopped through Tune (it would be killed mid-shutdown): it reads "stop" and ends itself
+    assert ctrl.report(b[1], 1, 2.0) == CONTINUE
+    assert reader.book().plan("b0") == reader.book().plan("b1") == MemberPlan("stop", 0)
+    assert ctrl.stop_calls == [] and b[0].status == Trial.RUNNING
+    assert sched.stopped_at(b[0]) == 1.0 and sched.stopped_at(a[0]) is None
+    assert sched.rungs_reached(b[0]) == 1
+    ctrl.report(a[0], 3, 6.0)
+    ctrl.report(a[1], 3, 6.0)
+    assert reader.book().plan("a0") == MemberPlan("train", None, None)  # past the last rung
+    assert ctrl.report(a[0], 9, 6.0) == CONTINUE and a[0].status == Trial.RUNNING  # max_t: ends itself
+    assert sched.rung_state()["groups"][sched.group_of(a[0])]["member_status"]["a0"] == "completed"
+
+
+def test_members_of_a_stopped_group_that_never_started_are_stopped_by_tune(tmp_path):
     sched = sgasha(max_t=4, reduction_factor=2)
     ctrl = FakeController(sched)
-    a = [ctrl.add(trial(f"a{i}", init="gap", seed=i)) for i in range(2)]
-    b = [ctrl.add(trial(f"b{i}", init="random", seed=i)) for i in range(2)]
-    assert ctrl.report(a[0], 1, 10.0) == PAUSE
-    assert ctrl.report(a[1], 1, 10.0) == CONTINUE  # first group at the rung: nothing to compare with
-    decisions = [ctrl.report(b[0], 1, b_values[0]), ctrl.report(b[1], 1, b_values[1])]
-    return sched, ctrl, a, b, decisions
-
-
-def _ray_asha_decisions(stream):
-    ray = AsyncHyperBandScheduler(
-        time_attr="epoch", metric=M, mode="max", max_t=4, grace_period=1, reduction_factor=2
-    )
-    out = {}
-    for tid, e, v in stream:
-        t = trial(tid, seed=0)
-        ray.on_trial_add(None, t)
-        out[tid] = ray.on_trial_result(None, t, {"epoch": e, M: v})
-    return out
-
-
-def test_group_mean_stops_a_group_whose_lucky_seed_per_trial_asha_would_keep():
-    sched, ctrl, a, b, decisions = _two_group_setup((15.0, 1.0))
-    # per-trial ASHA keeps b0 (15 >= cutoff 10) and stops b1
-    ray = _ray_asha_decisions([("a0", 1, 10.0), ("a1", 1, 10.0), ("b0", 1, 15.0), ("b1", 1, 1.0)])
-    assert ray["b0"] == CONTINUE and ray["b1"] == STOP
-    # the group mean 8 < 10 stops both: b0 waited (PAUSE) and is stopped through the controller
-    assert decisions == [PAUSE, STOP]
-    assert ctrl.stop_calls == ["b0", "b1"]
-    assert [t.status for t in b] == [Trial.TERMINATED] * 2
-    state = sched.rung_state()
-    group_b = state["groups"][sched.group_of(b[0])]
-    assert group_b["decision"] == "stopped" and group_b["stopped_at"] == 1
-    assert state["rungs"][1]["group_means"][sched.group_of(b[0])] == pytest.approx(8.0)
-    assert sched.choose_trial_to_run(ctrl) is a[0]  # a0 was paused and its group promoted
-
-
-def test_group_with_one_bad_seed_but_good_mean_is_promoted():
-    sched, ctrl, _, b, decisions = _two_group_setup((30.0, 2.0))
-    ray = _ray_asha_decisions([("a0", 1, 10.0), ("a1", 1, 10.0), ("b0", 1, 30.0), ("b1", 1, 2.0)])
-    assert ray["b1"] == STOP  # per-trial ASHA would drop the bad seed
-    assert decisions == [PAUSE, CONTINUE]  # mean 16 >= 10: both go on
-    assert ctrl.stop_calls == []
-    assert sched.rung_state()["groups"][sched.group_of(b[0])]["decisions"] == {1: CONTINUE}
-    resumed = []
-    while (t := sched.choose_trial_to_run(ctrl)) is not None:
-        resumed.append(t.trial_id)
-        t.set_status(Trial.RUNNING)
-    assert resumed == ["a0", "b0"]
-
-
-def test_min_mode_uses_the_flipped_cutoff():
-    sched = sgasha(mode="min", max_t=4, reduction_factor=2)
-    ctrl = FakeController(sched)
-    a = [ctrl.add(trial(f"a{i}", init="gap", seed=i)) for i in range(2)]
-    b = [ctrl.add(trial(f"b{i}", init="random", seed=i)) for i in range(2)]
-    ctrl.report(a[0], 1, 1.0)
-    ctrl.report(a[1], 1, 1.0)
-    ctrl.report(b[0], 1, 0.2)
-    assert ctrl.report(b[1], 1, 2.6) == STOP  # mean loss 1.4 > 1.0
-    assert sched.rung_state()["rungs"][1]["cutoff"] == pytest.approx(1.2)  # median of 1.0 and 1.4
-
-
-# ----------------------------------------------------------------------------- equal to Ray's ASHA
-
-
-@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")  # Ray's cutoff on an all-NaN rung
-@pytest.mark.parametrize(
-    ("grace", "eta", "max_t", "mode", "group_size"),
-    [
-        (1, 3, 27, "max", 1),
-        (1, 2, 16, "min", 1),
-        (2, 2.5, 30, "max", None),
-        (1, 4, 100, "max", 1),
-        (3, 3.0, 10, "min", None),
-    ],
-)
-def test_one_seed_per_group_decides_like_rays_asha(grace, eta, max_t, mode, group_size):
-    for stream_seed in range(3):
-        rng = random.Random(stream_seed)
-        ours = SeedGroupASHA(
-            time_attr="epoch",
-            metric=M,
-            mode=mode,
-            max_t=max_t,
-            grace_period=grace,
-            reduction_factor=eta,
-            group_size=group_size,
-        )
-        ray = AsyncHyperBandScheduler(
-            time_attr="epoch",
-            metric=M,
-            mode=mode,
-            max_t=max_t,
-            grace_period=grace,
-            reduction_factor=eta,
-            brackets=1,
-        )
-        ctrl = FakeController(ours)
-        trials = [ctrl.add(trial(f"t{i:02d}", lr=i, seed=0)) for i in range(30)]
-        for t in trials:
-            ray.on_trial_add(None, t)
-        epoch = {t.trial_id: 0 for t in trials}
-        alive = list(trials)
-        ours_log, ray_log = [], []
-        while alive:
-            t = rng.choice(alive)
-            epoch[t.trial_id] += 1
-            v = float(rng.randint(0, 20))  # integer values: plenty of ties at the cutoff
-            if rng.random() < 0.03:
-                v = float("nan")  # NaN continues, like in Ray
-            result = {"epoch": epoch[t.trial_id], M: v}
-            d_ours = ours.on_trial_result(ctrl, t, result)
-            d_ray = ray.on_trial_result(None, t, result)
-            ours_log.append(d_ours)
-            ray_log.append(d_ray)
-            if d_ray == STOP:
-                alive.remove(t)
-                ours.on_trial_complete(ctrl, t, result)
-                ray.on_trial_complete(None, t, result)
-        assert ours_log == ray_log
-        assert PAUSE not in ours_log
-        assert ours_log.count(STOP) == len(trials)
-
-
-# ----------------------------------------------------------------------------- waiting and resuming
-
-
-def test_early_members_pause_until_the_last_reports_then_are_resumed_first():
-    sched = sgasha()
-    ctrl = FakeController(sched)
-    a = [ctrl.add(trial(f"a{i}", init="gap", seed=i, **{"lora.rank": 1})) for i in range(3)]
-    b = [ctrl.add(trial(f"b{i}", init="random", seed=i, **{"lora.rank": 1})) for i in range(3)]
-    assert ctrl.report(a[0], 1, 5.0) == PAUSE
-    # a waiting member is not resumed; the next PENDING trial in FIFO order is
-    assert sched.choose_trial_to_run(ctrl) is a[1]
-    assert ctrl.report(a[1], 1, 6.0) == PAUSE
-    assert sched.rung_state()["groups"][sched.group_of(a[0])]["decision"] == "waiting"
-    assert sched.choose_trial_to_run(ctrl) is a[2]
-    assert ctrl.report(a[2], 1, 7.0) == CONTINUE
-    # promoted paused members come before the PENDING b trials
-    assert sched.choose_trial_to_run(ctrl) is a[0]
-    assert sched.choose_trial_to_run(ctrl) is a[0]  # idempotent
-    a[0].set_status(Trial.RUNNING)
-    assert sched.choose_trial_to_run(ctrl) is a[1]
-    a[1].set_status(Trial.RUNNING)
-    assert sched.choose_trial_to_run(ctrl) is b[0]
-    # a member past the rung keeps going; at the next rung it waits again
-    assert ctrl.report(a[0], 2, 6.0) == CONTINUE
-    assert ctrl.report(a[0], 3, 6.0) == PAUSE
-    state = sched.rung_state()
-    assert state["rungs"][1]["group_means"] == {sched.group_of(a[0]): pytest.approx(6.0)}
-    assert state["groups"][sched.group_of(a[0])]["values"]["a0"] == {1: 5.0, 3: 6.0}
-    # reaching max_t is a normal finish (STOP, as Ray's ASHA with stop_last_trials)
-    for e in range(1, 10):
-        d = ctrl.report(b[0], e, 100.0)
-        if e == 1:
-            assert d == PAUSE
-            ctrl.report(b[1], 1, 100.0)
-            assert ctrl.report(b[2], 1, 100.0) == CONTINUE
-            b[0].set_status(Trial.RUNNING)
-        elif e == 3:
-            assert d == PAUSE
-            ctrl.report(b[1], 3, 100.0)
-            ctrl.report(b[2], 3, 100.0)
-            b[0].set_status(Trial.RUNNING)
-        elif e == 9:
-            assert d == STOP
-    assert b[0].status == Trial.TERMINATED
-    assert sched.rung_state()["groups"][sched.group_of(b[0])]["member_status"]["b0"] == "completed"
+    a, b = _members(ctrl, "a", "gap"), _members(ctrl, "b", "random")
+    for t, v in ((a[0], 10.0), (a[1], 10.0), (b[0], 1.0), (b[1], 1.0)):
+        ctrl.report(t, 1, v)
+    late = ctrl.add(trial("b9", init="random", seed=9))  # PENDING, joins a stopped group
+    assert sched.choose_trial_to_run(ctrl) is None
+    assert late.status == Trial.TERMINATED and ctrl.stop_calls == ["b9"]
 
 
 def test_errored_member_group_proceeds_with_the_remaining_mean():
     sched = sgasha()
     ctrl = FakeController(sched)
-    a = [ctrl.add(trial(f"a{i}", init="gap", seed=i)) for i in range(3)]
+    a = _members(ctrl, "a", "gap", 3)
     ctrl.report(a[0], 1, 4.0)
     ctrl.report(a[1], 1, 6.0)
     a[2].set_status(Trial.RUNNING)
@@ -417,170 +284,118 @@ def test_errored_member_group_proceeds_with_the_remaining_mean():
     a[2].set_status(Trial.RUNNING)
     sched.on_trial_error(ctrl, a[2])
     a[2].set_status(Trial.ERROR)
-    assert sched.choose_trial_to_run(ctrl) is a[0]
+    sched.choose_trial_to_run(ctrl)
     g = sched.rung_state()["groups"][sched.group_of(a[0])]
     assert g["decisions"] == {1: CONTINUE} and g["member_status"]["a2"] == "errored"
     assert sched.rung_state()["rungs"][1]["group_means"][sched.group_of(a[0])] == pytest.approx(5.0)
 
 
-def test_a_waiting_member_that_fails_and_is_retried_still_waits():
-    sched = sgasha()
-    ctrl = FakeController(sched)
-    a = [ctrl.add(trial(f"a{i}", init="gap", seed=i)) for i in range(2)]
-    assert ctrl.report(a[0], 1, 4.0) == PAUSE
-    a[0].set_status(Trial.RUNNING)  # e.g. the pause's save failed: error, then requeue
-    sched.on_trial_error(ctrl, a[0])
-    a[0].set_status(Trial.PENDING)
-    sched.on_trial_add(ctrl, a[0])
-    assert sched.choose_trial_to_run(ctrl) is a[0]  # PENDING: Tune restarts it from its checkpoint
-    assert ctrl.report(a[0], 2, 4.5) == PAUSE  # its rung is still undecided
-    assert ctrl.report(a[1], 1, 6.0) == CONTINUE
-    assert sched.rung_state()["rungs"][1]["group_means"] == {sched.group_of(a[0]): 5.0}
-    assert sched.choose_trial_to_run(ctrl) is a[0]
-
-
 def test_member_that_completes_early_is_not_waited_for():
     sched = sgasha()
     ctrl = FakeController(sched)
-    a = [ctrl.add(trial(f"a{i}", init="gap", seed=i)) for i in range(2)]
-    b = [ctrl.add(trial(f"b{i}", init="rnd", seed=i)) for i in range(2)]
+    a, b = _members(ctrl, "a", "gap"), _members(ctrl, "b", "rnd")
     ctrl.report(a[0], 1, 10.0)
     ctrl.report(a[1], 1, 10.0)
-    assert ctrl.report(b[0], 1, 0.0) == PAUSE
+    ctrl.report(b[0], 1, 0.0)
     b[1].set_status(Trial.RUNNING)
     sched.on_trial_complete(ctrl, b[1], {"epoch": 0.5, M: 50.0})  # ended before the first rung
     b[1].set_status(Trial.TERMINATED)
-    sched.choose_trial_to_run(ctrl)  # decides b on b0 alone: 0 < 10 -> stopped through the controller
-    assert ctrl.stop_calls == ["b0"]
+    sched.choose_trial_to_run(ctrl)  # decides b on b0 alone: 0 < 10 -> stopped
     g = sched.rung_state()["groups"][sched.group_of(b[0])]
     assert g["stopped_at"] == 1 and g["member_status"] == {"b0": "stopped", "b1": "completed"}
 
 
-def test_group_size_waits_for_seeds_not_created_yet():
+def test_group_size_waits_for_seeds_not_created_yet_and_a_stall_is_broken():
     sched = sgasha(group_size=3)
     ctrl = FakeController(sched)
-    a = [ctrl.add(trial(f"a{i}", init="gap", seed=i)) for i in range(2)]
+    a = _members(ctrl, "a", "gap")
     other = ctrl.add(trial("b0", init="rnd", seed=0))
     other.set_status(Trial.RUNNING)
-    assert ctrl.report(a[0], 1, 1.0) == PAUSE
-    assert ctrl.report(a[1], 1, 1.0) == PAUSE  # all known members reported, but the third seed is missing
+    ctrl.report(a[0], 1, 1.0)
+    ctrl.report(a[1], 1, 1.0)  # all known members reported, the third seed is missing
     assert sched.choose_trial_to_run(ctrl) is None
-    ctrl.search_alg.finished = True  # the third seed will never come: decide with the two
-    assert sched.choose_trial_to_run(ctrl) is a[0]
+    assert sched.rung_state()["groups"][sched.group_of(a[0])]["decision"] == "waiting"
+    other.set_status(Trial.TERMINATED)  # nothing else runs: every RUNNING member only waits
+    sched.choose_trial_to_run(ctrl)
+    assert sched.rung_state()["groups"][sched.group_of(a[0])]["decisions"] == {1: CONTINUE}
     with pytest.raises(ValueError, match="group_size=3"):
         for i in range(2, 4):
             ctrl.add(trial(f"a{i}", init="gap", seed=i))
 
 
-def test_group_size_stall_is_broken_when_nothing_can_run():
-    """max_concurrent_trials: Tune creates no trial while paused ones are live -> decide with those present."""
+def test_a_finished_searcher_decides_with_the_members_present():
     sched = sgasha(group_size=3)
-    ctrl = FakeController(sched)
-    a = [ctrl.add(trial(f"a{i}", init="gap", seed=i)) for i in range(2)]
+    ctrl = FakeController(sched, finished=True)
+    a = _members(ctrl, "a", "gap")
     ctrl.report(a[0], 1, 1.0)
     ctrl.report(a[1], 1, 1.0)
-    assert sched.choose_trial_to_run(ctrl) is a[0]
     assert sched.rung_state()["groups"][sched.group_of(a[0])]["decisions"] == {1: CONTINUE}
 
 
-def test_member_added_to_a_stopped_group_is_stopped():
-    sched, ctrl, *_ = _two_group_setup((1.0, 1.0))
-    late = ctrl.add(trial("b9", init="random", seed=9))
-    sched.choose_trial_to_run(ctrl)
-    assert late.status == Trial.TERMINATED and ctrl.stop_calls[-1] == "b9"
+# ----------------------------------------------------------------------------- state files
 
 
-# ----------------------------------------------------------------------------- save / restore
-
-
-@pytest.mark.parametrize("restore_at", [1, 7, 20, 41, 60, 95])
-def test_restore_mid_stream_gives_identical_decisions(restore_at, tmp_path):
-    baseline, base_ctrl = simulate(sgasha(), seed=3)
-    assert restore_at < len(baseline)
-    log, ctrl = simulate(sgasha(), seed=3, restore_at=restore_at, restore_path=tmp_path / "s.json")
-    assert log == baseline
-    assert ctrl.scheduler.rung_state() == base_ctrl.scheduler.rung_state()
-    assert ctrl.stop_calls == base_ctrl.stop_calls
-
-
-def test_state_dict_is_json_and_round_trips():
+def test_save_and_restore_round_trip(tmp_path):
     sched = sgasha()
-    simulate(sched, seed=1)
-    state = sched.state_dict()
-    text = json.dumps(state)
+    ctrl = FakeController(sched)
+    a = _members(ctrl, "a", "gap")
+    ctrl.report(a[0], 1, 2.0)
+    ctrl.report(a[1], 1, 4.0)
+    sched.save(tmp_path / "s.json")
     again = sgasha()
-    again.load_state_dict(json.loads(text))
-    assert again.state_dict() == state
+    again.restore(tmp_path / "s.json")
     assert again.rung_state() == sched.rung_state()
     with pytest.raises(ValueError, match="reduction_factor"):
-        sgasha(reduction_factor=2).load_state_dict(state)
-    with pytest.raises(ValueError, match="version"):
-        sgasha().load_state_dict({"version": 99})
+        sgasha(reduction_factor=2).restore(tmp_path / "s.json")
     adopt = SeedGroupASHA(max_t=9, grace_period=1, reduction_factor=3)  # metric/mode not set yet
-    adopt.load_state_dict(state)
+    adopt.restore(tmp_path / "s.json")
     assert adopt.metric == M
 
 
-def test_tune_restore_requeues_waiting_members_and_they_wait_again(tmp_path):
-    """After Tuner.restore the unpickled scheduler reads its state file; Tune re-adds every trial and
-    sets PAUSED ones to PENDING, so a waiting member runs one more step and is paused again."""
-    path = tmp_path / "exp" / "seed_group_asha.json"
-    sched = sgasha(state_path=path)
-    pickled_at_start = pickle.dumps(sched)  # what tuner.pkl holds
-    ctrl = FakeController(sched)
-    a = [ctrl.add(trial(f"a{i}", init="gap", seed=i)) for i in range(2)]
-    assert ctrl.report(a[0], 1, 3.0) == PAUSE
-    assert path.exists()
-
-    restored = pickle.loads(pickled_at_start)
-    ctrl2 = FakeController(restored)
-    a2 = [trial(f"a{i}", init="gap", seed=i) for i in range(2)]  # new objects, same ids, all PENDING
-    for t in a2:
-        ctrl2.add(t)
-    assert restored.rung_state() == sched.rung_state()
-    assert ctrl2.report(a2[0], 2, 3.5) == PAUSE  # still waiting for a1
-    assert ctrl2.report(a2[1], 1, 5.0) == CONTINUE
-    assert restored.choose_trial_to_run(ctrl2) is a2[0]
-    assert restored.rung_state()["rungs"][1]["group_means"] == {restored.group_of(a2[0]): 4.0}
-
-
-def test_state_file_of_another_run_is_ignored(tmp_path):
-    path = tmp_path / "seed_group_asha.json"
+def test_state_files_of_another_run_are_ignored(tmp_path):
+    path = state_path(tmp_path)
     old = sgasha(state_path=path)
     ctrl = FakeController(old)
-    a = [ctrl.add(trial(f"old{i}", init="gap", seed=i)) for i in range(2)]
+    a = _members(ctrl, "old", "gap")
     ctrl.report(a[0], 1, 1.0)
     ctrl.report(a[1], 1, 1.0)
     new = sgasha(state_path=path)  # a new sweep reusing the experiment name: new trial ids
     ctrl2 = FakeController(new)
     b = ctrl2.add(trial("new0", init="gap", seed=0))
     assert [g["members"] for g in new.rung_state()["groups"].values()] == [["new0"]]
-    assert new.rung_state()["rungs"][1]["group_means"] == {}
-    assert ctrl2.report(b, 1, 0.0) == CONTINUE  # alone in its group, first at the rung
-    assert set(json.loads(path.read_text())["trials"]) == {"new0"}
+    assert ctrl2.report(b, 1, 0.0) == CONTINUE
+    assert set(StateReader(path).book().members) == {"new0"}
+
+
+def test_a_state_of_the_former_format_is_refused_with_a_clear_error(tmp_path):
+    path = state_path(tmp_path)
+    path.write_text(json.dumps({"version": 1, "trials": {}}))
+    with pytest.raises(ValueError, match="version 1"):
+        sgasha(state_path=path).on_trial_add(None, trial("a", seed=1))
 
 
 def test_restore_marks_members_missing_from_the_experiment_lost(tmp_path):
-    sched = sgasha()
+    path = state_path(tmp_path)
+    sched = sgasha(state_path=path)
+    at_start = pickle.dumps(sched)
     ctrl = FakeController(sched)
-    a = [ctrl.add(trial(f"a{i}", init="gap", seed=i)) for i in range(3)]
+    a = _members(ctrl, "a", "gap", 3)
     ctrl.report(a[0], 1, 2.0)
     ctrl.report(a[1], 1, 4.0)
-    sched.save(tmp_path / "s.json")
-    fresh = sgasha()
-    fresh.restore(tmp_path / "s.json")
+    fresh = pickle.loads(at_start)
     ctrl2 = FakeController(fresh)
     for t in a[:2]:  # a2 was restarted under a new id, so the old one is not re-added
         t.set_status(Trial.PENDING)
         ctrl2.add(t)
     assert fresh.choose_trial_to_run(ctrl2) is a[0]
-    assert fresh.rung_state()["groups"][fresh.group_of(a[0])]["member_status"]["a2"] == "lost"
+    g = fresh.rung_state()["groups"][fresh.group_of(a[0])]
+    assert g["member_status"]["a2"] == "lost" and g["decisions"] == {1: CONTINUE}
 
 
 # ----------------------------------------------------------------------------- API details
 
 
-def test_group_of_ignores_the_seed_and_key_order():
+def test_group_of_ignores_the_seed_and_key_order_and_can_be_given():
     s = sgasha()
     k1 = s.group_of(trial("x", init="gap", seed=1, **{"lora.rank": 1}))
     k2 = s.group_of(trial("y", **{"lora.rank": 1}, seed=np.int64(7), init="gap"))
@@ -590,15 +405,14 @@ def test_group_of_ignores_the_seed_and_key_order():
     assert nested.group_of(trial("n", train={"seed": 1, "lr": 0.1})) == nested.group_of(
         trial("m", train={"lr": 0.1, "seed": 2})
     )
+    assert sgasha(group_of=lambda c: f"G{c['init']}").group_of(trial("q", init="gap", seed=1)) == "Ggap"
 
 
 def test_make_scheduler_kinds():
     common = {"metric": M, "mode": "max", "time_attr": "epoch", "grace_period": 1, "reduction_factor": 3}
     assert type(make_scheduler("fifo", max_t=9, **common)) is FIFOScheduler
     asha = make_scheduler("asha", max_t=9, **common)
-    assert isinstance(asha, AsyncHyperBandScheduler)
-    assert [m for m, _ in reversed(asha._brackets[0]._rungs)][:2] == [1, 3]
-    assert (asha._time_attr, asha._max_t, asha.metric, asha._mode) == ("epoch", 9, M, "max")
+    assert isinstance(asha, AsyncHyperBandScheduler) and asha.metric == M
     sg = make_scheduler("seed-group-asha", max_t=9, group_size=3, **common)
     assert isinstance(sg, SeedGroupASHA) and sg.milestones == [1, 3]
     assert set(SCHEDULER_KINDS) == {"fifo", "asha", "seed-group-asha"}
@@ -632,124 +446,3 @@ def test_missing_metric_is_reported_on_add():
     assert s.set_search_properties(M, "max")
     s.on_trial_add(None, trial("a", seed=1))
     assert "SeedGroupASHA" in s.debug_string()
-
-
-# ----------------------------------------------------------------------------- waiting in the trial
-
-
-def test_in_trial_waiting_never_pauses_and_the_state_file_tells_members_what_to_do(tmp_path):
-    from gapinit_ray.schedulers import MemberPlan, member_plan
-
-    path = tmp_path / "state.json"
-    sched = sgasha(wait="in_trial", state_path=path, group_size=2)
-    ctrl = FakeController(sched)
-    a = [ctrl.add(trial(f"a{i}", init="gap", seed=i)) for i in range(2)]
-    b = [ctrl.add(trial(f"b{i}", init="random", seed=i)) for i in range(2)]
-    # milestones 1, 3 (max_t 9, eta 3): before any report every member trains to epoch 1
-    assert member_plan(path, "a0") == MemberPlan("train", 0, 1.0)
-    assert member_plan(path, "nope") == MemberPlan("unknown")
-    assert ctrl.report(a[0], 1, 5.0) == CONTINUE  # not PAUSE: the trainable waits itself
-    assert a[0].status == Trial.RUNNING
-    assert member_plan(path, "a0") == MemberPlan("wait", 0, 1.0)
-    assert member_plan(path, "a1") == MemberPlan("train", 0, 1.0)
-    assert ctrl.report(a[1], 1, 7.0) == CONTINUE
-    assert member_plan(path, "a0") == MemberPlan("train", 1, 3.0)
-    # b's mean (1.0) is below a's (6.0): with eta 3 the cutoff of one earlier mean is that mean
-    assert ctrl.report(b[0], 1, 0.0) == CONTINUE
-    # the reporter's trainable stops by itself (its Train run is ending); so does the waiting one,
-    # which may hold its Train run at the rung: Tune does not stop (kill) it, it reads "stop" and ends
-    assert ctrl.report(b[1], 1, 2.0) == CONTINUE
-    assert member_plan(path, "b1") == MemberPlan("stop", 0)
-    assert member_plan(path, "b0") == MemberPlan("stop", 0)
-    assert "b0" not in ctrl.stop_calls and b[0].status == Trial.RUNNING
-    b[0].set_status(Trial.TERMINATED)  # its trainable returned
-    sched.on_trial_complete(ctrl, b[0], {})
-    assert sched.rung_state()["groups"][sched.group_of(b[0])]["member_status"]["b0"] == "stopped"
-    # past the last rung: train to the end
-    ctrl.report(a[0], 3, 6.0)
-    assert member_plan(path, "a0") == MemberPlan("wait", 1, 3.0)
-    ctrl.report(a[1], 3, 6.0)
-    assert member_plan(path, "a0") == MemberPlan("train", None, None)
-    assert ctrl.report(a[0], 9, 6.0) == CONTINUE  # max_t: the trainable ends by itself
-    assert a[0].status == Trial.RUNNING
-
-
-def test_in_trial_stall_check_counts_waiting_running_members_as_idle(tmp_path):
-    sched = sgasha(wait="in_trial", state_path=tmp_path / "s.json", group_size=3)
-    ctrl = FakeController(sched)
-    a = [ctrl.add(trial(f"a{i}", init="gap", seed=i)) for i in range(2)]  # the third seed never comes
-    ctrl.report(a[0], 1, 5.0)
-    ctrl.report(a[1], 1, 6.0)
-    assert sched.rung_state()["groups"][sched.group_of(a[0])]["decision"] == "waiting"
-    sched.choose_trial_to_run(ctrl)  # nothing pending; both RUNNING members only wait
-    assert sched.rung_state()["groups"][sched.group_of(a[0])]["decisions"] == {1: CONTINUE}
-
-
-def test_member_plan_reads_a_corrupt_or_missing_file_as_unknown(tmp_path):
-    from gapinit_ray.schedulers import MemberPlan, member_plan
-
-    assert member_plan(tmp_path / "missing.json", "a0") == MemberPlan("unknown")
-    (tmp_path / "bad.json").write_text("{not json")
-    assert member_plan(tmp_path / "bad.json", "a0") == MemberPlan("unknown")
-
-
-def test_in_trial_needs_a_state_path():
-    with pytest.raises(ValueError, match="state_path"):
-        sgasha(wait="in_trial")
-    with pytest.raises(ValueError, match="wait must be"):
-        sgasha(wait="sometimes")
-
-
-def test_a_member_holds_at_its_rung_only_while_every_other_member_still_to_report_is_running(tmp_path):
-    import json
-
-    from gapinit_ray.schedulers import HOLD, MemberPlan, group_on_its_way, may_hold, promoted_plan
-
-    path = tmp_path / "state.json"
-
-    def write(values: dict, decisions: dict | None = None, members=("a", "b", "c"), status=None) -> None:
-        status = status or {}
-        trials = {
-            t: {"group": "g", "status": status.get(t, "active"), "values": values.get(t, {})} for t in members
-        }
-        group = {"members": list(members), "decisions": decisions or {}, "stopped_at": None}
-        path.write_text(
-            json.dumps(
-                {
-                    "settings": {"milestones": [1.0, 2.0], "group_size": 3},
-                    "trials": trials,
-                    "groups": {"g": group},
-                }
-            )
-        )
-
-    write({"a": {"0": 0.5}})
-    assert group_on_its_way(path, "a", ["a", "b", "c"])
-    assert not group_on_its_way(path, "a", ["a", "b"])  # c is waiting for a slot: a must free its own
-    assert promoted_plan(path, "a", 1.0, hold=lambda: True) == HOLD
-    assert promoted_plan(path, "a", 1.0, hold=lambda: False) is None
-    assert promoted_plan(path, "a", 1.0) is None  # no way to tell: end the run, as before
-    # c holds a slot but its run is still starting: a holds for the grace period only, then ends
-    assert may_hold(path, "a", ["b"], ["c"], held_s=5.0, starting_grace_s=120.0)
-    assert not may_hold(path, "a", ["b"], ["c"], held_s=121.0, starting_grace_s=120.0)
-    assert may_hold(path, "a", ["b", "c"], [], held_s=1e6, starting_grace_s=120.0)  # running: no limit
-    assert not may_hold(path, "a", ["b"], [], held_s=0.0, starting_grace_s=120.0)  # c queued: never
-    # b already reported at the rung (its run ended or holds): only c must be running
-    write({"a": {"0": 0.5}, "b": {"0": 0.7}})
-    assert group_on_its_way(path, "a", ["c"])
-    # a member that errored is not waited for
-    write({"a": {"0": 0.5}}, status={"c": "errored"})
-    assert group_on_its_way(path, "a", ["b"])
-    # the group is not whole yet (c not created): the decision is not on its way
-    write({"a": {"0": 0.5}}, members=("a", "b"))
-    assert not group_on_its_way(path, "a", ["a", "b"])
-    # the rung that matters is the first undecided one
-    write({"a": {"0": 0.5, "1": 0.6}, "b": {"0": 0.7}, "c": {"0": 0.1}}, {"0": "CONTINUE"})
-    assert not group_on_its_way(path, "a", [])
-    assert group_on_its_way(path, "a", ["b", "c"])
-    # decided: promoted goes on, stopped ends; an unreadable state never holds
-    write({"a": {"0": 0.5}, "b": {"0": 0.7}, "c": {"0": 0.1}}, {"0": "CONTINUE"})
-    assert promoted_plan(path, "a", 1.0, hold=lambda: True) == MemberPlan("train", 1, 2.0)
-    write({"a": {"0": 0.5}, "b": {"0": 0.7}, "c": {"0": 0.1}}, {"0": "STOP"})
-    assert promoted_plan(path, "a", 1.0, hold=lambda: True) is None
-    assert not group_on_its_way(tmp_path / "missing.json", "a", ["b", "c"])

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from gapinit_ray.results import ResultsStore, aggregate
+from gapinit_ray.seedgroup.state import load_book, state_path
 
 from .conftest import share_caches
 from .test_sweep import _finish, _kill_tree, _run_cli, sweep_raw
@@ -34,10 +35,31 @@ def _raw(tmp_path: Path) -> dict:
 
 
 def _state(path: Path) -> dict | None:
+    """The rung state read through the state protocol (snapshot + complete log lines), as plain dicts:
+    trials (group, values per rung), groups (members, decisions per rung, stopped_at), rung means."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        loaded = load_book(path)
+    except (OSError, ValueError, KeyError, TypeError):
         return None
+    if loaded is None:
+        return None
+    book = loaded[0]
+    return {
+        "settings": {"milestones": list(book.milestones)},
+        "trials": {
+            t: {"group": m.group, "values": {str(r): v for r, v in m.values.items()}}
+            for t, m in book.members.items()
+        },
+        "groups": {
+            k: {
+                "members": list(g.members),
+                "decisions": {str(r): d for r, d in g.decisions.items()},
+                "stopped_at": g.stopped_at,
+            }
+            for k, g in book.groups.items()
+        },
+        "rungs": [dict(r) for r in book.rungs],
+    }
 
 
 def _holding(state: dict | None) -> list[tuple[str, int]]:
@@ -60,7 +82,7 @@ def test_seed_group_sweep_resumed_after_the_driver_is_killed_mid_rung(tmp_path) 
     spec_path.write_text(yaml.safe_dump(_raw(tmp_path)))
     share_caches(tmp_path / "store", "gaps", "features")  # calibrated and cached once per session
     sweep = tmp_path / "store" / NAME
-    state_file = sweep / "scheduler_state.json"
+    state_file = state_path(sweep)
     # 2 CPUs, 1-worker trials: the slots go to the first group's two members (the second group's wait),
     # and the first member at a rung holds its Train run there while its sibling trains. The driver is
     # killed while one holds at the second rung: the first rung's decision (promoted, the cutoff the

@@ -129,19 +129,17 @@ def test_tiny_sweep_never_splits_a_group_and_aggregates_match_raw_parquet(tmp_pa
     assert not metrics.duplicated(["trial_id", "epoch"]).any()
     # every group was decided at the first rung on both members' values, and a stopped group's
     # members trained nothing past the rung they were stopped at
-    state = json.loads((tmp_path / "store" / "tiny" / "scheduler_state.json").read_text())
-    assert len(state["groups"]) == 2
-    for group in state["groups"].values():
-        assert group["decisions"]["0"] in ("CONTINUE", "STOP")
-        assert all("0" in state["trials"][t]["values"] for t in group["members"])
-        if group["stopped_at"] is not None:
-            for t in group["members"]:
-                assert len(state["trials"][t]["values"]) == group["stopped_at"] + 1
-    stop_epochs = {
-        state["settings"]["milestones"][g["stopped_at"]]
-        for g in state["groups"].values()
-        if g["stopped_at"] is not None
-    }
+    from gapinit_ray.seedgroup.state import load_book, state_path
+
+    book, _ = load_book(state_path(tmp_path / "store" / "tiny"))
+    assert set(book.groups) == set(trials["group_id"])  # one group id: the scheduler's is the store's
+    for group in book.groups.values():
+        assert group.decisions[0] in ("CONTINUE", "STOP")
+        assert all(0 in book.members[t].values for t in group.members)
+        if group.stopped_at is not None:
+            for t in group.members:
+                assert len(book.members[t].values) == group.stopped_at + 1
+    stop_epochs = {book.milestones[g.stopped_at] for g in book.groups.values() if g.stopped_at is not None}
     stopped = trials[trials["status"] == "STOPPED"]
     assert set(stopped["last_epoch"]) <= stop_epochs
 

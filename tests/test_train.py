@@ -209,7 +209,9 @@ def test_a_member_held_at_its_rung_goes_on_in_the_same_run_with_a_restarts_resul
     """Seed-group rungs inside a Train run: a member whose sibling is training holds its run at the
     rung (neither ends nor goes on) until the group is decided, then goes on in the same run, with the
     numbers a restart from the rung's checkpoint gives."""
-    from gapinit_ray.slots import start_slots
+    from gapinit_ray.seedgroup.core import RungBook, Schedule
+    from gapinit_ray.seedgroup.slots import start_slots
+    from gapinit_ray.seedgroup.state import StateWriter, state_path
     from gapinit_ray.trial import sweep_dir
 
     ray = ray_local
@@ -241,18 +243,15 @@ def test_a_member_held_at_its_rung_goes_on_in_the_same_run_with_a_restarts_resul
     for name, faults in (("promoted", []), ("killed-while-held", ["hold"])):
         held = spec.model_copy(update={"name": name})
         held.resources.max_failures = 0
-        state = tmp_path / f"{name}_scheduler_state.json"
-
-        def write(decisions: dict, recorded: bool, state=state) -> None:
-            trials = {
-                "T1": {"group": "g", "status": "active", "values": {"0": 0.1} if recorded else {}},
-                "T2": {"group": "g", "status": "active", "values": {}},
-            }
-            group = {"members": ["T1", "T2"], "decisions": decisions, "stopped_at": None}
-            settings = {"milestones": [1.0], "group_size": 2}
-            state.write_text(json.dumps({"settings": settings, "trials": trials, "groups": {"g": group}}))
-
-        write({}, recorded=False)
+        # this test plays the scheduler: the one state writer, over a book of the group T1, T2
+        state = state_path(tmp_path / name)
+        writer = StateWriter(state)
+        schedule = Schedule(max_t=2, grace_period=1, reduction_factor=2, metric="m", mode="max", group_size=2)
+        book = RungBook(schedule, sink=writer.append)
+        writer.start(book)
+        book.add("T1", "g")
+        book.add("T2", "g")
+        writer.flush(book)
         log = EpochLog(str(tmp_path / f"{name}_epochs.log"))
         trainer = build_trainer(
             held,
@@ -272,14 +271,16 @@ def test_a_member_held_at_its_rung_goes_on_in_the_same_run_with_a_restarts_resul
         while log.epochs() != [0, 1] and time.time() < deadline:
             time.sleep(0.2)
         assert log.epochs() == [0, 1]
-        write({}, recorded=True)  # the scheduler recorded T1 at the rung; T2 has yet to report
+        book.report("T1", 1, 0.1)  # the scheduler recorded T1 at the rung; T2 has yet to report
+        writer.flush(book)
         out_dir = str(sweep_dir(held) / "captions" / tid)
         deadline = time.time() + 120
         while faults and len(runs(held)) < 2 and time.time() < deadline:  # killed, restarted
             time.sleep(0.2)
         time.sleep(8)
         assert thread.is_alive() and log.epochs() == [0, 1]  # holding: neither ended nor went on
-        write({"0": "CONTINUE"}, recorded=True)  # T2 reported; the group is promoted
+        assert book.report("T2", 1, 0.2) == "CONTINUE"  # T2 reported; the group is promoted
+        writer.flush(book)
         thread.join(timeout=300)
         assert box["r"].error is None
         continued = _reports(box["r"])

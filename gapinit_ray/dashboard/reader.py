@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from gapinit_ray.names import SCHEDULER_STATE_FILE, SPEC_FILE
+from gapinit_ray.names import SPEC_FILE
 from gapinit_ray.results._fs import is_ignored, resolve
 from gapinit_ray.results.store import (
     COMPACTED,
@@ -41,8 +41,9 @@ from gapinit_ray.results.store import (
     TRIAL_BASE_SCHEMA,
     ResultsStore,
 )
+from gapinit_ray.seedgroup.state import LOG_FILE as SCHEDULER_LOG
+from gapinit_ray.seedgroup.state import STATE_FILE as SCHEDULER_STATE
 
-SCHEDULER_STATE = SCHEDULER_STATE_FILE
 Identity = tuple[int, int, int]  # (inode, mtime_ns, size), as ResultsStore._identities on a local disk
 
 
@@ -163,7 +164,7 @@ class SweepReader:
                 pafs.FileSelector(self.dir, recursive=True, allow_not_found=True)
             )
             for i in sorted(infos, key=lambda i: i.path):
-                if "/results/" in i.path or i.path.endswith((SPEC_FILE, SCHEDULER_STATE)):
+                if "/results/" in i.path or i.path.endswith((SPEC_FILE, SCHEDULER_STATE, SCHEDULER_LOG)):
                     h.update(f"{i.path}\0{i.mtime_ns}\0{i.size}\n".encode())
             return h.hexdigest()
         for path in (self.store.metrics_dir, self.store.trials_dir):
@@ -171,7 +172,7 @@ class SweepReader:
             h.update(repr(st).encode())
             if st is not None and _recent(st[1]):
                 h.update(repr(sorted(_listing(path).items())).encode())
-        for name in (SPEC_FILE, SCHEDULER_STATE):
+        for name in (SPEC_FILE, SCHEDULER_STATE, SCHEDULER_LOG):
             h.update(repr(_stat(f"{self.dir}/{name}")).encode())
         h.update(repr(_stat(self.store.sweep_path)).encode())
         for name, mtime in sorted(self._dir_mtimes().items()):
@@ -340,7 +341,7 @@ class SweepReader:
             return table
 
     # ---------------------------------------------------------------------------- JSON files
-    def _json_file(self, name: str) -> Any:
+    def _json_file(self, name: str, parse: Any = None) -> Any:
         path = f"{self.dir}/{name}"
         with self._lock:
             if self.loc.local:
@@ -355,7 +356,7 @@ class SweepReader:
             if ident is not None:
                 try:
                     with self.loc.fs.open_input_file(path) as f:
-                        value = json.loads(f.read().decode())
+                        value = (parse or (lambda b: json.loads(b.decode())))(f.read())
                 except (OSError, ValueError):
                     value = None  # a half-visible file on a store without rename: next tick
             self._json[name] = (ident, value)
@@ -368,6 +369,10 @@ class SweepReader:
     def scheduler_state(self) -> dict[str, Any] | None:
         """Seed-group ASHA's saved rung state (``scheduler_state.json``), or None (other schedulers)."""
         return self._json_file(SCHEDULER_STATE)
+
+    def scheduler_log(self) -> bytes:
+        """Seed-group ASHA's event log since its snapshots (``scheduler_state.jsonl``), or empty."""
+        return self._json_file(SCHEDULER_LOG, parse=bytes) or b""
 
 
 def dir_trial_id(name: str) -> str:

@@ -254,7 +254,7 @@ class Views:
                 "why": "no scheduler_state.json (the sweep's scheduler is not seed-group ASHA, or no rung yet)",
             }
         try:
-            snapshot = _rung_state(state)
+            snapshot = _rung_state(state, self.reader.scheduler_log())
         except (ValueError, KeyError, TypeError) as e:
             return {"available": False, "why": f"scheduler_state.json could not be read: {e}"}
         settings = state.get("settings") or {}
@@ -489,16 +489,17 @@ def _group_label(key: str) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items())
 
 
-def _rung_state(state: dict[str, Any]) -> dict[str, Any]:
-    """:meth:`SeedGroupASHA.rung_state` of a saved state: the scheduler is rebuilt from the state's
-    own settings with no state path, so nothing is ever written back."""
-    from gapinit_ray.schedulers import SeedGroupASHA
+def _rung_state(state: dict[str, Any], log: bytes = b"") -> dict[str, Any]:
+    """The rung state (:meth:`RungBook.rung_state`) of a saved snapshot and its log, with the group ids
+    replaced by their readable configs; nothing is ever written back."""
+    from gapinit_ray.seedgroup.state import rung_state_of
 
-    s = dict(state.get("settings") or {})
-    s.pop("milestones", None)
-    sched = SeedGroupASHA(**s)
-    sched.load_state_dict(state)
-    return sched.rung_state()
+    rs = rung_state_of(json.dumps(state), log)
+    labels = rs.pop("labels")
+    rs["groups"] = {labels.get(k, k): g for k, g in rs["groups"].items()}
+    for info in rs["rungs"].values():
+        info["group_means"] = {labels.get(k, k): v for k, v in info["group_means"].items()}
+    return rs
 
 
 def check_at(at: str) -> str:

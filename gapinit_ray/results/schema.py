@@ -41,7 +41,6 @@ the reported one is stored as ``lr_now``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import numbers
@@ -53,6 +52,7 @@ import pyarrow.dataset as ds
 
 from gapinit_ray.names import CAPTION_METRICS, val_metric
 from gapinit_ray.results._fs import ResultsError
+from gapinit_ray.seedgroup.ids import group_id, plain
 
 METRICS = (
     "train_loss",
@@ -146,30 +146,10 @@ def column_axis(column: str) -> str:
     return column.removeprefix("ax_").replace("__", ".")
 
 
-def plain(value: Any) -> Any:
-    """numpy / other scalars -> Python ones, recursively, so hashes and JSON are the same everywhere."""
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    if isinstance(value, bool | str | int | float) or value is None:
-        return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value)
-    item = getattr(value, "item", None)  # 0-d numpy / torch values
-    return plain(item()) if callable(item) else str(value)
-
-
 def group_key(config: Mapping[str, Any], seed_key: str = "seed") -> str:
-    """Stable id of a configuration's seed group: a hash of the config minus its seed.
-
-    Every process (trainer, scheduler, reader) must get the same id for the same config, so it is a
-    SHA-1 of canonical JSON (sorted keys, numpy scalars as Python ones), never Python's ``hash``."""
-    rest = {k: v for k, v in plain(dict(config)).items() if k != seed_key}
-    body = json.dumps(rest, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha1(body.encode()).hexdigest()[:16]
+    """Stable id of a configuration's seed group: :func:`gapinit_ray.seedgroup.ids.group_id`, the one
+    definition every process (trainer, scheduler, slots, reader, trackers) uses."""
+    return group_id(config, seed_key)
 
 
 def typed(field: str, value: Any, type_: pa.DataType) -> pa.Scalar:

@@ -2,7 +2,7 @@
 
 With seed-group ASHA, members that reach a rung wait there (inside their trainable, holding no CPU/GPU)
 until the rest of their group gets there, so Tune keeps ``slots x group size`` trials alive
-(:func:`gapinit_ray.sweep._max_concurrent`). Without a gate every live trial would start its
+(``gapinit_ray.sweep._max_concurrent``). Without a gate every live trial would start its
 TorchTrainer at once: a Train controller, its placement-group cleaner, its report queue, all importing
 torch, for a worker group that then waits for CPUs another trial holds. On a small machine those idle
 runs cost more memory than the training itself and their start-ups steal the CPUs the training needs.
@@ -16,14 +16,18 @@ one for the duration of each TorchTrainer run (:func:`train_slot`). Waiting requ
    group training at once can hold at its rungs);
 3. then in order of request.
 
-A trial that dies holding a permit gets it taken back by the sweep driver (``release`` on the trial's
-error or completion), so a crashed trainable never leaks a slot.
+A trial that dies holding a permit gets it taken back by the sweep driver (:func:`release_slot` on the
+trial's error or completion), so a crashed trainable never leaks a slot.
+
+The actor is named after the sweep (:func:`slots_name`) and found by that name through
+:func:`slots_actor` only; the trial side passes the name around (it is what a Train worker's context
+can carry).
 
 The actor also tells which trials are training now and which are still starting
 (:meth:`TrainSlots.holders`, by Tune trial id: they hold a permit, and their Train run has its
 workers or not yet, as :meth:`TrainSlots.started` told it): a member at a rung whose group's other
 members are all on their way there keeps its run (and its slot) instead of ending it (see
-:func:`gapinit_ray.schedulers.may_hold`). A holder whose run has not started counts only for a
+:meth:`gapinit_ray.seedgroup.trial_side.RungGate.may_hold`). A holder whose run has not started counts only for a
 limited time: it may be waiting for CPUs/GPUs that the members holding at the rung would never free.
 """
 
@@ -33,6 +37,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import os
 from collections.abc import Iterator
 
 import ray
@@ -127,10 +132,45 @@ class TrainSlots:
             fut.set_result(None)
 
 
+def slots_name(sweep_root: str | os.PathLike[str]) -> str:
+    """The slot actor's name for the sweep at ``sweep_root`` (one actor per sweep)."""
+    return f"gapinit-slots:{os.fspath(sweep_root)}"
+
+
+def slots_actor(name: str):
+    """The sweep's slot actor by its :func:`slots_name`; ValueError when it is gone (the sweep ended)."""
+    return ray.get_actor(name)
+
+
 def start_slots(name: str, slots: int, expect: int = 0):
     """The sweep's slot actor (named, in the driver's namespace; it ends with the driver). ``expect``:
     how many trials start at once (their requests are served together, see ``TrainSlots``)."""
     return TrainSlots.options(name=name, get_if_exists=True).remote(slots, expect)
+
+
+def release_slot(name: str | None, trial_id: str) -> None:
+    """Give back what ``trial_id`` holds (the driver, when a trial ends or dies); no actor: nothing."""
+    if name is not None:
+        with contextlib.suppress(ValueError):
+            slots_actor(name).release.remote(trial_id)
+
+
+def tell_started(name: str | None, tune_id: str | None) -> None:
+    """The Train run of the member with Tune id ``tune_id`` has its workers (see ``TrainSlots.started``)."""
+    if name is not None and tune_id is not None:
+        with contextlib.suppress(ValueError):  # no slot actor (the sweep is ending): nobody holds
+            slots_actor(name).started.remote(tune_id)
+
+
+def slot_holders(name: str | None, timeout_s: float = 30) -> tuple[list[str], list[str]] | None:
+    """(training, starting) Tune ids of the slot holders, or None when the actor cannot tell (gone or
+    busy: a member then ends its run at the rung, as without holding)."""
+    if name is None:
+        return None
+    try:
+        return ray.get(slots_actor(name).holders.remote(), timeout=timeout_s)
+    except Exception:
+        return None
 
 
 @contextlib.contextmanager
@@ -146,7 +186,7 @@ def train_slot(
     if name is None:
         yield
         return
-    gate = ray.get_actor(name)
+    gate = slots_actor(name)
     ray.get(gate.acquire.remote(trial_id, group, continuing, tune_id, group_rank))
     try:
         yield

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from gapinit_ray.slots import start_slots, train_slot
+from gapinit_ray.seedgroup.slots import start_slots, train_slot
 
 
 def _granted(ref, timeout: float = 0.5) -> bool:
@@ -57,7 +57,7 @@ def test_the_trials_starting_together_are_served_by_group_rank_not_by_arrival(ra
     ray.kill(gate)
 
     # fewer trials than expected (e.g. one failed before asking): the window ends after window_s
-    from gapinit_ray.slots import TrainSlots
+    from gapinit_ray.seedgroup.slots import TrainSlots
 
     late = TrainSlots.options(name="test-slots-window").remote(1, 5, 1.0)
     ref = late.acquire.remote("x", "G", False)
