@@ -6,7 +6,7 @@ A trial is a point of the spec's search space: its *params* (axis -> value, e.g.
 
 The same params are the Tune config of the trial (:func:`param_space` / :func:`params_of` translate
 between them), name its results (:func:`trial_id`) and its seed group (the config minus its seed,
-:func:`gapinit_ray.results.store.group_key`).
+:func:`gapinit_ray.seedgroup.ids.group_id`).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class PlannedTrial:
     spec: SweepSpec  # the sweep's base values with ``params`` applied (search space emptied)
     backbone: BackboneSpec  # the backbone this trial trains
     trial_id: str  # :func:`trial_id` of ``params``: the results store's and Ray Train's run name
-    group_id: str  # its seed group: :func:`~gapinit_ray.results.store.group_key` of ``config``
+    group_id: str  # its seed group: :func:`~gapinit_ray.seedgroup.ids.group_id` of ``config``
     seed: int
     config: dict[str, Any]  # ``params`` plus the standard result columns (see :func:`result_config`)
 
@@ -100,14 +100,14 @@ def plan_trial(spec: SweepSpec, params: dict[str, Any]) -> PlannedTrial:
         return hit
     tspec, bspec = _validate_trial(spec, params)
     config = {"backbone": bspec.key, "lora.rank": tspec.lora.rank, "train.lr": tspec.train.lr, **params}
-    from gapinit_ray.results.store import group_key
+    from gapinit_ray.seedgroup.ids import group_id
 
     planned = PlannedTrial(
         params=dict(params),
         spec=tspec,
         backbone=bspec,
         trial_id=trial_id(params),
-        group_id=group_key(config),
+        group_id=group_id(config),
         seed=tspec.seed,
         config=config,
     )

@@ -9,7 +9,7 @@ directory, so its mtime moves on every report) and a read of the new report file
 sweep is served from ``metrics/_sweep.parquet`` for every trial directory its manifest still matches,
 exactly as :meth:`ResultsStore.metrics` does; a directory that changed since is read from its files,
 and within a directory the row with the latest ``timestamp`` wins (on a tie the per-epoch file's), so
-the rows equal :meth:`ResultsStore.metrics`'s (``tests/test_dashboard.py`` checks it).
+the rows equal :meth:`ResultsStore.metrics`'s (``tests/dashboard/test_dashboard.py`` checks it).
 
 Remote storage (``s3://`` ...): one recursive listing per tick is the version; when it changed, the
 store's own :meth:`ResultsStore.metrics` / :meth:`ResultsStore.trials` are re-run (no per-file cache).

@@ -312,7 +312,7 @@ class Trackers:
         import json
 
         from gapinit_ray.results import ResultsStore
-        from gapinit_ray.results.store import group_key
+        from gapinit_ray.seedgroup.ids import group_id
 
         store = ResultsStore(self.spec.storage, self.spec.name)
         trials, metrics = store.trials().to_pylist(), store.metrics().to_pylist()
@@ -328,7 +328,7 @@ class Trackers:
             sent = self._reported.get(tid, set())
             for row in sorted(by_trial.get(tid, []), key=lambda r: float(r.get("epoch") or 0.0)):
                 if epoch_key(float(row.get("epoch") or 0.0)) not in sent:
-                    self.result(tid, group_key(params), params, row)
+                    self.result(tid, group_id(params), params, row)
             if tid not in self._ended and t.get("status") in ("TERMINATED", "STOPPED", "ERROR"):
                 self.end(tid, t["status"], text(t.get("stop_reason")), text(t.get("checkpoint_path")))
 

@@ -27,7 +27,7 @@ from gapinit_ray.results import (
 )
 from gapinit_ray.results.compare import NOT_ENOUGH, compare_values, verdict
 
-from .conftest import QUICKSTART
+from ..conftest import QUICKSTART
 
 # hand-made: a seed effect shared by both arms (large) plus a small per-arm difference
 X = {42: 141.2, 123: 137.9, 2024: 143.5, 999: 139.0, 7: 140.4}

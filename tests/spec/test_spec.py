@@ -12,8 +12,8 @@ from gapinit_ray import spec as S
 from gapinit_ray.errors import SpecError
 from gapinit_ray.spec import apply_overrides, grid_size, load_spec, spec_from_dict
 
-SWEEPS = sorted((Path(__file__).parents[1] / "sweeps").glob("*.yaml"))
-QUICKSTART = Path(__file__).parents[1] / "sweeps" / "quickstart.yaml"
+SWEEPS = sorted((Path(__file__).parents[2] / "sweeps").glob("*.yaml"))
+QUICKSTART = Path(__file__).parents[2] / "sweeps" / "quickstart.yaml"
 
 
 def quickstart_raw() -> dict:
@@ -54,7 +54,7 @@ def test_paper_defaults() -> None:
 
 
 def test_table2_cases_cross_the_seed_grid() -> None:
-    spec = load_spec(Path(__file__).parents[1] / "sweeps" / "table2_5_init_layers.yaml")
+    spec = load_spec(Path(__file__).parents[2] / "sweeps" / "table2_5_init_layers.yaml")
     assert len(spec.search.cases) == 7
     assert grid_size(spec) == 7
 

@@ -18,8 +18,8 @@ import yaml
 from gapinit_ray.results import ResultsStore, aggregate
 from gapinit_ray.seedgroup.state import load_book, state_path
 
-from .conftest import share_caches
-from .test_sweep import _finish, _kill_tree, _run_cli, sweep_raw
+from ..conftest import share_caches
+from ..test_sweep import _finish, _kill_tree, _run_cli, sweep_raw
 
 NAME = "sg_resume"
 

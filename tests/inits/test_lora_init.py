@@ -39,7 +39,7 @@ from gapinit_ray.spec import InitOptions, LayerSelectionSpec, LoraSpec
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
 BACKBONES = ("tiny-blip2", "tiny-qwen2-vl", "tiny-gemma3")
-#: the inits added as sweep arms by issue 24 (MiCA, orthogonal, EVA, CorDA, LoRA-GA) are tested in test_init_zoo.py
+#: the inits added as sweep arms by issue 24 (MiCA, orthogonal, EVA, CorDA, LoRA-GA) are tested in inits/test_init_zoo.py
 ZOO = ("mica", "orthogonal", "eva", "corda", "lora_ga")
 METHODS = tuple(m for m in INIT_METHODS if m not in ZOO)
 #: methods whose adapters do not depend on the seed: exact SVD / QR of W₀
@@ -454,7 +454,7 @@ def test_spec_models_still_validate():
         "noise_eps",
         "space",
         "norm",
-        "eva_rho",  # the zoo's peft options (test_init_zoo.py)
+        "eva_rho",  # the zoo's peft options (inits/test_init_zoo.py)
         "corda_method",
         "loraga_direction",
         "loraga_scale",
@@ -471,7 +471,7 @@ def test_layer_space_is_the_papers_hidden_state_gap_with_the_module_gap_for_fc1(
     the decoder layers, one sample at a time) and compared with B[:, 0] of every adapted module: q, k, v,
     out_proj and fc2 (d_out = d_model) get the layer gap; fc1 (d_out = ffn dim) gets its own output gap,
     and the init report says which each got."""
-    from .test_calibrate import TEXT_ONLY, _hidden_states
+    from ..test_calibrate import TEXT_ONLY, _hidden_states
 
     art = artifacts("tiny-blip2")
     _, pm, report = build("tiny-blip2", art, init="gap", init_options={"gap_source": "mean"})

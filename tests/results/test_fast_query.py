@@ -1,5 +1,5 @@
 """Fast queries: the vectorized aggregate against the row-by-row one it replaced, on the fixtures of
-tests/test_results.py and tests/test_results_compaction.py and on hand-made tables (duplicates, NaN,
+tests/results/test_store.py and tests/results/test_compaction.py and on hand-made tables (duplicates, NaN,
 no timestamps, trials without reports)."""
 
 from __future__ import annotations
@@ -34,8 +34,7 @@ from gapinit_ray.results.aggregate import (
     select,
 )
 from gapinit_ray.results.store import COMPACTED, MANIFEST_KEY, SWEEP_FILE, _serialize
-from tests.test_results import sweep  # noqa: F401  (fixture)
-from tests.test_results_compaction import (  # noqa: F401  (store: fixture)
+from tests.results.test_compaction import (  # noqa: F401  (store: fixture)
     EPOCHS,
     RUNNING,
     _cider,
@@ -44,6 +43,7 @@ from tests.test_results_compaction import (  # noqa: F401  (store: fixture)
     _tid,
     store,
 )
+from tests.results.test_store import sweep  # noqa: F401  (fixture)
 
 
 def _reference_select(metrics, by, metric, at, mode, trials):

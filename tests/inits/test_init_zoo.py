@@ -21,7 +21,7 @@ from gapinit_ray.init_stats import compute_stats, eva_components, reduce_stats
 from gapinit_ray.lora_init import LoraInitError, apply_lora, get_init_method, init_checks, lora_modules
 from gapinit_ray.spec import LoraSpec, spec_from_dict
 
-from .conftest import QUICKSTART, ROOT
+from ..conftest import QUICKSTART, ROOT
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 

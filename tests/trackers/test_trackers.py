@@ -17,8 +17,8 @@ from gapinit_ray.spec import spec_from_dict
 from gapinit_ray.trackers import Trackers, run_id_of
 from gapinit_ray.trackers.backends import wandb_history, wandb_records
 
-from .conftest import ROOT, share_caches
-from .test_sweep import sweep_raw
+from ..conftest import ROOT, share_caches
+from ..test_sweep import sweep_raw
 
 TRIALS = {  # trial id -> (group, config)
     "init=gap,seed=1_aa": ("g1", {"init": "gap", "seed": 1, "lora.rank": 1}),
@@ -198,7 +198,7 @@ def test_a_killed_and_resumed_sweep_with_all_three_trackers_logs_what_the_store_
 
     import psutil
 
-    from .test_sweep import _finish, _kill_tree, _run_cli
+    from ..test_sweep import _finish, _kill_tree, _run_cli
 
     raw = sweep_raw(tmp_path, name="tracked")
     share_caches(raw["storage"], "gaps", "features")  # calibrated and cached once per session

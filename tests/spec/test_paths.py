@@ -11,7 +11,7 @@ import pytest
 from gapinit_ray.cluster import ClusterError, check_submittable
 from gapinit_ray.spec import absolute_paths, load_spec, relative_paths
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 QUICKSTART = ROOT / "sweeps" / "quickstart.yaml"
 
 SPEC = """
