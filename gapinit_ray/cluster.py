@@ -221,14 +221,15 @@ def _loopback_only() -> Iterator[None]:
     127.0.0.1 and they listen there. Both the variable (for processes Ray starts) and Ray's parsed
     constant (Ray may be imported already) are set, and restored afterwards: a later connection to a
     real cluster must report this machine's real address."""
-    from ray._private import ray_constants
+    from gapinit_ray.ray_private import set_cluster_switch
 
-    saved_env, saved = os.environ.get(LOCAL_ONLY_ENV), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[LOCAL_ONLY_ENV], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    saved_env = os.environ.get(LOCAL_ONLY_ENV)
+    os.environ[LOCAL_ONLY_ENV] = "0"
+    saved = set_cluster_switch(False)
     try:
         yield
     finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved
+        set_cluster_switch(saved)
         if saved_env is None:
             os.environ.pop(LOCAL_ONLY_ENV, None)
         else:

@@ -121,6 +121,7 @@ def build_trainer(
     from ray.train.torch import TorchConfig
 
     from gapinit_ray.faults import from_env
+    from gapinit_ray.ray_private import lean_torch_trainer
     from gapinit_ray.train import TrialContext, train_loop_per_worker
 
     tspec, bspec = trial_spec(spec, params)
@@ -153,7 +154,7 @@ def build_trainer(
     r = spec.resources
     use_gpu = r.gpus_per_worker > 0
     resources = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if use_gpu else {})}
-    return _lean_torch_trainer()(
+    return lean_torch_trainer()(
         train_loop_per_worker,
         train_loop_config={"ctx": asdict(ctx)},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -169,25 +170,6 @@ def build_trainer(
             worker_runtime_env={"env_vars": _worker_env(use_gpu)},
         ),
     )
-
-
-def _lean_torch_trainer():
-    """TorchTrainer that starts no Ray Data dataset-manager actor for a run without datasets.
-
-    Ray Train 2.60 starts one per run whatever the run reads; trials read their own files, so it would
-    be a process (and its start-up) per Train run -- per rung segment with seed groups -- for nothing.
-    """
-    from ray.train.torch import TorchTrainer
-    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
-
-    class LeanTorchTrainer(TorchTrainer):
-        def _create_default_callbacks(self):
-            callbacks = super()._create_default_callbacks()
-            if self.datasets:
-                return callbacks
-            return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
-
-    return LeanTorchTrainer
 
 
 def _worker_env(use_gpu: bool) -> dict[str, str]:
