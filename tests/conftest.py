@@ -54,7 +54,11 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        # address="local": our own instance, even while a `ray start` cluster (another test's, another
+        # user's) runs on this machine; a plain ray.init() would join that one
+        ray.init(
+            address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False
+        )
     yield ray
     ray.shutdown()
 
