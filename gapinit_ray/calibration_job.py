@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,31 @@ def worker_backbone(bspec_dict: dict, path: str | None = None) -> Any:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return load_backbone_for(BackboneSpec.model_validate(bspec_dict), device=device, path=path)
+
+
+def run_backbone_shards(
+    bspec: Any,
+    backbone_path: str | None,
+    run_shard: Callable[[Any, Any], Any],
+    payloads: Sequence[Any],
+    *,
+    use_ray: bool,
+    num_workers: int,
+    num_cpus: float,
+    num_gpus: float,
+    describe: Callable[[int], str],
+) -> Iterator[tuple[int, Any]]:
+    """Yield ``(shard index, result)`` of ``run_shard`` over ``payloads``, each worker holding the frozen
+    backbone of ``bspec`` (:func:`worker_backbone`): a pool of ``num_workers`` Ray actors (a dying one is
+    replaced and its shard retried once) when ``use_ray``, else this process in shard order. Calibration,
+    the feature cache and the init statistics all run this way."""
+    state_kwargs = {"bspec_dict": bspec.model_dump(), "path": backbone_path}
+    if not use_ray:
+        return run_local(worker_backbone, run_shard, payloads, state_kwargs)
+    opts = WorkerOptions(
+        num_workers=num_workers, num_cpus=num_cpus, num_gpus=num_gpus and 1.0, max_attempts=2
+    )
+    return run_on_ray(worker_backbone, run_shard, payloads, opts, state_kwargs, describe)
 
 
 @dataclass
@@ -191,23 +217,23 @@ def run_calibration(
         lo += s
     bar = _progress_bar(len(items), f"calibrating {bspec.key}") if progress else None
     results: dict[int, PooledShard] = {}
-    state_kwargs = {"bspec_dict": bspec.model_dump(), "path": backbone_path}
-    if use_ray:
-        opts = WorkerOptions(
-            num_workers=n_workers,
-            num_cpus=cpus_per_worker or spec.resources.cpus_per_worker,
-            num_gpus=spec.resources.gpus_per_worker and 1.0,
-            max_attempts=2,
-        )
 
-        def describe(i: int) -> str:
-            shard_ids = [x[0] for x in payloads[i].items]
-            shown = ", ".join(shard_ids[:8]) + (f" … (+{len(shard_ids) - 8})" if len(shard_ids) > 8 else "")
-            return f"calibration shard {i} (samples {shown})"
+    def describe(i: int) -> str:
+        shard_ids = [x[0] for x in payloads[i].items]
+        shown = ", ".join(shard_ids[:8]) + (f" … (+{len(shard_ids) - 8})" if len(shard_ids) > 8 else "")
+        return f"calibration shard {i} (samples {shown})"
 
-        stream = run_on_ray(worker_backbone, _run_shard, payloads, opts, state_kwargs, describe)
-    else:
-        stream = run_local(worker_backbone, _run_shard, payloads, state_kwargs)
+    stream = run_backbone_shards(
+        bspec,
+        backbone_path,
+        _run_shard,
+        payloads,
+        use_ray=use_ray,
+        num_workers=n_workers,
+        num_cpus=cpus_per_worker or spec.resources.cpus_per_worker,
+        num_gpus=spec.resources.gpus_per_worker,
+        describe=describe,
+    )
     for i, shard in stream:
         results[i] = shard
         if bar:

@@ -273,8 +273,7 @@ def build_feature_cache(
     backbone each, a lost actor's shard retried) or in-process; every finished shard is written at once,
     so an interrupted build keeps what it finished.
     """
-    from gapinit_ray.calibration_job import backbone_source_id, shard_sizes, worker_backbone
-    from gapinit_ray.sharding import WorkerOptions, run_local, run_on_ray
+    from gapinit_ray.calibration_job import backbone_source_id, run_backbone_shards, shard_sizes
 
     started = time.perf_counter()
     root = features_root(storage) / model_key(
@@ -299,24 +298,17 @@ def build_feature_cache(
         for s in shard_sizes(len(todo), n):
             payloads.append(FeaturePayload(todo[lo : lo + s], batch_size))
             lo += s
-        state_kwargs = {"bspec_dict": bspec.model_dump(), "path": backbone_path}
-        if use_ray:
-            opts = WorkerOptions(
-                num_workers=workers,
-                num_cpus=cpus_per_worker,
-                num_gpus=gpus_per_worker and 1.0,
-                max_attempts=2,
-            )
-            stream = run_on_ray(
-                worker_backbone,
-                _run_feature_shard,
-                payloads,
-                opts,
-                state_kwargs,
-                lambda i: f"feature shard {i} (images {payloads[i].items[0][1]} …)",
-            )
-        else:
-            stream = run_local(worker_backbone, _run_feature_shard, payloads, state_kwargs)
+        stream = run_backbone_shards(
+            bspec,
+            backbone_path,
+            _run_feature_shard,
+            payloads,
+            use_ray=use_ray,
+            num_workers=workers,
+            num_cpus=cpus_per_worker,
+            num_gpus=gpus_per_worker,
+            describe=lambda i: f"feature shard {i} (images {payloads[i].items[0][1]} …)",
+        )
         for _, out in stream:
             write_shard(root, out["digests"], out["features"], out["extras"])
     return BuildReport(str(root), len(wanted), len(todo), time.perf_counter() - started)

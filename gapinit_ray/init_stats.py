@@ -277,11 +277,10 @@ def ensure_init_stats(
 
     Returns ``(kinds computed now, kinds found cached)``. Runs on Ray actors when Ray is up (``use_ray``
     None), with the calibration's workers and batch size, else in this process."""
-    from gapinit_ray.calibration_job import shard_sizes, worker_backbone
+    from gapinit_ray.calibration_job import run_backbone_shards, shard_sizes
     from gapinit_ray.data.resolve import calibration_pairs
     from gapinit_ray.gap import GapArtifact
     from gapinit_ray.raycompat import ray_initialized
-    from gapinit_ray.sharding import WorkerOptions, run_local, run_on_ray
 
     kinds = kinds_for(inits)
     todo = [k for k in kinds if not stats_path(artifact_dir, k).exists()]
@@ -301,24 +300,17 @@ def ensure_init_stats(
     for s in shard_sizes(len(items), n_workers):
         payloads.append(StatsPayload(items[lo : lo + s], targets, todo, cal.batch_size, prompt))
         lo += s
-    state_kwargs = {"bspec_dict": bspec.model_dump(), "path": backbone_path}
-    if use_ray:
-        opts = WorkerOptions(
-            num_workers=n_workers,
-            num_cpus=spec.resources.cpus_per_worker,
-            num_gpus=spec.resources.gpus_per_worker and 1.0,
-            max_attempts=2,
-        )
-        stream = run_on_ray(
-            worker_backbone,
-            _run_stats_shard,
-            payloads,
-            opts,
-            state_kwargs,
-            lambda i: f"init-statistics shard {i}",
-        )
-    else:
-        stream = run_local(worker_backbone, _run_stats_shard, payloads, state_kwargs)
+    stream = run_backbone_shards(
+        bspec,
+        backbone_path,
+        _run_stats_shard,
+        payloads,
+        use_ray=use_ray,
+        num_workers=n_workers,
+        num_cpus=spec.resources.cpus_per_worker,
+        num_gpus=spec.resources.gpus_per_worker,
+        describe=lambda i: f"init-statistics shard {i}",
+    )
     total = reduce_stats([part for _, part in stream])
     for kind in todo:
         keys = ("grad", "batches") if kind == "grads" else ("xtx", "xsum", "n", "cov", "samples")

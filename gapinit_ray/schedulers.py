@@ -47,27 +47,18 @@ def make_scheduler(
     Schedule(max_t, grace_period, reduction_factor, time_attr, metric, mode)
     if kind == FIFO:
         return FIFOScheduler()
-    if kind == ASHA:
-        return AsyncHyperBandScheduler(
-            time_attr=time_attr,
-            metric=metric,
-            mode=mode,
-            max_t=max_t,
-            grace_period=grace_period,
-            reduction_factor=reduction_factor,
-            brackets=1,
-        )
-    from gapinit_ray.seedgroup.tune import SeedGroupASHA
-
-    return SeedGroupASHA(
+    schedule = dict(
         time_attr=time_attr,
         metric=metric,
         mode=mode,
         max_t=max_t,
         grace_period=grace_period,
         reduction_factor=reduction_factor,
-        group_size=group_size,
-        seed_key=seed_key,
-        state_path=state_path,
-        group_of=group_of,
+    )
+    if kind == ASHA:
+        return AsyncHyperBandScheduler(**schedule, brackets=1)
+    from gapinit_ray.seedgroup.tune import SeedGroupASHA
+
+    return SeedGroupASHA(
+        **schedule, group_size=group_size, seed_key=seed_key, state_path=state_path, group_of=group_of
     )

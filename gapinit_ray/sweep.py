@@ -17,355 +17,46 @@ Storage layout under ``<storage>/<sweep name>/`` (stable; documented in the READ
 ``captions/<trial>/epoch_N/captions.json``, ``scheduler_state.json`` + ``.jsonl`` (seed-group rungs,
 :mod:`gapinit_ray.seedgroup.state`); shared caches in
 ``<storage>/_cache/`` (synthetic data, pretrained tiny backbones, GapArtifacts).
+
+This module is the driver (:func:`prepare`, :func:`run_sweep`, :func:`preflight`); the trial side (the
+trainable and its results callback) is :mod:`gapinit_ray.sweep_trainable`, the Tune callback and the
+failed-trial reporting :mod:`gapinit_ray.sweep_callback`. Their names stay importable from here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import sys
-from collections import Counter
 from pathlib import Path
-from typing import Any
 
 from gapinit_ray.atomic import write_atomic
 from gapinit_ray.errors import GapinitError
 from gapinit_ray.names import FIFO, SEED_GROUP_ASHA, SPEC_FILE
-from gapinit_ray.plan import (
-    SEED_KEY,
-    grid_points,
-    param_space,
-    params_of,
-    result_config,
-    trial_id,
-    trial_spec,
-)
-from gapinit_ray.progress import ProgressView, SweepStatus, rung_summary
-from gapinit_ray.seedgroup.ids import group_id
+from gapinit_ray.plan import SEED_KEY, grid_points, param_space, trial_spec
 from gapinit_ray.spec import SweepSpec, grid_size
-from gapinit_ray.trial import (
-    prepare_artifact,
-    prepare_backbone,
-    prepare_features,
-    sweep_dir,
+from gapinit_ray.sweep_callback import SweepProgress, error_file, failed_trials
+from gapinit_ray.sweep_trainable import (
+    ResultsCallback,
+    calibration_key,
+    finished_report,
+    trainable,
+    trial_group,
 )
+from gapinit_ray.trial import prepare_artifact, prepare_backbone, prepare_features, sweep_dir
 
-# ------------------------------------------------------------------------------------ the trial
-
-
-class ResultsCallback:
-    """Ray Train callback (runs in the trial's Train controller): every report becomes a Parquet row."""
-
-    def __new__(cls, storage: str, sweep: str, tid: str, params: dict):
-        from ray.train.v2.api.callback import UserCallback
-
-        from gapinit_ray.results import ResultsStore
-
-        class _Writer(UserCallback):
-            def after_report(self, run_context, metrics, checkpoint):
-                row = dict(metrics[0])  # rank 0's report names the node it ran on
-                ResultsStore(storage, sweep).write_report(
-                    tid, params, row, host=str(row.get("worker_host") or socket.gethostname())
-                )
-
-        return _Writer()
-
-
-def trainable(
-    config: dict[str, Any],
-    spec_dict: dict,
-    backbone_paths: dict[str, str | None],
-    artifact_paths: dict[str, str] | None = None,
-    state_path: str | None = None,
-    feature_caches: dict[str, str | None] | None = None,
-    slots: str | None = None,
-) -> None:
-    """Tune function trainable: one trial = one TorchTrainer run (restored by name when restarted).
-
-    With seed-group ASHA (``state_path`` given) the trial runs one TorchTrainer per rung segment: it
-    trains up to the next rung and asks the scheduler state for its group's decision there. When the
-    group is decided at once (this member reported last) and promoted, the same Train run goes on;
-    otherwise the run ends (freeing its workers), the trial waits for the group's decision and, when
-    promoted, starts the next segment from the checkpoint; but while the group's other members still to
-    report are all running, the run holds at the rung instead of ending (no restart when the cluster
-    fits a whole group). ``slots`` names the sweep's :class:`~gapinit_ray.seedgroup.slots.TrainSlots`
-    actor: each Train run holds one of its permits.
-    """
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from gapinit_ray.seedgroup.slots import train_slot
-    from gapinit_ray.trial import build_trainer
-
-    spec = SweepSpec.model_validate(spec_dict)
-    params = params_of(config, spec)
-    tid = trial_id(params)
-    columns = result_config(spec, params)
-    group = group_id(columns)
-    rank = _group_rank(spec, group)
-    tspec, bspec = trial_spec(spec, params)
-    # the driver calibrated every key of the grid; a sampled axis may reach one it did not: then this
-    # process computes it (no Ray actors: the trial's placement group has no room for them), cached
-    artifact_path = (artifact_paths or {}).get(calibration_key(tspec, bspec))
-    if artifact_path is None:
-        artifact_path = prepare_artifact(
-            tspec, bspec, backbone_paths[bspec.key], progress=False, use_ray=False
-        )
-
-    def fit(stop_at: float | None, continuing: bool = False) -> float:
-        """One Train run; returns the epoch of its last report (where it actually ended)."""
-        # the row is on disk before Tune (and its scheduler) sees the report
-        callbacks = [
-            ResultsCallback(spec.storage, spec.name, tid, columns),
-            TuneReportCallback(),
-        ]
-        tune_id = tune.get_context().get_trial_id() if state_path else None
-        with train_slot(slots, tid, group, continuing, tune_id, rank):
-            trainer = build_trainer(
-                spec,
-                params,
-                callbacks=callbacks,
-                backbone_path=backbone_paths[bspec.key],
-                artifact_path=artifact_path,
-                progress=False,
-                feature_cache=(feature_caches or {}).get(bspec.key),
-                stop_at=stop_at,
-                rung_state=state_path,
-                tune_trial_id=tune_id,
-                slots=slots,
-            )
-            result = trainer.fit()
-        if result.error is not None:
-            raise result.error
-        last = (result.metrics or {}).get("epoch")
-        return float(last) if last is not None else float(stop_at if stop_at is not None else spec.max_t)
-
-    if state_path is None:
-        last = finished_report(spec, tid)
-        if last is not None:
-            # the trial finished before the driver stopped, but Tune's saved state (written every few
-            # seconds) did not see it end: hand Tune its last report instead of an empty result
-            tune.report(last)
-            return
-        fit(None)
-        return
-    from gapinit_ray.seedgroup.trial_side import RungGate, run_segments
-
-    run_segments(fit, RungGate(state_path, tune.get_context().get_trial_id()), float(spec.max_t))
-
-
-def trial_group(spec: SweepSpec, config: dict[str, Any]) -> str:
-    """The seed group id of the trial with Tune config ``config``: :func:`~gapinit_ray.seedgroup.ids.group_id`
-    of its result columns, the id the results store and the trackers give it too."""
-    return group_id(result_config(spec, params_of(config, spec)))
-
-
-def _group_rank(spec: SweepSpec, group: str) -> int | None:
-    """The place of a seed group in the sweep's grid (None: not a grid point, e.g. a sampled axis)."""
-    ranks: dict[str, int] = {}
-    for point in grid_points(spec):
-        ranks.setdefault(group_id(result_config(spec, point)), len(ranks))
-    return ranks.get(group)
-
-
-def finished_report(spec: SweepSpec, tid: str) -> dict[str, Any] | None:
-    """The last report (epoch and metrics) of a trial the results store records as TERMINATED, or None
-    when it has not finished."""
-    from gapinit_ray.results import ResultsStore
-    from gapinit_ray.results.store import METRICS
-
-    store = ResultsStore(spec.storage, spec.name)
-    trials = store.trials().to_pylist()
-    if not any(t["trial_id"] == tid and t["status"] == "TERMINATED" for t in trials):
-        return None
-    rows = store.metrics(filter={"trial_id": tid}).to_pylist()
-    if not rows:
-        return None
-    last = max(rows, key=lambda r: r["epoch"])
-    return {k: last[k] for k in ("epoch", *METRICS) if last.get(k) is not None}
-
-
-# -------------------------------------------------------------------------- driver-side callback
-
-
-class SweepProgress:
-    """Tune callback: trial rows (status, stop reason, rung), scheduler state, a live progress line."""
-
-    def __new__(cls, spec: SweepSpec, scheduler, quiet: bool = False, slots: str | None = None):
-        from ray.tune import Callback
-        from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
-
-        from gapinit_ray.results import ResultsStore
-
-        store = ResultsStore(spec.storage, spec.name)
-        metric, mode = spec.scheduler.metric, spec.scheduler.mode
-        trackers = None
-        if spec.loggers:
-            from gapinit_ray.trackers import Trackers
-
-            trackers = Trackers(spec, sweep_dir(spec))
-
-        view = ProgressView(quiet=quiet)
-
-        class _Progress(Callback):
-            def __init__(self) -> None:
-                self.best: tuple[float, str] | None = None
-
-            def _params(self, trial) -> tuple[str, dict]:
-                params = params_of(trial.config, spec)
-                return trial_id(params), result_config(spec, params)
-
-            def _line(self, trials) -> None:
-                status = SweepStatus(Counter(t.status for t in trials), metric=metric, best=self.best)
-                if hasattr(scheduler, "rung_state"):
-                    status.groups, status.rungs = rung_summary(scheduler.rung_state())
-                view.update(status)
-
-            def on_experiment_end(self, trials, **info):
-                self._line(trials)
-                view.close()
-                if trackers is not None:
-                    for tid, what in trackers.close().items():  # the trials a tracker did not log
-                        kept = store.trial(tid)
-                        if kept:
-                            config = json.loads(kept["config_json"])
-                            store.write_trial(tid, config, status=kept["status"], logger_errors=what)
-
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                tid, params = self._params(trial)
-                store.write_trial(
-                    tid,
-                    params,
-                    status="RUNNING",
-                    last_epoch=float(result.get("epoch", 0) or 0),
-                    checkpoint_path=result.get(CHECKPOINT_PATH_KEY),
-                    init_checks=result.get("init_checks") or None,
-                )
-                if trackers is not None:
-                    trackers.result(tid, group_id(params), params, result)
-                value = result.get(metric)
-                if isinstance(value, int | float) and value == value:
-                    better = self.best is None or (
-                        value > self.best[0] if mode == "max" else value < self.best[0]
-                    )
-                    if better:
-                        self.best = (float(value), self._params(trial)[0])
-                self._line(trials)
-
-            def _release(self, tid: str) -> None:
-                # a trial that ended (or died) holding a Train slot gives it back
-                from gapinit_ray.seedgroup.slots import release_slot
-
-                release_slot(slots, tid)
-
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                tid, params = self._params(trial)
-                self._release(tid)
-                stopped = _stop_reason(spec, scheduler, trial)
-                last = trial.last_result or {}
-                status = "STOPPED" if stopped else "TERMINATED"
-                store.write_trial(
-                    tid,
-                    params,
-                    status=status,
-                    stop_reason=stopped,
-                    rung_reached=_rung_reached(scheduler, trial),
-                    last_epoch=float(last.get("epoch", 0) or 0),
-                )
-                if trackers is not None:
-                    trackers.end(tid, status, stopped, last.get(CHECKPOINT_PATH_KEY))
-                self._line(trials)
-
-            def on_trial_error(self, iteration, trials, trial, **info):
-                tid, params = self._params(trial)
-                self._release(tid)
-                error, reason, text = _trial_error(trial, spec.resources.max_failures)
-                with contextlib.suppress(OSError, GapinitError):  # a full disk must not hide the failure
-                    write_atomic(error_file(spec, tid), text)
-                store.write_trial(tid, params, status="ERROR", stop_reason=reason, error=error)
-                if trackers is not None:
-                    trackers.end(tid, "ERROR", reason, None)
-                self._line(trials)
-
-        return _Progress()
-
-
-def _trial_error(trial, max_failures: int) -> tuple[str, str, str]:
-    """(error, stop reason, full text) of a trial Tune gave up on: the last line of its latest failure,
-    from the error file Tune appends every failure to (``Failure # N ...`` then the error), e.g.
-    ``LoraInitError: lora.target_modules ... match nothing ...``, how many attempts failed, and the
-    whole file."""
-    import re
-
-    from gapinit_ray.results.stop_reason import error_stop
-
-    text = ""
-    with contextlib.suppress(OSError, TypeError):  # no error file: the trial never got a directory
-        text = Path(trial.error_file).read_text(errors="replace")
-    latest = text.rpartition("Failure # ")[2].splitlines()[1:]
-    lines = [line.strip() for line in latest if line.strip()]
-    # `gapinit_ray.lora_init.LoraInitError: ...` -> `LoraInitError: ...`
-    error = re.sub(r"^(?:[A-Za-z_]\w*\.)+(?=\w+: )", "", lines[-1]) if lines else "error (no message)"
-    n = int(getattr(trial, "num_failures", 0) or 0)
-    return error, error_stop(n, max_failures).text(), text or error
-
-
-def failed_trials(spec: SweepSpec) -> list[str]:
-    """One line per trial of the sweep that failed after its retries: its id, attempts, the last line
-    of its error and the file holding the whole error text."""
-    from gapinit_ray.results import ResultsStore
-    from gapinit_ray.results.stop_reason import parse
-
-    lines = []
-    for row in ResultsStore(spec.storage, spec.name).trials().to_pylist():
-        if row.get("status") != "ERROR":
-            continue
-        reason = parse(row.get("stop_reason"))
-        attempts = reason.attempts if reason is not None and reason.attempts else 1
-        path = error_file(spec, row["trial_id"])
-        where = f" (full error: {path})" if path.exists() else ""
-        lines.append(
-            f"trial {row['trial_id']} failed after {attempts} attempt{'s' if attempts != 1 else ''}: "
-            f"{row.get('error') or 'no error message'}{where}"
-        )
-    return lines
-
-
-def error_file(spec: SweepSpec, tid: str) -> Path:
-    """Where a failed trial's full error text is kept: ``<sweep>/errors/<trial id>.txt``."""
-    return sweep_dir(spec) / "errors" / f"{tid}.txt"
-
-
-def _stop_reason(spec: SweepSpec, scheduler, trial) -> str | None:
-    """Why the scheduler stopped a trial before max_t (None when it ran to the end), as
-    :class:`~gapinit_ray.results.stop_reason.StopReason` text."""
-    from gapinit_ray.results.stop_reason import asha_stop, seed_group_stop
-    from gapinit_ray.seedgroup.core import asha_milestones
-    from gapinit_ray.seedgroup.tune import SeedGroupASHA
-
-    last = (trial.last_result or {}).get("epoch")
-    s = spec.scheduler
-    milestones = asha_milestones(s.grace_period, spec.max_t, s.reduction_factor)
-    if isinstance(scheduler, SeedGroupASHA):
-        at = scheduler.stopped_at(trial)  # the milestone (epoch) of the rung
-        if at is None:
-            return None
-        index = milestones.index(at) if at in milestones else sum(1 for m in milestones if m < at)
-        return seed_group_stop(index, at).text()
-    if s.type == "asha" and last is not None and last < spec.max_t:
-        return asha_stop(float(last), milestones).text()
-    return None
-
-
-def _rung_reached(scheduler, trial) -> int | None:
-    """How many rungs the trial passed (seed-group ASHA only)."""
-    from gapinit_ray.seedgroup.tune import SeedGroupASHA
-
-    if not isinstance(scheduler, SeedGroupASHA):
-        return None
-    return scheduler.rungs_reached(trial) or 0
-
+__all__ = [  # the trial-side and callback names stay importable from here, where callers have always found them
+    "ResultsCallback",
+    "SweepProgress",
+    "calibration_key",
+    "error_file",
+    "failed_trials",
+    "finished_report",
+    "preflight",
+    "prepare",
+    "run_sweep",
+    "trainable",
+    "trial_group",
+]
 
 # ---------------------------------------------------------------------------------------- driver
 
@@ -390,14 +81,6 @@ def _max_concurrent(spec: SweepSpec, per_group: bool = True) -> int:
     if r.gpus_per_worker:
         fits = min(fits, ray.cluster_resources().get("GPU", 0) // (r.workers_per_trial * r.gpus_per_worker))
     return max(1, int(fits)) * group
-
-
-def calibration_key(tspec: SweepSpec, bspec) -> str:
-    """What a trial's GapArtifact depends on beyond the data (its backbone and calibration settings):
-    trials with the same key share one artifact, computed once by :func:`prepare`."""
-    return json.dumps(
-        [bspec.key, tspec.calibration.model_dump(mode="json"), tspec.train.prompt], sort_keys=True
-    )
 
 
 def prepare(spec: SweepSpec, progress: bool = True) -> tuple[dict[str, str | None], dict[str, str]]:

@@ -11,6 +11,10 @@ group resumes exactly where it stopped.
 Pairing across inits (paper-style seed comparisons): the data order comes from a ``DistributedSampler``
 seeded by the trial seed, and the torch RNG is re-seeded after the init, so the same seed gives the same
 batches and the same dropout stream whatever the init method.
+
+The data side (datasets, collate, seeded loader) is :mod:`gapinit_ray.train_data`; the engine side
+(schedule, optimizer, DeepSpeed config, collectives, validation loss) is :mod:`gapinit_ray.train_engine`.
+Their names stay importable from here.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,9 +30,41 @@ from typing import Any
 
 import torch
 
-from gapinit_ray.data.samples import batch_prompt
 from gapinit_ray.names import VAL, split_metric, val_metric
 from gapinit_ray.pretrain import caption_loss
+from gapinit_ray.train_data import CaptionPairs, Collate, QAPairs, augment_image, pairs_of, train_loader
+from gapinit_ray.train_engine import (
+    broadcast,
+    build_cpu_comm_op,
+    deepspeed_config,
+    gather_objects,
+    lr_lambda,
+    make_optimizer,
+    mean_all,
+    peak_memory_mb,
+    prefer_env_ninja,
+    root_params_gathered,
+    validation_loss,
+    worker_host,
+)
+
+__all__ = [  # the data and engine names stay importable from here, where callers have always found them
+    "ADAPTER_DIR",
+    "CaptionPairs",
+    "Collate",
+    "QAPairs",
+    "TrialContext",
+    "TrialWorker",
+    "augment_image",
+    "build_cpu_comm_op",
+    "deepspeed_config",
+    "lr_lambda",
+    "make_optimizer",
+    "pairs_of",
+    "train_loader",
+    "train_loop_per_worker",
+    "validation_loss",
+]
 
 TRAINER_STATE = "trainer_state.json"
 #: How often a run holding at a seed-group rung asks whether its group was decided (see _past_rung).
@@ -39,185 +74,6 @@ HOLD_STARTING_GRACE_S = 120.0
 TRAIN_RUNS = "train_runs.jsonl"  # one line per Train run of a trial (TrialWorker._log_run)
 ADAPTER_DIR = "adapter"
 DS_TAG = "ds"
-
-
-# ------------------------------------------------------------------------------------------ data
-
-
-class CaptionPairs(torch.utils.data.Dataset):
-    """(image id, image path, caption) triples: every caption of every image is one sample."""
-
-    def __init__(self, records: list) -> None:
-        self.items = [(r.image_id, r.image_path, c) for r in records for c in r.captions]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[str, str, str]:
-        return self.items[i]
-
-
-class QAPairs(CaptionPairs):
-    """(image id, image path, answer, question): one sample per VQA / POPE question, trained on its answer
-    (VQA: ``multiple_choice_answer``, the most frequent human answer; POPE: the label)."""
-
-    def __init__(self, records: list) -> None:
-        self.items = [(r.image_id, r.image_path, r.answer, r.question) for r in records]
-
-
-def pairs_of(records: list) -> CaptionPairs:
-    """The training / validation-loss samples of caption records or of question records."""
-    from gapinit_ray.data import QARecord
-
-    return QAPairs(records) if records and isinstance(records[0], QARecord) else CaptionPairs(records)
-
-
-class Collate:
-    """Loads the images of a batch and lays it out with the backbone (masks, labels).
-
-    Question samples (4-tuples from :class:`QAPairs`) get their own prompt each: ``question_prompt`` (a
-    template with ``{question}``; ``None``: the family's) filled with the sample's question.
-    ``augment`` (training only): random transforms from ``train.augment``, drawn from a generator seeded
-    by ``seed`` (the same seed gives the same augmented images whatever the init).
-    """
-
-    def __init__(
-        self,
-        backbone,
-        prompt: str | None,
-        question_prompt: str | None = None,
-        augment: list[str] | None = None,
-        seed: int = 0,
-    ) -> None:
-        import random
-
-        self.backbone, self.prompt, self.question_prompt = backbone, prompt, question_prompt
-        self.augment = list(augment or [])
-        self.rng = random.Random(seed)
-
-    def __call__(self, items):
-        from gapinit_ray.data import load_image
-
-        images = [augment_image(load_image(item[1], item[0]), self.augment, self.rng) for item in items]
-        prompt = batch_prompt(self.backbone, items, self.prompt, self.question_prompt)
-        return self.backbone.build_batch(images, [item[2] for item in items], with_labels=True, prompt=prompt)
-
-
-def augment_image(image, transforms: list[str], rng):
-    """``hflip``: mirror with p = 0.5; ``crop``: a random crop of 80-100 % of the area, aspect kept
-    within [3/4, 4/3] (the image processor resizes it afterwards)."""
-    from PIL import Image
-
-    for t in transforms:
-        if t == "hflip" and rng.random() < 0.5:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        elif t == "crop":
-            w, h = image.size
-            area = w * h * rng.uniform(0.8, 1.0)
-            aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-            cw = max(1, min(w, round(math.sqrt(area * aspect))))
-            ch = max(1, min(h, round(math.sqrt(area / aspect))))
-            x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
-            image = image.crop((x, y, x + cw, y + ch))
-    return image
-
-
-def train_loader(dataset, collate, batch_size: int, seed: int, world: int, rank: int):
-    """(sampler, loader) of one worker's training data: a ``DistributedSampler`` seeded by the trial
-    seed alone, so the same seed gives the same batches whatever the init (paired seed comparisons);
-    call ``sampler.set_epoch(epoch)`` before each epoch."""
-    sampler = torch.utils.data.DistributedSampler(
-        dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed
-    )
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate)
-    return sampler, loader
-
-
-def lr_lambda(total_steps: int, warmup_steps: int, schedule: str):
-    """LR multiplier per optimizer step: linear warm-up, then cosine / linear decay or constant."""
-
-    def f(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule == "constant":
-            return 1.0
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        progress = min(max(progress, 0.0), 1.0)
-        return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
-
-    return f
-
-
-def prefer_env_ninja() -> None:
-    """Put this Python environment's ``bin`` first on PATH when it holds ``ninja``.
-
-    torch compiles DeepSpeed's CPU op with whichever ``ninja`` PATH finds, and two ninja versions keep
-    incompatible build logs (1.13 hashes commands differently from 1.11): a venv used both activated and
-    not (its ninja vs the system's) would recompile the op, about a minute, at every switch."""
-    import sys
-
-    bindir = os.path.dirname(sys.executable)
-    if os.path.exists(os.path.join(bindir, "ninja")):
-        path = os.environ.get("PATH", "")
-        if path.split(os.pathsep)[0] != bindir:
-            os.environ["PATH"] = bindir + os.pathsep + path
-
-
-def build_cpu_comm_op() -> str:
-    """Compile DeepSpeed's shared-memory CPU collective op now; returns what happened, in words.
-
-    DeepSpeed's CPU backend compiles this C++ op the first time a process initializes distributed
-    training and caches it for the user (``~/.cache/torch_extensions``). That first compile takes about a
-    minute on a 2-core machine and would land in the first trials of the first sweep; ``scripts/install.sh``
-    calls this on machines without a GPU so it happens at install time instead. A GPU machine never needs it.
-    """
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    prefer_env_ninja()
-    from deepspeed.comm.torch import build_shm_op
-
-    try:
-        return "built" if build_shm_op() is not None else "not used by this DeepSpeed build"
-    except Exception as e:  # no compiler: DeepSpeed falls back to plain gloo collectives
-        return f"not built ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-
-
-def deepspeed_config(train, world_size: int, on_gpu: bool) -> dict:
-    """DeepSpeed config from the spec's ``train`` section (fp32 on CPU whatever ``precision`` says)."""
-    precision = train.precision
-    if precision == "auto":
-        precision = "bf16" if on_gpu else "fp32"
-    if not on_gpu:
-        precision = "fp32"
-    zero: dict[str, Any] = {"stage": train.zero.stage}
-    if train.zero.offload_optimizer != "none":
-        zero["offload_optimizer"] = {"device": "cpu"}
-    if train.zero.offload_param != "none":
-        zero["offload_param"] = {"device": "cpu"}
-    return {
-        "train_micro_batch_size_per_gpu": train.batch_size,
-        "gradient_accumulation_steps": train.grad_accum,
-        "train_batch_size": train.batch_size * train.grad_accum * world_size,
-        "gradient_clipping": train.max_grad_norm or 0.0,
-        "zero_optimization": zero,
-        "zero_force_ds_cpu_optimizer": False,  # a torch AdamW: no JIT-compiled CPU Adam needed
-        "bf16": {"enabled": precision == "bf16"},
-        "fp16": {"enabled": precision == "fp16"},
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
-
-
-def make_optimizer(train, params):
-    if train.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=train.lr, momentum=0.9, weight_decay=train.weight_decay)
-    cls = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=train.lr, weight_decay=train.weight_decay)
-
-
-def peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 # --------------------------------------------------------------------------------------- the loop
@@ -449,7 +305,7 @@ class TrialWorker:
         row with no training figures), and end. Returns (the epoch to stop at now, end this run?)."""
         gate = self._rung_gate()
         recorded = gate is not None and gate.recorded(epoch)
-        if _broadcast(recorded, self.world):
+        if broadcast(recorded, self.world):
             return self._past_rung(float(epoch), stop_at, (epoch, 0))
         if self.last_metrics is not None:
             self._report(dict(self.last_metrics))
@@ -579,7 +435,7 @@ class TrialWorker:
         trained = bool(self.losses) or epoch_value > 0  # the epoch-0 report has no training to show
         metrics = {
             "epoch": epoch_value,
-            "train_loss": _mean_all(self.losses, world) if trained else None,
+            "train_loss": mean_all(self.losses, world) if trained else None,
             val_metric("loss"): validation_loss(
                 self.engine, self.val_set, self.val_collate, spec.eval.batch_size, self.device, rank, world
             ),
@@ -587,7 +443,7 @@ class TrialWorker:
             "samples_per_s": self.samples * world / elapsed if trained else None,
             "tokens_per_s": self.tokens * world / elapsed if trained else None,
             "peak_memory_mb": peak_memory_mb(),
-            "worker_host": _worker_host(),
+            "worker_host": worker_host(),
             "optimizer_steps": self.micro_steps // spec.train.grad_accum,
             # cos(B[:,0], g) over the gap-carrying modules, mean ‖A‖_F / ‖B‖_F (every rank: ZeRO-3 gathers)
             **adapter_stats(self.engine.module, self.gaps),
@@ -602,7 +458,7 @@ class TrialWorker:
         for name, records in self.eval_sets:
             # the in-task split writes into epoch_<e>/, a transfer set into epoch_<e>/<name>/
             out_dir = os.path.join(self.ctx.out_dir, f"epoch_{epoch_value:g}", "" if name == VAL else name)
-            with _root_params_gathered(self.backbone.model):
+            with root_params_gathered(self.backbone.model):
                 scores = evaluate_split(
                     self.engine.module,
                     self.backbone,
@@ -612,10 +468,10 @@ class TrialWorker:
                     question_prompt=spec.train.question_prompt,
                     rank=rank,
                     world_size=world,
-                    gather=_gather_objects if world > 1 else None,
+                    gather=gather_objects if world > 1 else None,
                     out_dir=out_dir if rank == 0 else None,
                 )
-            metrics.update({split_metric(name, k): v for k, v in (_broadcast(scores, world) or {}).items()})
+            metrics.update({split_metric(name, k): v for k, v in (broadcast(scores, world) or {}).items()})
         # the init report (alignment, ΔW = 0, gradient norms) goes with the epoch-0 report only
         metrics["init_checks"] = json.dumps(self.checks, default=str) if epoch_value == 0 else ""
         metrics.update(self._cost_since_last_report())
@@ -635,84 +491,3 @@ class TrialWorker:
         self._fault("after_report", epoch_value)
         self._seed_rng(next_epoch, next_step)  # as a restart from this checkpoint would
         self._reset_meters()
-
-
-def _root_params_gathered(model: torch.nn.Module):
-    """Under ZeRO-3, the parameters the model owns directly (not through a submodule), gathered for the
-    block: ``generate`` reads some of them outside any ``forward`` (BLIP-2's ``query_tokens``), where
-    ZeRO-3's hooks do not fetch them. Until the first training step has made such small parameters
-    persistent, they are still partitioned (an epoch-0 evaluation). A collective: every rank enters it.
-    A no-op without ZeRO-3."""
-    import contextlib
-
-    params = [p for p in model.parameters(recurse=False) if hasattr(p, "ds_id")]
-    if not params:
-        return contextlib.nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-
-
-def _worker_host() -> str:
-    """``hostname/node id`` of this (rank 0) worker: which node of the cluster ran the trial."""
-    import socket
-
-    from gapinit_ray.raycompat import ray_initialized
-
-    node = None
-    if ray_initialized():
-        import ray
-
-        node = ray.get_runtime_context().get_node_id()
-    return f"{socket.gethostname()}/{node[:12]}" if node else socket.gethostname()
-
-
-def _mean_all(values: list[float], world: int) -> float:
-    total = torch.tensor([sum(values), float(len(values))], dtype=torch.float64)
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(total)
-    return float(total[0] / total[1].clamp_min(1))
-
-
-@torch.no_grad()
-def validation_loss(engine, val_set, collate, batch_size: int, device, rank: int, world: int) -> float:
-    """Teacher-forced caption loss on the (fixed) validation records, averaged over all ranks."""
-    model = engine.module
-    was_training = model.training
-    model.eval()
-    idx = list(range(rank, len(val_set), world))
-    total, count = 0.0, 0
-    for lo in range(0, len(idx), batch_size):
-        batch = collate([val_set[i] for i in idx[lo : lo + batch_size]]).to(device)
-        n = int((batch.labels[:, 1:] != -100).sum())
-        total += (
-            float(caption_loss(engine(**collate.backbone.forward_inputs(batch)).logits, batch.labels)) * n
-        )
-        count += n
-    model.train(was_training)
-    t = torch.tensor([total, float(count)], dtype=torch.float64)
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(t)
-    return float(t[0] / t[1].clamp_min(1))
-
-
-def _gather_objects(obj: Any) -> list[Any]:
-    import torch.distributed as dist
-
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _broadcast(obj: Any, world: int) -> Any:
-    if world == 1:
-        return obj
-    import torch.distributed as dist
-
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

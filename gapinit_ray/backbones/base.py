@@ -68,6 +68,7 @@ class Backbone:
         image_processor: its image processor (PIL backend when torchvision is absent).
         source_id: identifies the weights for cache keys: ``"tiny-blip2:seed=0"`` for a built preset,
             ``"<abs dir>"`` for a local checkpoint, ``"<hub id>@<revision>"`` for a hub id.
+        hf_class: name of the HF ``*ForConditionalGeneration`` class in ``transformers``.
         lm_layers_path: dotted path of the LM decoder ``ModuleList`` inside ``model``.
         vision_module_prefixes: dotted prefixes (as in ``model.named_modules()``) of the vision tower,
             Q-Former and projector: what LoRA must not touch.
@@ -80,6 +81,7 @@ class Backbone:
 
     family: ClassVar[str] = ""
     model_types: ClassVar[tuple[str, ...]] = ()  # config.model_type values this family loads
+    hf_class: ClassVar[str] = ""
     lm_layers_path: ClassVar[str] = ""
     vision_module_prefixes: ClassVar[tuple[str, ...]] = ()
     default_target_modules: ClassVar[tuple[str, ...]] = ()
@@ -131,8 +133,10 @@ class Backbone:
 
     @classmethod
     def model_class(cls) -> type:
-        """The HF ``*ForConditionalGeneration`` class (imported lazily)."""
-        raise NotImplementedError
+        """The HF ``*ForConditionalGeneration`` class named by :attr:`hf_class` (imported lazily)."""
+        import transformers
+
+        return getattr(transformers, cls.hf_class)
 
     @classmethod
     def build_tiny(cls, name: str, seed: int) -> Backbone:

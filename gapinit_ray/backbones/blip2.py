@@ -25,6 +25,8 @@ from typing import Any
 import torch
 
 from gapinit_ray.backbones.base import CAPTION, END, IMAGE, OTHER, Backbone, build_seeded
+from gapinit_ray.backbones.loading import tiny_backbone, tiny_lm, tiny_tower
+from gapinit_ray.backbones.tokenizer import build_tokenizer
 from gapinit_ray.errors import BackboneError
 
 log = logging.getLogger(__name__)
@@ -36,17 +38,12 @@ _TINY_SPECIALS = ["<pad>", "<s>", "</s>", IMAGE_TOKEN]
 class Blip2Backbone(Backbone):
     family = "blip2"
     model_types = ("blip-2",)
+    hf_class = "Blip2ForConditionalGeneration"
     lm_layers_path = "language_model.model.decoder.layers"
     vision_module_prefixes = ("vision_model", "qformer", "language_projection")
     default_target_modules = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
     default_prompt = None
     default_question_prompt = "Question: {question} Short answer:"
-
-    @classmethod
-    def model_class(cls) -> type:
-        from transformers import Blip2ForConditionalGeneration
-
-        return Blip2ForConditionalGeneration
 
     @property
     def num_query_tokens(self) -> int:
@@ -101,9 +98,7 @@ class Blip2Backbone(Backbone):
     @classmethod
     def build_tiny(cls, name: str, seed: int) -> Blip2Backbone:
         """Tiny BLIP-2: 2-layer ViT (32 px, patch 8), 2-layer Q-Former (8 queries), 2-layer OPT (hidden 64)."""
-        from transformers import Blip2Config, Blip2ForConditionalGeneration, BlipImageProcessorPil
-
-        from gapinit_ray.backbones.tokenizer import build_tokenizer
+        from transformers import Blip2Config, BlipImageProcessorPil
 
         tokenizer = build_tokenizer(
             _TINY_SPECIALS,
@@ -112,54 +107,31 @@ class Blip2Backbone(Backbone):
         )
         ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _TINY_SPECIALS}
         config = Blip2Config(
-            vision_config={
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "image_size": 32,
-                "patch_size": 8,
-                "initializer_range": 0.02,  # the 1e-10 default would make the tiny tower output ~constant
-            },
-            qformer_config={
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "cross_attention_frequency": 1,
-                "max_position_embeddings": 64,
-                "vocab_size": 64,
-            },
-            text_config={
-                "model_type": "opt",
-                "vocab_size": len(tokenizer),
-                "hidden_size": 64,
-                "word_embed_proj_dim": 64,
-                "ffn_dim": 128,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "max_position_embeddings": 256,
-                "dropout": 0.0,
-                "pad_token_id": ids["<pad>"],
-                "bos_token_id": ids["<s>"],
-                "eos_token_id": ids["</s>"],
-            },
+            vision_config=tiny_tower(
+                image_size=32,
+                patch_size=8,
+                initializer_range=0.02,  # the 1e-10 default would make the tiny tower output ~constant
+            ),
+            qformer_config=tiny_tower(cross_attention_frequency=1, max_position_embeddings=64, vocab_size=64),
+            text_config=tiny_lm(
+                len(tokenizer),
+                pad=ids["<pad>"],
+                bos=ids["<s>"],
+                eos=ids["</s>"],
+                model_type="opt",
+                word_embed_proj_dim=64,
+                ffn_dim=128,
+                max_position_embeddings=256,
+                dropout=0.0,
+            ),
             num_query_tokens=8,
             image_token_index=ids[IMAGE_TOKEN],
         )
         if config.image_token_index != tokenizer.image_token_id:
             raise BackboneError("tiny-blip2: tokenizer and config disagree on the image token id")
-
-        def _build() -> Any:
-            model = Blip2ForConditionalGeneration(config)
-            # HF zero-initialises the query tokens (pretrained ones are loaded over them); 8 identical
-            # queries would give 8 identical image tokens, a degenerate image span for gap statistics.
-            with torch.no_grad():
-                model.query_tokens.normal_(0.0, config.initializer_range)
-            return model
-
-        model = build_seeded(_build, seed)
-        gen = model.generation_config
-        gen.pad_token_id, gen.bos_token_id, gen.eos_token_id = ids["<pad>"], ids["<s>"], ids["</s>"]
+        # HF zero-initialises the query tokens; 8 identical queries would give 8 identical image tokens,
+        # a degenerate image span for gap statistics.
+        model = build_seeded(lambda: cls.model_class()(config), seed, redraw=lambda m: m.query_tokens)
         image_processor = BlipImageProcessorPil(size={"height": 32, "width": 32})
-        return cls(name, model, tokenizer, image_processor, source_id=f"{name}:seed={seed}")
+        special = {"pad": ids["<pad>"], "bos": ids["<s>"], "eos": ids["</s>"]}
+        return tiny_backbone(cls, name, seed, model, tokenizer, image_processor, **special)

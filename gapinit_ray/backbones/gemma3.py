@@ -15,11 +15,11 @@ model uses it to let image tokens attend to each other bidirectionally. Labels e
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from gapinit_ray.backbones.base import CAPTION, END, IMAGE, OTHER, Backbone, build_seeded
+from gapinit_ray.backbones.loading import tiny_backbone, tiny_lm, tiny_tower
+from gapinit_ray.backbones.tokenizer import build_tokenizer
 
 START_OF_TURN, END_OF_TURN = "<start_of_turn>", "<end_of_turn>"
 BOI, EOI, IMAGE_SOFT = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
@@ -29,16 +29,11 @@ _TINY_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", START_OF_TURN, END_OF_TURN
 class Gemma3Backbone(Backbone):
     family = "gemma3"
     model_types = ("gemma3",)
+    hf_class = "Gemma3ForConditionalGeneration"
     lm_layers_path = "model.language_model.layers"
     vision_module_prefixes = ("model.vision_tower", "model.multi_modal_projector")
     default_target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     default_prompt = "Describe the image in one sentence."
-
-    @classmethod
-    def model_class(cls) -> type:
-        from transformers import Gemma3ForConditionalGeneration
-
-        return Gemma3ForConditionalGeneration
 
     def _encode_images(self, images):
         out = self.image_processor(images=images, do_pan_and_scan=False, return_tensors="pt")
@@ -76,9 +71,7 @@ class Gemma3Backbone(Backbone):
     @classmethod
     def build_tiny(cls, name: str, seed: int) -> Gemma3Backbone:
         """Tiny Gemma 3: 2-layer SigLIP (32 px, patch 4, pooled to 16 image tokens), 2-layer LM (hidden 64)."""
-        from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil
-
-        from gapinit_ray.backbones.tokenizer import build_tokenizer
+        from transformers import Gemma3Config, Gemma3ImageProcessorPil
 
         tokenizer = build_tokenizer(
             _TINY_SPECIALS,
@@ -92,50 +85,45 @@ class Gemma3Backbone(Backbone):
         )
         ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _TINY_SPECIALS}
         config = Gemma3Config(
-            vision_config={
-                "model_type": "siglip_vision_model",
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "image_size": 32,
-                "patch_size": 4,  # 8×8 patches, average-pooled 2×2 → 16 image tokens
-            },
-            text_config={
-                "vocab_size": len(tokenizer),
-                "hidden_size": 64,
-                "intermediate_size": 128,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "num_key_value_heads": 1,
-                "head_dim": 32,
-                "query_pre_attn_scalar": 32,
-                "sliding_window": 128,
-                "layer_types": ["sliding_attention", "full_attention"],  # both kinds, like the real 5:1 mix
-                "max_position_embeddings": 512,
-                "pad_token_id": ids["<pad>"],
-                "eos_token_id": ids["<eos>"],
-                "bos_token_id": ids["<bos>"],
-            },
+            vision_config=tiny_tower(
+                model_type="siglip_vision_model",
+                image_size=32,
+                patch_size=4,  # 8×8 patches, average-pooled 2×2 → 16 image tokens
+            ),
+            text_config=tiny_lm(
+                len(tokenizer),
+                pad=ids["<pad>"],
+                bos=ids["<bos>"],
+                eos=ids["<eos>"],
+                intermediate_size=128,
+                num_key_value_heads=1,
+                head_dim=32,
+                query_pre_attn_scalar=32,
+                sliding_window=128,
+                layer_types=["sliding_attention", "full_attention"],  # both kinds, like the real 5:1 mix
+                max_position_embeddings=512,
+            ),
             mm_tokens_per_image=16,
             boi_token_index=ids[BOI],
             eoi_token_index=ids[EOI],
             image_token_index=ids[IMAGE_SOFT],
         )
-
-        def _build() -> Any:
-            model = Gemma3ForConditionalGeneration(config)
-            # HF zero-initialises the projector (pretrained weights are loaded over it); left at zero, every
-            # image would map to the same (zero) LM input and the image would never reach the LM.
-            with torch.no_grad():
-                model.model.multi_modal_projector.mm_input_projection_weight.normal_(
-                    0.0, config.initializer_range
-                )
-            return model
-
-        model = build_seeded(_build, seed)
-        gen = model.generation_config
-        gen.pad_token_id, gen.bos_token_id = ids["<pad>"], ids["<bos>"]
-        gen.eos_token_id = [ids["<eos>"], ids[END_OF_TURN]]
+        # HF zero-initialises the projector; left at zero, every image would map to the same (zero) LM
+        # input and the image would never reach the LM.
+        model = build_seeded(
+            lambda: cls.model_class()(config),
+            seed,
+            redraw=lambda m: m.model.multi_modal_projector.mm_input_projection_weight,
+        )
         image_processor = Gemma3ImageProcessorPil(size={"height": 32, "width": 32}, do_pan_and_scan=False)
-        return cls(name, model, tokenizer, image_processor, source_id=f"{name}:seed={seed}")
+        return tiny_backbone(
+            cls,
+            name,
+            seed,
+            model,
+            tokenizer,
+            image_processor,
+            pad=ids["<pad>"],
+            bos=ids["<bos>"],
+            eos=[ids["<eos>"], ids[END_OF_TURN]],
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -127,8 +127,50 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
 
 
-def build_seeded(build_fn, seed: int):
-    """Call ``build_fn()`` under ``torch.manual_seed(seed)`` without disturbing the caller's RNG."""
+def build_seeded(build_fn, seed: int, redraw=None):
+    """Call ``build_fn()`` under ``torch.manual_seed(seed)`` without disturbing the caller's RNG.
+
+    ``redraw(model)``, when given, names a parameter HF zero-initialises because pretrained weights are
+    loaded over it; a tiny model built from scratch draws it from N(0, ``initializer_range``) instead, under
+    the same seed (left at zero it would make the image span degenerate)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_fn()
+        model = build_fn()
+        if redraw is not None:
+            with torch.no_grad():
+                redraw(model).normal_(0.0, model.config.initializer_range)
+        return model
+
+
+def tiny_tower(**extra: Any) -> dict[str, Any]:
+    """The config of a tiny vision tower or Q-Former: width 32, 2 layers of 2 heads; ``extra`` adds keys."""
+    return {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        **extra,
+    }
+
+
+def tiny_lm(vocab_size: int, *, pad: int, bos: int, eos: int, **extra: Any) -> dict[str, Any]:
+    """The config of a tiny language model: width 64, 2 layers of 2 heads, the given special-token ids;
+    ``extra`` adds the family's own keys."""
+    return {
+        "vocab_size": vocab_size,
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "pad_token_id": pad,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        **extra,
+    }
+
+
+def tiny_backbone(cls, name: str, seed: int, model, tokenizer, image_processor, *, pad: int, bos: int, eos):
+    """The backbone of tiny preset ``name`` built from scratch with ``seed``: its generation config takes
+    the tokenizer's special ids (``eos``: one id or a list) and its source id names the preset and seed."""
+    gen = model.generation_config
+    gen.pad_token_id, gen.bos_token_id, gen.eos_token_id = pad, bos, eos
+    return cls(name, model, tokenizer, image_processor, source_id=f"{name}:seed={seed}")

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 
 from gapinit_ray.backbones.base import CAPTION, END, IMAGE, OTHER, Backbone, build_seeded
+from gapinit_ray.backbones.loading import tiny_backbone, tiny_lm
+from gapinit_ray.backbones.tokenizer import build_tokenizer
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
@@ -46,17 +48,12 @@ _TINY_SPECIALS = [
 class Qwen2VLBackbone(Backbone):
     family = "qwen2_vl"
     model_types = ("qwen2_vl",)
+    hf_class = "Qwen2VLForConditionalGeneration"
     lm_layers_path = "model.language_model.layers"
     vision_module_prefixes = ("model.visual",)  # ViT blocks + the patch merger (projector)
     feature_extra_keys = ("image_grid_thw",)  # M-RoPE positions of the image tokens
     default_target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     default_prompt = "Describe the image in one sentence."
-
-    @classmethod
-    def model_class(cls) -> type:
-        from transformers import Qwen2VLForConditionalGeneration
-
-        return Qwen2VLForConditionalGeneration
 
     def _encode_images(self, images):
         out = self.image_processor(images=images, return_tensors="pt")
@@ -96,9 +93,7 @@ class Qwen2VLBackbone(Backbone):
     @classmethod
     def build_tiny(cls, name: str, seed: int) -> Qwen2VLBackbone:
         """Tiny Qwen2-VL: 2-block ViT (patch 4, merge 2, 32×32 px → 16 image tokens), 2-layer LM (hidden 64)."""
-        from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
-
-        from gapinit_ray.backbones.tokenizer import build_tokenizer
+        from transformers import Qwen2VLConfig, Qwen2VLImageProcessorPil
 
         tokenizer = build_tokenizer(
             _TINY_SPECIALS,
@@ -122,33 +117,25 @@ class Qwen2VLBackbone(Backbone):
                 "spatial_merge_size": 2,
                 "temporal_patch_size": 2,
             },
-            text_config={
-                "vocab_size": len(tokenizer),
-                "hidden_size": 64,
-                "intermediate_size": 128,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "num_key_value_heads": 1,
-                "max_position_embeddings": 512,
+            text_config=tiny_lm(
+                len(tokenizer),
+                pad=ids[ENDOFTEXT],
+                bos=ids[ENDOFTEXT],
+                eos=ids[IM_END],
+                intermediate_size=128,
+                num_key_value_heads=1,
+                max_position_embeddings=512,
                 # head_dim 32 → 16 rotary frequencies split over (t, h, w)
-                "rope_parameters": {
-                    "rope_type": "default",
-                    "rope_theta": 10000.0,
-                    "mrope_section": [4, 6, 6],
-                },
-                "bos_token_id": ids[ENDOFTEXT],
-                "eos_token_id": ids[IM_END],
-                "pad_token_id": ids[ENDOFTEXT],
-            },
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+            ),
             image_token_id=ids[IMAGE_PAD],
             video_token_id=ids[VIDEO_PAD],
             vision_start_token_id=ids[VISION_START],
             vision_end_token_id=ids[VISION_END],
         )
-        model: Any = build_seeded(lambda: Qwen2VLForConditionalGeneration(config), seed)
-        gen = model.generation_config
-        gen.pad_token_id, gen.bos_token_id, gen.eos_token_id = ids[ENDOFTEXT], ids[ENDOFTEXT], [ids[IM_END]]
+        model: Any = build_seeded(lambda: cls.model_class()(config), seed)
         image_processor = Qwen2VLImageProcessorPil(
             min_pixels=32 * 32, max_pixels=32 * 32, patch_size=4, temporal_patch_size=2, merge_size=2
         )
-        return cls(name, model, tokenizer, image_processor, source_id=f"{name}:seed={seed}")
+        special = {"pad": ids[ENDOFTEXT], "bos": ids[ENDOFTEXT], "eos": [ids[IM_END]]}
+        return tiny_backbone(cls, name, seed, model, tokenizer, image_processor, **special)

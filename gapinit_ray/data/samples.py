@@ -1,6 +1,6 @@
 """Samples as the training data loaders carry them: ``(image id, image path, caption[, question])``.
 
-Both collate functions (the trial's, :mod:`gapinit_ray.train`, and the feature cache's,
+Both collate functions (the trial's, :mod:`gapinit_ray.train_data`, and the feature cache's,
 :mod:`gapinit_ray.features`) turn a list of these into a batch; what they share lives here, so that
 neither imports the other.
 """

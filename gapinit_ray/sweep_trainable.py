@@ -1,0 +1,155 @@
+"""The trial side of a sweep: the Tune function trainable that runs one trial's Ray Train job (in
+segments at seed-group rungs), the Train callback that writes every report to the results store, and
+the trial's seed group (:mod:`gapinit_ray.sweep` drives Tune with them).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+from gapinit_ray.plan import grid_points, params_of, result_config, trial_id, trial_spec
+from gapinit_ray.seedgroup.ids import group_id
+from gapinit_ray.spec import SweepSpec
+from gapinit_ray.trial import prepare_artifact
+
+
+class ResultsCallback:
+    """Ray Train callback (runs in the trial's Train controller): every report becomes a Parquet row."""
+
+    def __new__(cls, storage: str, sweep: str, tid: str, params: dict):
+        from ray.train.v2.api.callback import UserCallback
+
+        from gapinit_ray.results import ResultsStore
+
+        class _Writer(UserCallback):
+            def after_report(self, run_context, metrics, checkpoint):
+                row = dict(metrics[0])  # rank 0's report names the node it ran on
+                ResultsStore(storage, sweep).write_report(
+                    tid, params, row, host=str(row.get("worker_host") or socket.gethostname())
+                )
+
+        return _Writer()
+
+
+def trainable(
+    config: dict[str, Any],
+    spec_dict: dict,
+    backbone_paths: dict[str, str | None],
+    artifact_paths: dict[str, str] | None = None,
+    state_path: str | None = None,
+    feature_caches: dict[str, str | None] | None = None,
+    slots: str | None = None,
+) -> None:
+    """Tune function trainable: one trial = one TorchTrainer run (restored by name when restarted).
+
+    With seed-group ASHA (``state_path`` given) the trial runs one TorchTrainer per rung segment: it
+    trains up to the next rung and asks the scheduler state for its group's decision there. When the
+    group is decided at once (this member reported last) and promoted, the same Train run goes on;
+    otherwise the run ends (freeing its workers), the trial waits for the group's decision and, when
+    promoted, starts the next segment from the checkpoint; but while the group's other members still to
+    report are all running, the run holds at the rung instead of ending (no restart when the cluster
+    fits a whole group). ``slots`` names the sweep's :class:`~gapinit_ray.seedgroup.slots.TrainSlots`
+    actor: each Train run holds one of its permits.
+    """
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from gapinit_ray.seedgroup.slots import train_slot
+    from gapinit_ray.trial import build_trainer
+
+    spec = SweepSpec.model_validate(spec_dict)
+    params = params_of(config, spec)
+    tid = trial_id(params)
+    columns = result_config(spec, params)
+    group = group_id(columns)
+    rank = _group_rank(spec, group)
+    tspec, bspec = trial_spec(spec, params)
+    # the driver calibrated every key of the grid; a sampled axis may reach one it did not: then this
+    # process computes it (no Ray actors: the trial's placement group has no room for them), cached
+    artifact_path = (artifact_paths or {}).get(calibration_key(tspec, bspec))
+    if artifact_path is None:
+        artifact_path = prepare_artifact(
+            tspec, bspec, backbone_paths[bspec.key], progress=False, use_ray=False
+        )
+
+    def fit(stop_at: float | None, continuing: bool = False) -> float:
+        """One Train run; returns the epoch of its last report (where it actually ended)."""
+        # the row is on disk before Tune (and its scheduler) sees the report
+        callbacks = [
+            ResultsCallback(spec.storage, spec.name, tid, columns),
+            TuneReportCallback(),
+        ]
+        tune_id = tune.get_context().get_trial_id() if state_path else None
+        with train_slot(slots, tid, group, continuing, tune_id, rank):
+            trainer = build_trainer(
+                spec,
+                params,
+                callbacks=callbacks,
+                backbone_path=backbone_paths[bspec.key],
+                artifact_path=artifact_path,
+                progress=False,
+                feature_cache=(feature_caches or {}).get(bspec.key),
+                stop_at=stop_at,
+                rung_state=state_path,
+                tune_trial_id=tune_id,
+                slots=slots,
+            )
+            result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        last = (result.metrics or {}).get("epoch")
+        return float(last) if last is not None else float(stop_at if stop_at is not None else spec.max_t)
+
+    if state_path is None:
+        last = finished_report(spec, tid)
+        if last is not None:
+            # the trial finished before the driver stopped, but Tune's saved state (written every few
+            # seconds) did not see it end: hand Tune its last report instead of an empty result
+            tune.report(last)
+            return
+        fit(None)
+        return
+    from gapinit_ray.seedgroup.trial_side import RungGate, run_segments
+
+    run_segments(fit, RungGate(state_path, tune.get_context().get_trial_id()), float(spec.max_t))
+
+
+def trial_group(spec: SweepSpec, config: dict[str, Any]) -> str:
+    """The seed group id of the trial with Tune config ``config``: :func:`~gapinit_ray.seedgroup.ids.group_id`
+    of its result columns, the id the results store and the trackers give it too."""
+    return group_id(result_config(spec, params_of(config, spec)))
+
+
+def _group_rank(spec: SweepSpec, group: str) -> int | None:
+    """The place of a seed group in the sweep's grid (None: not a grid point, e.g. a sampled axis)."""
+    ranks: dict[str, int] = {}
+    for point in grid_points(spec):
+        ranks.setdefault(group_id(result_config(spec, point)), len(ranks))
+    return ranks.get(group)
+
+
+def finished_report(spec: SweepSpec, tid: str) -> dict[str, Any] | None:
+    """The last report (epoch and metrics) of a trial the results store records as TERMINATED, or None
+    when it has not finished."""
+    from gapinit_ray.results import ResultsStore
+    from gapinit_ray.results.store import METRICS
+
+    store = ResultsStore(spec.storage, spec.name)
+    trials = store.trials().to_pylist()
+    if not any(t["trial_id"] == tid and t["status"] == "TERMINATED" for t in trials):
+        return None
+    rows = store.metrics(filter={"trial_id": tid}).to_pylist()
+    if not rows:
+        return None
+    last = max(rows, key=lambda r: r["epoch"])
+    return {k: last[k] for k in ("epoch", *METRICS) if last.get(k) is not None}
+
+
+def calibration_key(tspec: SweepSpec, bspec) -> str:
+    """What a trial's GapArtifact depends on beyond the data (its backbone and calibration settings):
+    trials with the same key share one artifact, computed once by :func:`gapinit_ray.sweep.prepare`."""
+    return json.dumps(
+        [bspec.key, tspec.calibration.model_dump(mode="json"), tspec.train.prompt], sort_keys=True
+    )
