@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,8 +16,6 @@ from pathlib import Path
 import pytest
 import yaml
 from PIL import Image
-
-from .loopback_cluster import free_port
 
 ROOT = Path(__file__).parents[1]
 QUICKSTART = ROOT / "sweeps" / "quickstart.yaml"
@@ -255,14 +254,27 @@ def corrupt_sweep_spec_json(tmp):
     return ["run", spec, "--num-cpus", "1", "--quiet"], [str(sweep / "spec.json"), "not a gapinit"]
 
 
+#: sockets bound (never listening) for the test session: their ports refuse connections, and no other
+#: process (a cluster another test or test run starts on this machine) can take them meanwhile
+_DEAD: list[socket.socket] = []
+
+
+def dead_port() -> int:
+    """A loopback port that refuses connections for the rest of the test session."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    _DEAD.append(s)
+    return s.getsockname()[1]
+
+
 def run_dead_address(tmp):
     spec = write_spec(tmp, raw_spec(tmp))
-    port = free_port()
+    port = dead_port()
     return ["run", spec, "--address", f"127.0.0.1:{port}"], ["cannot reach the Ray cluster", str(port)]
 
 
 def list_dead_address(tmp):
-    port = free_port()
+    port = dead_port()
     return ["list", "--address", f"http://127.0.0.1:{port}"], ["cannot reach", str(port)]
 
 
