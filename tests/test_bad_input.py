@@ -23,7 +23,10 @@ QUICKSTART = ROOT / "sweeps" / "quickstart.yaml"
 
 def gapinit(tmp: Path, *args: object, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(tmp), "PYTHONWARNINGS": "ignore"}
-    env.pop("RAY_ADDRESS", None)
+    # a user's shell: nothing of the test session's own Ray (its address, the auth settings Ray puts in
+    # the environment of the process that started it)
+    for var in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(var, None)
     return subprocess.run(
         [sys.executable, "-m", "gapinit_ray.cli", *map(str, args)],
         capture_output=True,
