@@ -277,8 +277,8 @@ def service_training(spec, backbone_dir: str, artifact: str, cache: str | None) 
     _dist_env()
     tspec, bspec = trial_spec(spec, {"init": "gap", "seed": 42})
     ctx = TrialContext(
-        spec=tspec.model_dump(mode="json"),
-        backbone=bspec.model_dump(mode="json"),
+        spec=tspec,
+        backbone=bspec,
         backbone_path=backbone_dir,
         artifact_path=artifact,
         trial_id=f"gpu-check-{'cache' if cache else 'nocache'}",

@@ -1,7 +1,7 @@
 """Experiment trackers' overhead: the same tiny sweep with all three loggers (MLflow, TensorBoard,
 W&B offline) and without, side by side in one process on one local Ray, alternating.
 
-    python -m benchmarks.trackers [--rounds 4] [--epochs 4] [--loggers mlflow,tensorboard,wandb] [--no-write]
+    python -m benchmarks.trackers [--rounds 4] [--epochs 4] [--steps 40] [--loggers mlflow,tensorboard,wandb] [--no-write]
 
 Reports the per-step time (1 / samples_per_s of every training report) of the trials with loggers on
 over off (target <= 1.03: the trackers run in one child process of the driver at nice 19), the ratio
@@ -25,7 +25,9 @@ from pathlib import Path
 from benchmarks.common import machine, write_result
 
 
-def _sweep(root: Path, name: str, loggers: list[str], epochs: int) -> list[float]:
+def _sweep(root: Path, name: str, loggers: list[str], epochs: int, steps: int) -> list[float]:
+    """One sweep of 2 trials (2 seeds, one Train worker each: the machine's 2 CPUs busy training);
+    the time per step of each epoch report (1 / samples_per_s, ``steps`` steps of batch 4 each)."""
     import yaml
 
     from gapinit_ray.results import ResultsStore
@@ -35,10 +37,10 @@ def _sweep(root: Path, name: str, loggers: list[str], epochs: int) -> list[float
     raw = yaml.safe_load((Path(__file__).parents[1] / "sweeps" / "quickstart.yaml").read_text())
     raw.update(name=name, storage=str(root / "store"), loggers=loggers)
     raw["backbones"] = [{"name": "tiny-blip2", "pretrain": False}]
-    raw["data"]["sources"]["shapes"]["num_images"] = 64
+    raw["data"]["sources"]["shapes"]["num_images"] = 6 * steps  # the train split covers `steps` batches
     raw["data"]["val"]["limit"] = 6
     raw["calibration"].update({"num_samples": 16, "workers": 1})
-    raw["train"].update({"epochs": epochs, "batch_size": 8, "max_steps_per_epoch": 6})
+    raw["train"].update({"epochs": epochs, "batch_size": 4, "max_steps_per_epoch": steps})
     raw["eval"].update({"metrics": ["bleu4"], "final_metrics": [], "generation": {"max_new_tokens": 4}})
     raw["search"] = {"init": ["gap"], "seed": [1, 2]}
     raw["scheduler"] = {"type": "fifo", "metric": "val_bleu4", "mode": "max"}
@@ -113,6 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=40, help="training steps per epoch (batch 4)")
     ap.add_argument("--loggers", default="mlflow,tensorboard,wandb", help="comma-separated, the 'on' side")
     ap.add_argument("--no-write", action="store_true", help="print only (a per-logger breakdown)")
     ap.add_argument("--cpu-only", action="store_true", help="only the trackers' CPU per report, no sweeps")
@@ -134,7 +137,9 @@ def main(argv: list[str] | None = None) -> dict:
                 first, second = ("off", "on") if r % 2 == 0 else ("on", "off")
                 got = {}
                 for side in (first, second):
-                    got[side] = _sweep(Path(tmp), f"{side}{r}", loggers if side == "on" else [], args.epochs)
+                    got[side] = _sweep(
+                        Path(tmp), f"{side}{r}", loggers if side == "on" else [], args.epochs, args.steps
+                    )
                 off += got["off"]
                 on += got["on"]
                 per_round.append(statistics.median(got["on"]) / statistics.median(got["off"]))
@@ -150,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
         "loggers": loggers,
         "rounds": args.rounds,
         "epochs": args.epochs,
+        "steps_per_epoch": args.steps,
         "step_s_loggers_off": statistics.median(off),
         "step_s_loggers_on": statistics.median(on),
         "on_over_off_time_per_step": statistics.median(on) / statistics.median(off),

@@ -126,8 +126,8 @@ def same_loop(spec, artifact_path: str, name: str = "same-loop") -> list[float]:
     params = {"init": "gap", "seed": 42}
     tspec, bspec = trial_spec(spec, params)
     ctx = TrialContext(
-        spec=tspec.model_dump(mode="json"),
-        backbone=bspec.model_dump(mode="json"),
+        spec=tspec,
+        backbone=bspec,
         backbone_path=None,
         artifact_path=artifact_path,
         trial_id=name,

@@ -32,7 +32,7 @@ from pathlib import Path
 from gapinit_ray.atomic import write_atomic
 from gapinit_ray.errors import GapinitError
 from gapinit_ray.names import FIFO, SEED_GROUP_ASHA, SPEC_FILE
-from gapinit_ray.plan import SEED_KEY, grid_points, param_space, trial_spec
+from gapinit_ray.plan import SEED_KEY, grid_points, param_space, plan, trial_spec
 from gapinit_ray.spec import SweepSpec, grid_size
 from gapinit_ray.sweep_callback import SweepProgress, error_file, failed_trials
 from gapinit_ray.sweep_trainable import (
@@ -210,7 +210,8 @@ def _run(spec: SweepSpec, quiet: bool):
     fn = tune.with_resources(
         tune.with_parameters(
             trainable,
-            spec_dict=spec.model_dump(mode="json"),
+            spec=spec,
+            planned=plan(spec),
             backbone_paths=backbone_paths,
             artifact_paths=artifact_paths,
             feature_caches=feature_caches,

@@ -9,8 +9,7 @@ import json
 import socket
 from typing import Any
 
-from gapinit_ray.plan import grid_points, params_of, result_config, trial_id, trial_spec
-from gapinit_ray.seedgroup.ids import group_id
+from gapinit_ray.plan import PlannedTrial, grid_points, params_of, plan_trial, remember
 from gapinit_ray.spec import SweepSpec
 from gapinit_ray.trial import prepare_artifact
 
@@ -35,7 +34,8 @@ class ResultsCallback:
 
 def trainable(
     config: dict[str, Any],
-    spec_dict: dict,
+    spec: SweepSpec,
+    planned: list[PlannedTrial],
     backbone_paths: dict[str, str | None],
     artifact_paths: dict[str, str] | None = None,
     state_path: str | None = None,
@@ -52,20 +52,22 @@ def trainable(
     report are all running, the run holds at the rung instead of ending (no restart when the cluster
     fits a whole group). ``slots`` names the sweep's :class:`~gapinit_ray.seedgroup.slots.TrainSlots`
     actor: each Train run holds one of its permits.
+
+    ``spec`` (validated) and ``planned`` (its grid trials, validated) come from the driver: no trial
+    validates a spec again (a trial of a sampled axis, not in ``planned``, validates its own once).
     """
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from gapinit_ray.seedgroup.slots import train_slot
+    from gapinit_ray.seedgroup.trial_side import MemberRun
     from gapinit_ray.trial import build_trainer
 
-    spec = SweepSpec.model_validate(spec_dict)
-    params = params_of(config, spec)
-    tid = trial_id(params)
-    columns = result_config(spec, params)
-    group = group_id(columns)
+    remember(spec, planned)
+    trial = plan_trial(spec, params_of(config, spec))
+    params, tid, columns, group = trial.params, trial.trial_id, trial.config, trial.group_id
     rank = _group_rank(spec, group)
-    tspec, bspec = trial_spec(spec, params)
+    tspec, bspec = trial.spec, trial.backbone
     # the driver calibrated every key of the grid; a sampled axis may reach one it did not: then this
     # process computes it (no Ray actors: the trial's placement group has no room for them), cached
     artifact_path = (artifact_paths or {}).get(calibration_key(tspec, bspec))
@@ -92,9 +94,7 @@ def trainable(
                 progress=False,
                 feature_cache=(feature_caches or {}).get(bspec.key),
                 stop_at=stop_at,
-                rung_state=state_path,
-                tune_trial_id=tune_id,
-                slots=slots,
+                member=MemberRun(state_path, tune_id, slots) if state_path and tune_id else None,
             )
             result = trainer.fit()
         if result.error is not None:
@@ -119,32 +119,38 @@ def trainable(
 def trial_group(spec: SweepSpec, config: dict[str, Any]) -> str:
     """The seed group id of the trial with Tune config ``config``: :func:`~gapinit_ray.seedgroup.ids.group_id`
     of its result columns, the id the results store and the trackers give it too."""
-    return group_id(result_config(spec, params_of(config, spec)))
+    return plan_trial(spec, params_of(config, spec)).group_id
 
 
 def _group_rank(spec: SweepSpec, group: str) -> int | None:
     """The place of a seed group in the sweep's grid (None: not a grid point, e.g. a sampled axis)."""
     ranks: dict[str, int] = {}
     for point in grid_points(spec):
-        ranks.setdefault(group_id(result_config(spec, point)), len(ranks))
+        ranks.setdefault(plan_trial(spec, point).group_id, len(ranks))
     return ranks.get(group)
 
 
 def finished_report(spec: SweepSpec, tid: str) -> dict[str, Any] | None:
-    """The last report (epoch and metrics) of a trial the results store records as TERMINATED, or None
-    when it has not finished."""
+    """The last report of a trial the results store records as TERMINATED (its epoch and every metric
+    it reported, the sweep's own ones such as ``val_vqa_acc`` or a transfer split's included), or None
+    when it has not finished. The scheduler's metric is always there (NaN where the row has none:
+    a metric that came out NaN is stored as null), since Tune refuses a result without it."""
+    import math
+
     from gapinit_ray.results import ResultsStore
-    from gapinit_ray.results.store import METRICS
+    from gapinit_ray.results.aggregate import metric_columns
 
     store = ResultsStore(spec.storage, spec.name)
     trials = store.trials().to_pylist()
     if not any(t["trial_id"] == tid and t["status"] == "TERMINATED" for t in trials):
         return None
-    rows = store.metrics(filter={"trial_id": tid}).to_pylist()
-    if not rows:
+    table = store.metrics(filter={"trial_id": tid})
+    if not table.num_rows:
         return None
-    last = max(rows, key=lambda r: r["epoch"])
-    return {k: last[k] for k in ("epoch", *METRICS) if last.get(k) is not None}
+    last = max(table.to_pylist(), key=lambda r: r["epoch"])
+    report = {k: last[k] for k in ("epoch", *metric_columns(table)) if last.get(k) is not None}
+    report.setdefault(spec.scheduler.metric, math.nan)
+    return report
 
 
 def calibration_key(tspec: SweepSpec, bspec) -> str:

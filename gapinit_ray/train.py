@@ -26,7 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -47,6 +47,10 @@ from gapinit_ray.train_engine import (
     validation_loss,
     worker_host,
 )
+
+if TYPE_CHECKING:
+    from gapinit_ray.seedgroup.trial_side import MemberRun
+    from gapinit_ray.spec import BackboneSpec, SweepSpec
 
 __all__ = [  # the data and engine names stay importable from here, where callers have always found them
     "ADAPTER_DIR",
@@ -81,10 +85,11 @@ DS_TAG = "ds"
 
 @dataclass
 class TrialContext:
-    """What one worker needs, resolved by the launcher (paths, not the spec's raw YAML)."""
+    """What one worker needs, resolved by the launcher: the trial's validated specs (handed over as
+    objects, never re-validated by a worker) and paths, not the sweep's YAML."""
 
-    spec: dict  # the trial's SweepSpec (axis values applied), as a dict
-    backbone: dict  # the trial's BackboneSpec as a dict
+    spec: SweepSpec  # the trial's spec (its axis values applied; plan.plan_trial validated it)
+    backbone: BackboneSpec  # the backbone it trains
     backbone_path: str | None  # pretrained tiny preset dir, or the spec's path
     artifact_path: str | None  # GapArtifact dir (None when the init does not need one)
     trial_id: str
@@ -94,12 +99,9 @@ class TrialContext:
     stop_at: float | None = None
     # frozen-prefix feature cache dir (gapinit_ray.features) the data loaders read; None: run the prefix
     feature_cache: str | None = None
-    # seed-group ASHA: the scheduler's state file and this trial's Tune id; at stop_at the run asks it
-    # whether the group was promoted at once and then goes on instead of ending (see _past_rung)
-    rung_state: str | None = None
-    tune_trial_id: str | None = None
-    # the sweep's Train slot actor (seedgroup.slots): who is running now, to hold at a rung (_past_rung)
-    slots: str | None = None
+    # a seed-group member: at stop_at the run asks the scheduler's state whether the group was promoted
+    # at once and then goes on instead of ending, or holds there while the group's others train (_past_rung)
+    member: MemberRun | None = None
     # fault points where a worker kills itself once (gapinit_ray.faults; recovery tests, chaos runs)
     faults: list[str] | None = None
 
@@ -113,10 +115,10 @@ def _distributed_setup() -> tuple[int, int]:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train worker entry point: ``config = {"ctx": TrialContext as dict}``."""
+    """Ray Train worker entry point: ``config = {"ctx": TrialContext}`` (pickled as is)."""
     import ray.train
 
-    TrialWorker(TrialContext(**config["ctx"]), ray.train.report, ray.train.get_checkpoint).run()
+    TrialWorker(config["ctx"], ray.train.report, ray.train.get_checkpoint).run()
 
 
 class TrialWorker:
@@ -126,21 +128,18 @@ class TrialWorker:
         """``report(metrics, checkpoint=...)`` and ``get_checkpoint()`` as Ray Train's; ``checkpoint_from``
         turns a checkpoint directory into what ``report`` takes (default: Ray Train's
         ``Checkpoint.from_directory``; a plain process without Ray can pass ``str``)."""
-        from gapinit_ray.spec import BackboneSpec, SweepSpec
-
         self.ctx, self._report, self._get_checkpoint = ctx, report, get_checkpoint
         if checkpoint_from is None:
             from ray.train import Checkpoint
 
             checkpoint_from = Checkpoint.from_directory
         self._checkpoint_from = checkpoint_from
-        self.spec = SweepSpec.model_validate(ctx.spec)
+        self.spec, self.bspec = ctx.spec, ctx.backbone
         # cost accounting (gapinit_ray.results.cost): the first report of a run counts from the start
         # of this worker process (start-up, model load, DeepSpeed set-up), each later one from the last
         import psutil
 
         self._cost_mark = (psutil.Process().create_time(), 0.0)  # (wall clock, process CPU time)
-        self.bspec = BackboneSpec.model_validate(ctx.backbone)
 
     def setup(self) -> None:
         import deepspeed
@@ -366,21 +365,22 @@ class TrialWorker:
 
     def _rung_gate(self):
         """Rank 0 of a seed-group member: its view of the group's decisions (None elsewhere)."""
-        if self.rank != 0 or not (self.ctx.rung_state and self.ctx.tune_trial_id):
+        member = self.ctx.member
+        if self.rank != 0 or member is None:
             return None
         if getattr(self, "_gate", None) is None:
             from gapinit_ray.seedgroup.trial_side import RungGate
 
-            self._gate = RungGate(self.ctx.rung_state, self.ctx.tune_trial_id)
+            self._gate = RungGate(member.state_path, member.tune_id)
         return self._gate
 
     def _tell_started(self) -> None:
         """Rank 0 of a seed-group member: tell the sweep's slot actor this run has its workers (others
         of the group at a rung may hold theirs while it trains, see _past_rung)."""
-        if self.rank == 0:
+        if self.rank == 0 and self.ctx.member is not None:
             from gapinit_ray.seedgroup.slots import tell_started
 
-            tell_started(self.ctx.slots, self.ctx.tune_trial_id)
+            tell_started(self.ctx.member.slots, self.ctx.member.tune_id)
 
     def _may_hold(self, gate, held_s: float) -> bool:
         """The rung hold's hook, rank 0 ``held_s`` into a hold: are the group's members still to report
@@ -388,7 +388,7 @@ class TrialWorker:
         a slot? The slot actor knows; without it (gone, busy) the run ends, as without holding."""
         from gapinit_ray.seedgroup.slots import slot_holders
 
-        holders = slot_holders(self.ctx.slots)
+        holders = slot_holders(self.ctx.member.slots if self.ctx.member else None)
         if holders is None:
             return False
         return gate.may_hold(*holders, held_s, HOLD_STARTING_GRACE_S)

@@ -7,13 +7,15 @@ debugging) and every trial of a sweep (inside a Tune function trainable, with ``
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gapinit_ray.names import CAPTIONS_DIR, GAPS_DIR, TRAIN_DIR
 from gapinit_ray.plan import trial_id, trial_spec
 from gapinit_ray.spec import BackboneSpec, SweepSpec
+
+if TYPE_CHECKING:
+    from gapinit_ray.seedgroup.trial_side import MemberRun
 
 
 def prepare_backbone(spec: SweepSpec, bspec: BackboneSpec, progress: bool = True) -> str | None:
@@ -101,9 +103,7 @@ def build_trainer(
     progress: bool = True,
     stop_at: float | None = None,
     feature_cache: str | bool | None = True,
-    rung_state: str | None = None,
-    tune_trial_id: str | None = None,
-    slots: str | None = None,
+    member: MemberRun | None = None,
     faults: list[str] | None = None,
 ):
     """The TorchTrainer of one trial. Pretraining and calibration run here (cached) if not given.
@@ -112,10 +112,10 @@ def build_trainer(
     it here (when the spec allows it).
 
     ``stop_at``: end the run after its report at epoch >= ``stop_at``; a later TorchTrainer of the same
-    trial (same name and storage) continues from that checkpoint (seed-group rungs). With
-    ``rung_state`` (the seed-group scheduler's state file) and ``tune_trial_id``, the run goes on past
-    ``stop_at`` when the trial's group is promoted there at once (it reported last), and with ``slots``
-    (the sweep's Train slot actor) it holds at ``stop_at`` while the group's others are on their way.
+    trial (same name and storage) continues from that checkpoint (seed-group rungs). With ``member``
+    (a seed-group member: the scheduler's state file, its Tune id, the sweep's Train-slot actor), the
+    run goes on past ``stop_at`` when the trial's group is promoted there at once (it reported last),
+    and holds at ``stop_at`` while the group's others are on their way.
     ``faults``: :mod:`gapinit_ray.faults` points (default: ``$GAPINIT_INJECT_FAULTS``)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
@@ -138,17 +138,15 @@ def build_trainer(
     tid = trial_id(params)
     root = sweep_dir(spec)
     ctx = TrialContext(
-        spec=tspec.model_dump(mode="json"),
-        backbone=bspec.model_dump(mode="json"),
+        spec=tspec,
+        backbone=bspec,
         backbone_path=backbone_path,
         artifact_path=artifact_path,
         trial_id=tid,
         out_dir=str(root / CAPTIONS_DIR / tid),
         stop_at=stop_at,
         feature_cache=feature_cache or None,
-        rung_state=rung_state,
-        tune_trial_id=tune_trial_id,
-        slots=slots,
+        member=member,
         faults=faults if faults is not None else (from_env() or None),
     )
     r = spec.resources
@@ -156,7 +154,7 @@ def build_trainer(
     resources = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if use_gpu else {})}
     return lean_torch_trainer()(
         train_loop_per_worker,
-        train_loop_config={"ctx": asdict(ctx)},
+        train_loop_config={"ctx": ctx},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=r.workers_per_trial, use_gpu=use_gpu, resources_per_worker=resources

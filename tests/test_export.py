@@ -96,8 +96,8 @@ def trained(tmp_path_factory):
         RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
     ctx = TrialContext(
-        spec=tspec.model_dump(mode="json"),
-        backbone=bspec.model_dump(mode="json"),
+        spec=tspec,
+        backbone=bspec,
         backbone_path=str(base),
         artifact_path=prepare_artifact(tspec, bspec, str(base), progress=False, use_ray=False),
         trial_id=tid,

@@ -145,7 +145,7 @@ def test_cache_switches_itself_off(tmp_path, change, why) -> None:
     assert not use and why in reason
     # a trial of that spec never gets a cache dir, even one the sweep built for the others
     trainer = build_trainer(off, {"init": "gap", "seed": 1}, progress=False, feature_cache="/some/cache")
-    assert trainer.train_loop_config["ctx"]["feature_cache"] is None
+    assert trainer.train_loop_config["ctx"].feature_cache is None
 
 
 @pytest.mark.slow

@@ -59,3 +59,36 @@ def test_a_trial_is_validated_once_not_per_run_or_result(tmp_path: Path, validat
     spec.train.lr = 5e-3
     assert plan_trial(spec, params).spec.train.lr == 5e-3
     assert validations[0] > once
+
+
+def test_trial_processes_take_the_drivers_plan_without_validating(
+    tmp_path: Path, validations: list[int]
+) -> None:
+    """The trainable gets the driver's validated spec and plan (pickled, as ``tune.with_parameters``
+    hands them over) and the Train worker its trial's validated specs (pickled, as Ray Train hands its
+    ``train_loop_config`` over): neither validates a spec again."""
+    import ray.cloudpickle as cloudpickle
+
+    from gapinit_ray import plan as plan_module
+    from gapinit_ray.plan import remember
+    from gapinit_ray.train import TrialContext, TrialWorker
+
+    spec = spec_from_dict(sweep_raw(tmp_path, name="handed"))
+    trials = plan(spec)
+    spec_there, trials_there = cloudpickle.loads(cloudpickle.dumps((spec, trials)))
+    plan_module._PLANNED.clear()  # a fresh trial process
+    validations[0] = 0
+    remember(spec_there, trials_there)
+    for t in trials:
+        assert plan_trial(spec_there, dict(reversed(t.params.items()))) == t
+    assert validations[0] == 0
+    # a point off the grid (a sampled axis's value) is validated in the trial process, once
+    off_grid = plan_trial(spec_there, {"init": "gap", "seed": 99})
+    assert validations[0] >= 1 and off_grid.seed == 99
+
+    validations[0] = 0
+    t = trials[0]
+    ctx = TrialContext(t.spec, t.backbone, None, None, t.trial_id, str(tmp_path / "out"))
+    worker = TrialWorker(cloudpickle.loads(cloudpickle.dumps(ctx)), print, lambda: None, checkpoint_from=str)
+    assert worker.spec == t.spec and worker.bspec == t.backbone
+    assert validations[0] == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -180,6 +181,13 @@ def test_finished_report_hands_tune_the_last_stored_report_of_a_terminated_trial
     last = finished_report(spec, "done")
     assert last["epoch"] == 3.0 and last["val_cider"] == pytest.approx(0.3) and last["train_loss"] == 1.0
     assert all(v is not None for v in last.values())
+    # the scheduler's metric came out NaN in the last report (stored as null) and a sweep-specific
+    # metric (not a standard column) was reported: Tune still gets both, or it refuses the result
+    store.write_report("nan", params, {"epoch": 1.0, "val_cider": float("nan"), "val_vqa_acc": 0.5})
+    store.write_trial("nan", params, status="TERMINATED")
+    last = finished_report(spec, "nan")
+    assert spec.scheduler.metric == "val_cider" and math.isnan(last["val_cider"])
+    assert last["val_vqa_acc"] == 0.5 and last["epoch"] == 1.0
 
 
 @pytest.mark.slow

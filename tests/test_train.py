@@ -212,6 +212,7 @@ def test_a_member_held_at_its_rung_goes_on_in_the_same_run_with_a_restarts_resul
     from gapinit_ray.seedgroup.core import RungBook, Schedule
     from gapinit_ray.seedgroup.slots import start_slots
     from gapinit_ray.seedgroup.state import StateWriter, state_path
+    from gapinit_ray.seedgroup.trial_side import MemberRun
     from gapinit_ray.trial import sweep_dir
 
     ray = ray_local
@@ -259,9 +260,7 @@ def test_a_member_held_at_its_rung_goes_on_in_the_same_run_with_a_restarts_resul
             callbacks=[log.callback],
             progress=False,
             stop_at=1,
-            rung_state=str(state),
-            tune_trial_id="T1",
-            slots="test-hold-slots",
+            member=MemberRun(str(state), "T1", "test-hold-slots"),
             faults=faults,
         )
         box: dict = {}
@@ -322,8 +321,8 @@ def test_a_run_restarted_at_its_rung_reports_the_checkpoints_numbers_again(tmp_p
     tspec, bspec = trial_spec(spec, {"init": "gap", "seed": 5})
     path = prepare_backbone(tspec, bspec, progress=False)
     ctx = TrialContext(
-        spec=tspec.model_dump(mode="json"),
-        backbone=bspec.model_dump(mode="json"),
+        spec=tspec,
+        backbone=bspec,
         backbone_path=path,
         artifact_path=prepare_artifact(tspec, bspec, path, progress=False, use_ray=False),
         trial_id="held",

@@ -26,7 +26,7 @@ import torch
 
 from gapinit_ray.backbones.base import CAPTION, END, IMAGE, OTHER, Backbone, build_seeded
 from gapinit_ray.backbones.loading import tiny_backbone, tiny_lm, tiny_tower
-from gapinit_ray.backbones.tokenizer import build_tokenizer
+from gapinit_ray.backbones.tokenizer import build_tiny_tokenizer
 from gapinit_ray.errors import BackboneError
 
 log = logging.getLogger(__name__)
@@ -100,12 +100,11 @@ class Blip2Backbone(Backbone):
         """Tiny BLIP-2: 2-layer ViT (32 px, patch 8), 2-layer Q-Former (8 queries), 2-layer OPT (hidden 64)."""
         from transformers import Blip2Config, BlipImageProcessorPil
 
-        tokenizer = build_tokenizer(
+        tokenizer, ids = build_tiny_tokenizer(
             _TINY_SPECIALS,
-            named_special_tokens={"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"},
+            {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"},
             model_specific_tokens={"image_token": IMAGE_TOKEN},
         )
-        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _TINY_SPECIALS}
         config = Blip2Config(
             vision_config=tiny_tower(
                 image_size=32,

@@ -15,11 +15,9 @@ model uses it to let image tokens attend to each other bidirectionally. Labels e
 
 from __future__ import annotations
 
-import torch
-
-from gapinit_ray.backbones.base import CAPTION, END, IMAGE, OTHER, Backbone, build_seeded
-from gapinit_ray.backbones.loading import tiny_backbone, tiny_lm, tiny_tower
-from gapinit_ray.backbones.tokenizer import build_tokenizer
+from gapinit_ray.backbones.base import Backbone, build_seeded
+from gapinit_ray.backbones.loading import tiny_backbone, tiny_decoder_lm, tiny_tower
+from gapinit_ray.backbones.tokenizer import build_tiny_tokenizer
 
 START_OF_TURN, END_OF_TURN = "<start_of_turn>", "<end_of_turn>"
 BOI, EOI, IMAGE_SOFT = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
@@ -34,6 +32,7 @@ class Gemma3Backbone(Backbone):
     vision_module_prefixes = ("model.vision_tower", "model.multi_modal_projector")
     default_target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     default_prompt = "Describe the image in one sentence."
+    image_token_type_input = "token_type_ids"
 
     def _encode_images(self, images):
         out = self.image_processor(images=images, do_pan_and_scan=False, return_tensors="pt")
@@ -43,39 +42,22 @@ class Gemma3Backbone(Backbone):
     def _layout(self, n_image_tokens, prompt, caption_ids):
         head = f"{START_OF_TURN}user\n\n\n{BOI}"
         tail = f"{EOI}\n\n{prompt}{END_OF_TURN}\n{START_OF_TURN}model\n"
-        segments = [
-            ([self.tokenizer.bos_token_id], OTHER),
-            (self.text_ids(head), OTHER),
-            ([self.image_token_id] * n_image_tokens, IMAGE),
-            (self.text_ids(tail), OTHER),
-        ]
-        if caption_ids is not None:
-            segments += [(caption_ids, CAPTION), (self.text_ids(END_OF_TURN), END)]
-        return segments
+        return self._chat_layout(head, n_image_tokens, tail, caption_ids, END_OF_TURN, bos=True)
 
     def _text_layout(self, prompt, caption_ids):
         """Text-only chat: ``<bos>`` and a user turn holding only the prompt (no begin/end-of-image),
         then the caption as the model's turn."""
         head = f"{START_OF_TURN}user\n{prompt}{END_OF_TURN}\n{START_OF_TURN}model\n"
-        return [
-            ([self.tokenizer.bos_token_id], OTHER),
-            (self.text_ids(head), OTHER),
-            (caption_ids, CAPTION),
-            (self.text_ids(END_OF_TURN), END),
-        ]
-
-    def _extra_inputs(self, input_ids: torch.Tensor, image_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        # 1 = image soft token: the model's mask lets each image block attend to itself bidirectionally.
-        return {"token_type_ids": image_mask.to(torch.long)}
+        return self._chat_layout(head, 0, "", caption_ids, END_OF_TURN, bos=True)
 
     @classmethod
     def build_tiny(cls, name: str, seed: int) -> Gemma3Backbone:
         """Tiny Gemma 3: 2-layer SigLIP (32 px, patch 4, pooled to 16 image tokens), 2-layer LM (hidden 64)."""
         from transformers import Gemma3Config, Gemma3ImageProcessorPil
 
-        tokenizer = build_tokenizer(
+        tokenizer, ids = build_tiny_tokenizer(
             _TINY_SPECIALS,
-            named_special_tokens={
+            {
                 "pad_token": "<pad>",
                 "eos_token": "<eos>",
                 "bos_token": "<bos>",
@@ -83,25 +65,21 @@ class Gemma3Backbone(Backbone):
             },
             model_specific_tokens={"boi_token": BOI, "eoi_token": EOI, "image_token": IMAGE_SOFT},
         )
-        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _TINY_SPECIALS}
         config = Gemma3Config(
             vision_config=tiny_tower(
                 model_type="siglip_vision_model",
                 image_size=32,
                 patch_size=4,  # 8×8 patches, average-pooled 2×2 → 16 image tokens
             ),
-            text_config=tiny_lm(
+            text_config=tiny_decoder_lm(
                 len(tokenizer),
                 pad=ids["<pad>"],
                 bos=ids["<bos>"],
                 eos=ids["<eos>"],
-                intermediate_size=128,
-                num_key_value_heads=1,
                 head_dim=32,
                 query_pre_attn_scalar=32,
                 sliding_window=128,
                 layer_types=["sliding_attention", "full_attention"],  # both kinds, like the real 5:1 mix
-                max_position_embeddings=512,
             ),
             mm_tokens_per_image=16,
             boi_token_index=ids[BOI],

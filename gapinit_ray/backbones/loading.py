@@ -168,6 +168,13 @@ def tiny_lm(vocab_size: int, *, pad: int, bos: int, eos: int, **extra: Any) -> d
     }
 
 
+def tiny_decoder_lm(vocab_size: int, *, pad: int, bos: int, eos: int, **extra: Any) -> dict[str, Any]:
+    """:func:`tiny_lm` for the Llama-style decoders (Qwen2, Gemma 3): MLP width 128, one key/value head
+    (grouped-query attention, as the real models), 512 positions."""
+    base = {"intermediate_size": 128, "num_key_value_heads": 1, "max_position_embeddings": 512}
+    return tiny_lm(vocab_size, pad=pad, bos=bos, eos=eos, **{**base, **extra})
+
+
 def tiny_backbone(cls, name: str, seed: int, model, tokenizer, image_processor, *, pad: int, bos: int, eos):
     """The backbone of tiny preset ``name`` built from scratch with ``seed``: its generation config takes
     the tokenizer's special ids (``eos``: one id or a list) and its source id names the preset and seed."""

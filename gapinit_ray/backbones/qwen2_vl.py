@@ -22,11 +22,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
-from gapinit_ray.backbones.base import CAPTION, END, IMAGE, OTHER, Backbone, build_seeded
-from gapinit_ray.backbones.loading import tiny_backbone, tiny_lm
-from gapinit_ray.backbones.tokenizer import build_tokenizer
+from gapinit_ray.backbones.base import Backbone, build_seeded
+from gapinit_ray.backbones.loading import tiny_backbone, tiny_decoder_lm
+from gapinit_ray.backbones.tokenizer import build_tiny_tokenizer
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
@@ -54,6 +52,7 @@ class Qwen2VLBackbone(Backbone):
     feature_extra_keys = ("image_grid_thw",)  # M-RoPE positions of the image tokens
     default_target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     default_prompt = "Describe the image in one sentence."
+    image_token_type_input = "mm_token_type_ids"
 
     def _encode_images(self, images):
         out = self.image_processor(images=images, return_tensors="pt")
@@ -65,39 +64,27 @@ class Qwen2VLBackbone(Backbone):
     def _layout(self, n_image_tokens, prompt, caption_ids):
         head = f"{IM_START}system\n{SYSTEM_MESSAGE}{IM_END}\n{IM_START}user\n{VISION_START}"
         tail = f"{VISION_END}{prompt}{IM_END}\n{IM_START}assistant\n"
-        segments = [
-            (self.text_ids(head), OTHER),
-            ([self.image_token_id] * n_image_tokens, IMAGE),
-            (self.text_ids(tail), OTHER),
-        ]
-        if caption_ids is not None:
-            segments += [(caption_ids, CAPTION), (self.text_ids(IM_END), END)]
-        return segments
+        return self._chat_layout(head, n_image_tokens, tail, caption_ids, IM_END)
 
     def _text_layout(self, prompt, caption_ids):
         """Text-only chat: the user turn holds only the prompt (no vision start/end), then the caption as
         the assistant's answer (``mm_token_type_ids`` all 0: plain 1-D positions in every M-RoPE axis)."""
         head = f"{IM_START}system\n{SYSTEM_MESSAGE}{IM_END}\n{IM_START}user\n{prompt}{IM_END}\n{IM_START}assistant\n"
-        return [(self.text_ids(head), OTHER), (caption_ids, CAPTION), (self.text_ids(IM_END), END)]
+        return self._chat_layout(head, 0, "", caption_ids, IM_END)
 
     def _encoder_output(self, features):
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         return BaseModelOutputWithPooling(pooler_output=tuple(features))  # ragged: one tensor per image
 
-    def _extra_inputs(self, input_ids: torch.Tensor, image_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        # Modality of each token for M-RoPE: 1 = image placeholder, 0 = text (pads included; the
-        # attention mask removes them from the position computation).
-        return {"mm_token_type_ids": image_mask.to(torch.long)}
-
     @classmethod
     def build_tiny(cls, name: str, seed: int) -> Qwen2VLBackbone:
         """Tiny Qwen2-VL: 2-block ViT (patch 4, merge 2, 32×32 px → 16 image tokens), 2-layer LM (hidden 64)."""
         from transformers import Qwen2VLConfig, Qwen2VLImageProcessorPil
 
-        tokenizer = build_tokenizer(
+        tokenizer, ids = build_tiny_tokenizer(
             _TINY_SPECIALS,
-            named_special_tokens={"pad_token": ENDOFTEXT, "eos_token": IM_END},
+            {"pad_token": ENDOFTEXT, "eos_token": IM_END},
             model_specific_tokens={
                 "image_token": IMAGE_PAD,
                 "video_token": VIDEO_PAD,
@@ -105,7 +92,6 @@ class Qwen2VLBackbone(Backbone):
                 "vision_eos_token": VISION_END,
             },
         )
-        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _TINY_SPECIALS}
         config = Qwen2VLConfig(
             vision_config={
                 "depth": 2,
@@ -117,14 +103,11 @@ class Qwen2VLBackbone(Backbone):
                 "spatial_merge_size": 2,
                 "temporal_patch_size": 2,
             },
-            text_config=tiny_lm(
+            text_config=tiny_decoder_lm(
                 len(tokenizer),
                 pad=ids[ENDOFTEXT],
                 bos=ids[ENDOFTEXT],
                 eos=ids[IM_END],
-                intermediate_size=128,
-                num_key_value_heads=1,
-                max_position_embeddings=512,
                 # head_dim 32 → 16 rotary frequencies split over (t, h, w)
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
             ),

@@ -142,3 +142,17 @@ def build_tokenizer(
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
     """sha256 of the serialized backend tokenizer (vocab, merges, added tokens): equal ⇔ same tokenizer."""
     return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
+
+
+def build_tiny_tokenizer(
+    special_tokens: list[str],
+    named_special_tokens: dict[str, str],
+    model_specific_tokens: dict[str, str] | None = None,
+) -> tuple[PreTrainedTokenizerFast, dict[str, int]]:
+    """:func:`build_tokenizer` for a tiny preset, with the id of each special token by its string."""
+    tokenizer = build_tokenizer(
+        special_tokens,
+        named_special_tokens=named_special_tokens,
+        model_specific_tokens=model_specific_tokens,
+    )
+    return tokenizer, {t: tokenizer.convert_tokens_to_ids(t) for t in special_tokens}

@@ -38,7 +38,29 @@ from gapinit_ray.dashboard.views import Views, check_at
 from gapinit_ray.errors import GapinitError
 
 STATIC = Path(__file__).parent / "static"
-PAGES = {"index": "index.html", "sweep": "sweep.html", "calibration": "calibration.html"}
+# page -> (its body's file under static/, its title, whether it draws plots)
+PAGES = {
+    "index": ("index.html", "sweeps", False),
+    "sweep": ("sweep.html", "{{sweep}}", True),
+    "calibration": ("calibration.html", "{{sweep}} calibration", True),
+}
+HEAD = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<link rel="icon" href="data:,">
+<title>{title} · gapinit dashboard</title>
+<link rel="stylesheet" href="/static/dashboard.css">
+{plotly}<script src="/static/dashboard.js"></script>
+</head>
+"""
+
+
+def page_html(name: str) -> str:
+    """The page ``name`` with the head every page shares; ``{{sweep}}``/``{{root}}`` still to fill."""
+    file, title, plots = PAGES[name]
+    plotly = '<script src="/static/plotly.min.js"></script>\n' if plots else ""
+    return HEAD.format(title=title, plotly=plotly) + (STATIC / file).read_text()
 
 
 def plotly_js() -> Path:
@@ -83,7 +105,7 @@ def build_app(dash: Dashboard) -> Starlette:
 
     def page(name: str):
         def endpoint(request: Request) -> Response:
-            html = (STATIC / PAGES[name]).read_text()
+            html = page_html(name)
             sweep = request.path_params.get("name", "")
             if sweep and sweep not in dash.names():
                 return HTMLResponse(f"<h1>no sweep {sweep!r} here</h1>", status_code=404)
@@ -165,7 +187,12 @@ def build_app(dash: Dashboard) -> Starlette:
         if name == "plotly.min.js":
             return FileResponse(plotly_js(), media_type="text/javascript")
         path = STATIC / name
-        if "/" in name or name.startswith(".") or not path.is_file() or name in PAGES.values():
+        if (
+            "/" in name
+            or name.startswith(".")
+            or not path.is_file()
+            or name in {file for file, _, _ in PAGES.values()}
+        ):
             return Response("not found", status_code=404)
         return FileResponse(path)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from gapinit_ray.errors import GapinitError
 from gapinit_ray.seedgroup.core import STOP_PLAN, TRAIN, UNKNOWN, WAIT_PLAN, MemberPlan
@@ -31,6 +32,22 @@ RUNG_POLL_S = 1.0
 RUNG_RECORD_TIMEOUT_S = 900.0
 #: :meth:`RungGate.after_rung`'s answer while a member holds its run at a rung (ask again later).
 HOLD = "hold"
+
+
+@dataclass(frozen=True)
+class MemberRun:
+    """What the Train run of a seed-group member needs at its rungs (see :meth:`RungGate.after_rung`).
+
+    Attributes:
+        state_path: the scheduler's state file (:mod:`~gapinit_ray.seedgroup.state`).
+        tune_id: the member's Tune trial id, its key in the state.
+        slots: the name of the sweep's Train-slot actor (:mod:`~gapinit_ray.seedgroup.slots`), who
+            trains now; ``None``: the run never holds at a rung, it ends there.
+    """
+
+    state_path: str
+    tune_id: str
+    slots: str | None = None
 
 
 class RungGate:

@@ -1,5 +1,5 @@
 """Seed-group ASHA through a driver crash: the `gapinit run` driver of a seed-group sweep is killed (by
-pid, with all it started) while a member holds at a rung its group has not decided, and `gapinit resume`
+pid, with all it started) while a member waits at a rung its group has not decided, and `gapinit resume`
 finishes the sweep. No group is split, no report is lost or written twice, the rung records made before
 the kill are kept, and the members of the group cut at a rung end as stopped trials, with no error."""
 
@@ -83,11 +83,13 @@ def test_seed_group_sweep_resumed_after_the_driver_is_killed_mid_rung(tmp_path) 
     share_caches(tmp_path / "store", "gaps", "features")  # calibrated and cached once per session
     sweep = tmp_path / "store" / NAME
     state_file = state_path(sweep)
-    # 2 CPUs, 1-worker trials: the slots go to the first group's two members (the second group's wait),
-    # and the first member at a rung holds its Train run there while its sibling trains. The driver is
-    # killed while one holds at the second rung: the first rung's decision (promoted, the cutoff the
-    # second group will be judged by there) is recorded, the second rung's is not
-    proc = _run_cli("run", str(spec_path), "--num-cpus", "2", "--quiet", cwd=tmp_path)
+    # 1 CPU, 1-worker trials: one Train slot, served to the first group's members in turn. The first
+    # member at a rung ends its Train run there (its sibling is not training: no hold) and waits while
+    # the sibling trains that whole segment. The driver is killed while one waits at the second rung:
+    # the first rung's decision (promoted, the cutoff the second group will be judged by there) is
+    # recorded, the second rung's is not. (With 2 CPUs both members train at once and reach the rung
+    # within a fraction of a second of each other: too narrow a window to kill the driver in.)
+    proc = _run_cli("run", str(spec_path), "--num-cpus", "1", "--quiet", cwd=tmp_path)
     driver = psutil.Process(proc.pid)
     deadline = time.time() + 1500
     held: list[tuple[str, int]] = []
