@@ -47,14 +47,8 @@ def make_scheduler(
     Schedule(max_t, grace_period, reduction_factor, time_attr, metric, mode)
     if kind == FIFO:
         return FIFOScheduler()
-    schedule = dict(
-        time_attr=time_attr,
-        metric=metric,
-        mode=mode,
-        max_t=max_t,
-        grace_period=grace_period,
-        reduction_factor=reduction_factor,
-    )
+    schedule = {"time_attr": time_attr, "metric": metric, "mode": mode, "max_t": max_t}
+    schedule.update(grace_period=grace_period, reduction_factor=reduction_factor)
     if kind == ASHA:
         return AsyncHyperBandScheduler(**schedule, brackets=1)
     from gapinit_ray.seedgroup.tune import SeedGroupASHA

@@ -90,10 +90,6 @@ class Backbone:
     #: per-image pixel inputs the LM still needs when the image features come from the feature cache
     #: (Qwen2-VL's M-RoPE positions need ``image_grid_thw``).
     feature_extra_keys: ClassVar[tuple[str, ...]] = ()
-    # The model's per-token modality input (1 = image token), if the family has one: Gemma 3's
-    # ``token_type_ids`` (each image block attends to itself bidirectionally), Qwen2-VL's
-    # ``mm_token_type_ids`` (M-RoPE positions; pads are 0 and the attention mask removes them).
-    image_token_type_input: ClassVar[str | None] = None
 
     def __init__(self, name: str, model: Any, tokenizer: Any, image_processor: Any, source_id: str) -> None:
         self.name = name
@@ -135,29 +131,6 @@ class Backbone:
         """One sample as ``[(token ids, kind), ...]``; ``caption_ids=None`` means a generation prompt."""
         raise NotImplementedError
 
-    def _chat_layout(
-        self,
-        head: str,
-        n_image_tokens: int,
-        tail: str,
-        caption_ids: list[int] | None,
-        end: str,
-        *,
-        bos: bool = False,
-    ) -> list[tuple[list[int], int]]:
-        """The layout of a chat-templated family: ``[<bos>] head [image × n] tail [caption end]``, the
-        template's text around the image given as ``head``/``tail`` (an empty tail and ``n = 0`` for a
-        text-only turn); the caption and its end-of-turn only when ``caption_ids`` is given."""
-        segments = [([self.tokenizer.bos_token_id], OTHER)] if bos else []
-        segments.append((self.text_ids(head), OTHER))
-        if n_image_tokens:
-            segments.append(([self.image_token_id] * n_image_tokens, IMAGE))
-        if tail:
-            segments.append((self.text_ids(tail), OTHER))
-        if caption_ids is not None:
-            segments += [(caption_ids, CAPTION), (self.text_ids(end), END)]
-        return segments
-
     @classmethod
     def model_class(cls) -> type:
         """The HF ``*ForConditionalGeneration`` class named by :attr:`hf_class` (imported lazily)."""
@@ -176,11 +149,8 @@ class Backbone:
         return model, tokenizer
 
     def _extra_inputs(self, input_ids: torch.Tensor, image_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Family-specific per-token inputs derived from the layout: by default the image mask as the
-        family's token-type input (1 = image token) where :attr:`image_token_type_input` names one."""
-        if self.image_token_type_input is None:
-            return {}
-        return {self.image_token_type_input: image_mask.to(torch.long)}
+        """Family-specific per-token inputs derived from the layout (default: none)."""
+        return {}
 
     # ------------------------------------------------------------------ helpers
     @property

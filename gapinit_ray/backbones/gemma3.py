@@ -15,7 +15,8 @@ model uses it to let image tokens attend to each other bidirectionally. Labels e
 
 from __future__ import annotations
 
-from gapinit_ray.backbones.base import Backbone, build_seeded
+from gapinit_ray.backbones.base import build_seeded
+from gapinit_ray.backbones.chat import ChatBackbone
 from gapinit_ray.backbones.loading import tiny_backbone, tiny_decoder_lm, tiny_tower
 from gapinit_ray.backbones.tokenizer import build_tiny_tokenizer
 
@@ -24,7 +25,7 @@ BOI, EOI, IMAGE_SOFT = "<start_of_image>", "<end_of_image>", "<image_soft_token>
 _TINY_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", START_OF_TURN, END_OF_TURN, BOI, EOI, IMAGE_SOFT]
 
 
-class Gemma3Backbone(Backbone):
+class Gemma3Backbone(ChatBackbone):
     family = "gemma3"
     model_types = ("gemma3",)
     hf_class = "Gemma3ForConditionalGeneration"

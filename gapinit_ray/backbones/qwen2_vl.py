@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gapinit_ray.backbones.base import Backbone, build_seeded
+from gapinit_ray.backbones.base import build_seeded
+from gapinit_ray.backbones.chat import ChatBackbone
 from gapinit_ray.backbones.loading import tiny_backbone, tiny_decoder_lm
 from gapinit_ray.backbones.tokenizer import build_tiny_tokenizer
 
@@ -43,7 +44,7 @@ _TINY_SPECIALS = [
 ]
 
 
-class Qwen2VLBackbone(Backbone):
+class Qwen2VLBackbone(ChatBackbone):
     family = "qwen2_vl"
     model_types = ("qwen2_vl",)
     hf_class = "Qwen2VLForConditionalGeneration"

@@ -53,17 +53,23 @@ def _log(spec, root: Path, epochs: range, end: bool, nices: list | None = None) 
         proc, deadline = psutil.Process(trackers._proc.pid), time.time() + 120
         while not proc.children(recursive=True) and time.time() < deadline:
             time.sleep(0.5)
-        nices += [(p.name(), p.nice()) for p in [proc, *proc.children(recursive=True)]]
+        import os
+
+        nices += [
+            (p.name(), p.nice(), os.sched_getscheduler(p.pid)) for p in [proc, *proc.children(recursive=True)]
+        ]
     return trackers.close()
 
 
 def test_three_trackers_read_back_and_a_resume_continues_the_same_runs(tmp_path) -> None:
     spec = _spec(tmp_path)
     root = tmp_path / "sweep"
-    nices: list[tuple[str, int]] = []
+    nices: list[tuple[str, int, int]] = []
     assert _log(spec, root, range(0, 2), end=False, nices=nices) == {}  # the sweep is killed after epoch 1...
     # all tracker I/O runs at the lowest CPU priority, W&B's service included: trials never wait for it
-    assert len(nices) >= 2 and {n for _, n in nices} == {19}, nices
+    import os
+
+    assert len(nices) >= 2 and {(n, policy) for _, n, policy in nices} == {(19, os.SCHED_IDLE)}, nices
     # ...and resumed: Tune replays epoch 1 (restored from its checkpoint), then epoch 2 and the end
     assert _log(spec, root, range(1, 3), end=True) == {}
 
