@@ -35,6 +35,7 @@ class SweepProgress:
             from gapinit_ray.trackers import Trackers
 
             trackers = Trackers(spec, sweep_dir(spec))
+            trackers.start()  # its one-time set-up overlaps the trials' start-up, not their training
 
         view = ProgressView(quiet=quiet)
 

@@ -81,18 +81,39 @@ def _one_line(e: BaseException) -> str:
 
 
 class _Worker:
-    """One tracker behind a queue, in its own thread (inside the trackers' process). The thread takes
-    every event queued so far at once and hands the batch to the backend (``batch``), so a backend
-    flushes once per batch rather than once per report."""
+    """One tracker behind a queue, in its own thread (inside the trackers' process). The thread builds
+    the backend with ``make()`` and runs its one-time set-up (``warm``: imports, a store's creation) at
+    the process's normal priority, while the sweep's trials are still starting; then it drops to the
+    lowest (:func:`_lowest_priority`, per thread) for the reports. It takes every event queued so far
+    at once and hands the batch to the backend, so a backend flushes once per batch rather than once
+    per report."""
 
-    def __init__(self, name: str, backend) -> None:
-        self.name, self.backend = name, backend
+    def __init__(self, name: str, make) -> None:
+        self.name, self.backend = name, None
         self.q: queue.Queue[tuple | None] = queue.Queue()
         self.error: str | None = None
         self.failed_trials: set[str] = set()
         self.inflight: list[tuple] = []  # the batch being written
-        self.thread = threading.Thread(target=self._loop, name=f"gapinit-tracker-{name}", daemon=True)
+        self.ready = threading.Event()  # set up (or failed to)
+        self.thread = threading.Thread(
+            target=self._run, args=(make,), name=f"gapinit-tracker-{name}", daemon=True
+        )
         self.thread.start()
+
+    def _run(self, make) -> None:
+        try:
+            self.backend = make()
+            getattr(self.backend, "warm", lambda: None)()
+        except Exception as e:  # a tracker that cannot start never reaches the sweep
+            self.error = _one_line(e)
+            print(
+                f"gapinit: logger {self.name} failed ({self.error}); the sweep goes on without it",
+                file=sys.stderr,
+            )
+        finally:
+            _lowest_priority()
+            self.ready.set()
+        self._loop()
 
     def put(self, event: tuple) -> None:
         if self.error is not None:
@@ -188,20 +209,31 @@ def close_workers(workers: list[_Worker], stall_s: float, max_s: float) -> None:
             w.give_up(f"did not finish (no progress for {stall_s:g} s, or {max_s:g} s in all)")
 
 
-def _lowest_priority() -> None:
-    """This process (and what it starts, e.g. W&B's ``wandb-core``) yields the CPU and the disk: Linux's
-    ``SCHED_IDLE`` policy (a weight of 3 against a normal process's 1024; ``nice 19`` is 15, and it
-    measured 2-9 % off two busy processes on 2 cores where ``SCHED_IDLE`` measured 0-3 %), plus
-    ``nice 19`` (where ``SCHED_IDLE`` is missing), and the idle I/O class. Called before any thread
-    starts: on Linux both are per thread, and threads inherit them."""
+def _lowest_priority(tid: int | None = None) -> None:
+    """Thread ``tid`` (default: the calling one; and the threads and processes it starts later, e.g.
+    W&B's ``wandb-core``) yields the CPU and the disk: Linux's ``SCHED_IDLE`` policy (a weight of 3
+    against a normal process's 1024; ``nice 19`` is 15, and it measured 2-9 % off two busy processes on
+    2 cores where ``SCHED_IDLE`` measured 0-3 %), ``nice 19`` (where ``SCHED_IDLE`` is missing) and the
+    idle I/O class. On Linux all three are per thread, and new threads inherit them."""
+    tid = threading.get_native_id() if tid is None else tid
     with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, 0, 19)
+        os.setpriority(os.PRIO_PROCESS, tid, 19)
     with contextlib.suppress(OSError, AttributeError):
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
     with contextlib.suppress(Exception):
         import psutil
 
-        psutil.Process().ionice(psutil.IOPRIO_CLASS_IDLE)
+        psutil.Process(tid).ionice(psutil.IOPRIO_CLASS_IDLE)
+
+
+def _lower_every_thread() -> None:
+    """:func:`_lowest_priority` for every thread of this process: the ones the trackers' libraries
+    started during their set-up (at normal priority) too."""
+    with contextlib.suppress(Exception):
+        import psutil
+
+        for thread in psutil.Process().threads():
+            _lowest_priority(thread.id)
 
 
 def _failures(workers: list[_Worker]) -> dict[str, str]:
@@ -214,28 +246,26 @@ def _failures(workers: list[_Worker]) -> dict[str, str]:
 
 def serve(raw_spec: dict, sweep_dir: Path, events, answers, parent_pid: int, close_timeout_s: float) -> None:
     """The trackers' process: take events from ``events`` until ``None`` (or until the driver is gone),
-    close every tracker and put ``{trial_id: what failed}`` on ``answers``. The spec comes as its JSON
-    dict, so that nothing heavier than this module is imported before the priority is lowered."""
-    _lowest_priority()
+    close every tracker and put ``{trial_id: what failed}`` on ``answers``. Each tracker's thread sets
+    its tracker up at normal priority, then drops to the lowest (see :class:`_Worker`); this thread
+    only moves events, at the lowest from the start."""
+    import functools
+
     from gapinit_ray.spec import spec_from_dict
     from gapinit_ray.trackers.backends import BACKENDS
 
     spec = spec_from_dict(raw_spec)
-
-    workers: list[_Worker] = []
-    for lg in spec.loggers:
-        w = _Worker(lg.type, None)
-        try:
-            w.backend = BACKENDS[lg.type](spec, lg, sweep_dir)
-        except Exception as e:
-            w.error = _one_line(e)
-            print(
-                f"gapinit: logger {lg.type} failed ({w.error}); the sweep goes on without it", file=sys.stderr
-            )
-        workers.append(w)
+    workers = [
+        _Worker(lg.type, functools.partial(BACKENDS[lg.type], spec, lg, sweep_dir)) for lg in spec.loggers
+    ]
+    _lowest_priority()
+    all_low = False
     while True:
+        if not all_low and all(w.ready.is_set() for w in workers):
+            _lower_every_thread()  # every tracker is set up: nothing in this process runs above idle
+            all_low = True
         try:
-            event = events.get(timeout=PARENT_POLL_S)
+            event = events.get(timeout=PARENT_POLL_S if all_low else 0.1)
         except queue.Empty:
             if os.getppid() == parent_pid:
                 continue
@@ -252,7 +282,8 @@ def serve(raw_spec: dict, sweep_dir: Path, events, answers, parent_pid: int, clo
 
 class Trackers:
     """The sweep's trackers, driver side: ``result`` / ``end`` only put the event on the queue of the
-    trackers' process (started at the first event)."""
+    trackers' process (:meth:`start`-ed when the sweep starts, so that the trackers' one-time set-up
+    runs while the trials are still starting; else at the first event)."""
 
     def __init__(self, spec, sweep_dir: Path) -> None:
         self.spec, self.sweep_dir = spec, sweep_dir
@@ -270,6 +301,11 @@ class Trackers:
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["spec"], state["sweep_dir"])
+
+    def start(self) -> None:
+        """Start the trackers' process now (once)."""
+        if self._proc is None and self._start_error is None:
+            self._start()
 
     def _start(self) -> None:
         import multiprocessing
@@ -296,8 +332,7 @@ class Trackers:
             print(f"gapinit: loggers not started ({self._start_error}); the sweep goes on", file=sys.stderr)
 
     def _put(self, kind: str, trial_id: str, data: dict) -> None:
-        if self._proc is None:
-            self._start()
+        self.start()
         self._sent.add(trial_id)
         if self._start_error is None:
             self._events.put((kind, trial_id, data))

@@ -4,6 +4,7 @@ unreachable MLflow server never stops the sweep and the trial rows say logging f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -45,19 +46,36 @@ def _log(spec, root: Path, epochs: range, end: bool, nices: list | None = None) 
     if end:
         for tid in TRIALS:
             trackers.end(tid, "TERMINATED", None, None)
-    if nices is not None:  # the trackers' process and what it started (W&B's service), once it is up
+    if nices is not None:  # the trackers' process and what it started (W&B's service), once set up
+        import os
         import time
 
         import psutil
 
-        proc, deadline = psutil.Process(trackers._proc.pid), time.time() + 120
-        while not proc.children(recursive=True) and time.time() < deadline:
-            time.sleep(0.5)
-        import os
+        def threads() -> list[tuple[str, int, int]]:  # on Linux the priority is per thread
+            out = []
+            for p in [proc, *proc.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error, OSError):
+                    out += [
+                        (
+                            f"{p.name()}:{t.id}",
+                            os.getpriority(os.PRIO_PROCESS, t.id),
+                            os.sched_getscheduler(t.id),
+                        )
+                        for t in p.threads()
+                    ]
+            return out
 
-        nices += [
-            (p.name(), p.nice(), os.sched_getscheduler(p.pid)) for p in [proc, *proc.children(recursive=True)]
-        ]
+        # each tracker sets itself up at normal priority (while a sweep's trials start), then every
+        # thread of the process drops to the lowest, and what starts later (W&B's service) inherits it
+        proc, deadline = psutil.Process(trackers._proc.pid), time.time() + 120
+        seen = threads()
+        while time.time() < deadline and not (
+            proc.children(recursive=True) and {(n, policy) for _, n, policy in seen} == {(19, os.SCHED_IDLE)}
+        ):
+            time.sleep(0.5)
+            seen = threads()
+        nices += seen
     return trackers.close()
 
 
