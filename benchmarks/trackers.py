@@ -27,7 +27,8 @@ from benchmarks.common import machine, write_result
 
 def _sweep(root: Path, name: str, loggers: list[str], epochs: int, steps: int) -> list[float]:
     """One sweep of 2 trials (2 seeds, one Train worker each: the machine's 2 CPUs busy training);
-    the time per step of each epoch report (1 / samples_per_s, ``steps`` steps of batch 4 each)."""
+    (epoch, time per sample) of each report with a throughput (1 / samples_per_s over the epoch's
+    ``steps`` steps of batch 4: the time per step over 4)."""
     import yaml
 
     from gapinit_ray.results import ResultsStore
@@ -48,7 +49,11 @@ def _sweep(root: Path, name: str, loggers: list[str], epochs: int, steps: int) -
     spec = spec_from_dict(raw)
     run_sweep(spec, quiet=True)
     m = ResultsStore(spec.storage, spec.name).metrics().to_pandas()
-    return [1.0 / v for v in m["samples_per_s"].dropna() if v > 0]
+    return [(float(e), 1.0 / v) for e, v in zip(m["epoch"], m["samples_per_s"], strict=True) if v > 0]
+
+
+def _median(reports: list[tuple[float, float]], epoch: float | None = None) -> float:
+    return statistics.median(s for e, s in reports if epoch is None or e == epoch)
 
 
 def enqueue_cost(n: int = 2000) -> float:
@@ -128,8 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    on: list[float] = []
-    off: list[float] = []
+    on: list[tuple[float, float]] = []  # (epoch, time per sample) of every report
+    off: list[tuple[float, float]] = []
     per_round: list[float] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -142,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
                     )
                 off += got["off"]
                 on += got["on"]
-                per_round.append(statistics.median(got["on"]) / statistics.median(got["off"]))
+                per_round.append(_median(got["on"]) / _median(got["off"]))
     finally:
         ray.shutdown()
 
@@ -150,17 +155,21 @@ def main(argv: list[str] | None = None) -> dict:
         q = statistics.quantiles(xs, n=4)
         return {"p25": q[0], "median": statistics.median(xs), "p75": q[2]}
 
+    epochs = sorted({e for e, _ in on} & {e for e, _ in off})
+    by_epoch = {f"{e:g}": _median(on, e) / _median(off, e) for e in epochs}
+    on_s, off_s = [s for _, s in on], [s for _, s in off]
     result = {
         "machine": machine(),
         "loggers": loggers,
         "rounds": args.rounds,
         "epochs": args.epochs,
         "steps_per_epoch": args.steps,
-        "step_s_loggers_off": statistics.median(off),
-        "step_s_loggers_on": statistics.median(on),
-        "on_over_off_time_per_step": statistics.median(on) / statistics.median(off),
+        "step_s_loggers_off": statistics.median(off_s),
+        "step_s_loggers_on": statistics.median(on_s),
+        "on_over_off_time_per_step": statistics.median(on_s) / statistics.median(off_s),
         "on_over_off_per_round": per_round,
-        "step_s_spread": {"on": spread(on), "off": spread(off)},
+        "on_over_off_per_epoch": by_epoch,
+        "step_s_spread": {"on": spread(on_s), "off": spread(off_s)},
         "reports": {"on": len(on), "off": len(off)},
         "load_average_1m_at_end": os.getloadavg()[0],
         "driver_enqueue_s_per_result": enqueue_cost(),
@@ -172,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"time per step, loggers on / off: {result['on_over_off_time_per_step']:.3f} (target <= 1.03); "
         f"per round {', '.join(f'{x:.3f}' for x in per_round)}; "
+        f"per epoch {', '.join(f'{e}: {x:.3f}' for e, x in by_epoch.items())}; "
         f"driver enqueue {result['driver_enqueue_s_per_result'] * 1e6:.1f} µs per result"
     )
     return result

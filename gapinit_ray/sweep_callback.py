@@ -35,13 +35,19 @@ class SweepProgress:
             from gapinit_ray.trackers import Trackers
 
             trackers = Trackers(spec, sweep_dir(spec))
-            trackers.start()  # its one-time set-up overlaps the trials' start-up, not their training
+            trackers.start()  # its one-time set-up overlaps Tune's start-up (see setup below)
 
         view = ProgressView(quiet=quiet)
 
         class _Progress(Callback):
             def __init__(self) -> None:
                 self.best: tuple[float, str] | None = None
+
+            def setup(self, **info):
+                # before the first trial starts (a restored sweep's callback too): the trackers' one-time
+                # set-up (imports, MLflow's store; seconds of CPU) never runs during training steps
+                if trackers is not None:
+                    trackers.wait_ready()
 
             def _params(self, trial) -> tuple[str, dict]:
                 params = params_of(trial.config, spec)

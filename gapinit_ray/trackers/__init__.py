@@ -44,6 +44,8 @@ CLOSE_TIMEOUT_S = 900.0
 CLOSE_STALL_S = 60.0
 #: how often the trackers' process checks that the driver is still there
 PARENT_POLL_S = 1.0
+#: the most seconds a sweep waits for its trackers' set-up before its trials start
+READY_TIMEOUT_S = 20.0
 
 
 def missing_package(kind: str) -> str | None:
@@ -244,11 +246,14 @@ def _failures(workers: list[_Worker]) -> dict[str, str]:
     return {tid: "logging failed: " + "; ".join(v) for tid, v in out.items()}
 
 
-def serve(raw_spec: dict, sweep_dir: Path, events, answers, parent_pid: int, close_timeout_s: float) -> None:
+def serve(
+    raw_spec: dict, sweep_dir: Path, events, answers, parent_pid: int, close_timeout_s: float, ready=None
+) -> None:
     """The trackers' process: take events from ``events`` until ``None`` (or until the driver is gone),
     close every tracker and put ``{trial_id: what failed}`` on ``answers``. Each tracker's thread sets
     its tracker up at normal priority, then drops to the lowest (see :class:`_Worker`); this thread
-    only moves events, at the lowest from the start."""
+    only moves events, at the lowest from the start. ``ready`` (an event) is set once every tracker is
+    set up (or failed to) and every thread is at the lowest priority."""
     import functools
 
     from gapinit_ray.spec import spec_from_dict
@@ -264,6 +269,8 @@ def serve(raw_spec: dict, sweep_dir: Path, events, answers, parent_pid: int, clo
         if not all_low and all(w.ready.is_set() for w in workers):
             _lower_every_thread()  # every tracker is set up: nothing in this process runs above idle
             all_low = True
+            if ready is not None:
+                ready.set()
         try:
             event = events.get(timeout=PARENT_POLL_S if all_low else 0.1)
         except queue.Empty:
@@ -288,7 +295,7 @@ class Trackers:
     def __init__(self, spec, sweep_dir: Path) -> None:
         self.spec, self.sweep_dir = spec, sweep_dir
         self._proc = None
-        self._events = self._answers = None
+        self._events = self._answers = self._ready = None
         self._sent: set[str] = set()
         self._reported: dict[str, set[float]] = {}  # trial -> epochs sent
         self._ended: set[str] = set()
@@ -307,11 +314,18 @@ class Trackers:
         if self._proc is None and self._start_error is None:
             self._start()
 
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> bool:
+        """Start the trackers and wait (``timeout_s`` at most) until they are set up: a sweep calls it
+        before its trials start, so that the set-up never runs during their training steps. False
+        when it took longer (e.g. an MLflow server that does not answer); the sweep goes on anyway."""
+        self.start()
+        return self._ready is not None and self._ready.wait(timeout_s)
+
     def _start(self) -> None:
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")  # no fork of a driver with Ray's threads
-        self._events, self._answers = ctx.Queue(), ctx.Queue()
+        self._events, self._answers, self._ready = ctx.Queue(), ctx.Queue(), ctx.Event()
         self._proc = ctx.Process(
             target=serve,
             args=(
@@ -321,6 +335,7 @@ class Trackers:
                 self._answers,
                 os.getpid(),
                 CLOSE_TIMEOUT_S,
+                self._ready,
             ),
             name="gapinit-trackers",
             daemon=True,

@@ -68,8 +68,11 @@ def _log(spec, root: Path, epochs: range, end: bool, nices: list | None = None) 
 
         # each tracker sets itself up at normal priority (while a sweep's trials start), then every
         # thread of the process drops to the lowest, and what starts later (W&B's service) inherits it
+        assert trackers.wait_ready(120)  # what a sweep waits for before its trials start
         proc, deadline = psutil.Process(trackers._proc.pid), time.time() + 120
         seen = threads()
+        set_up = {(n, policy) for _, n, policy in seen}  # the trackers' process, ready
+        assert set_up == {(19, os.SCHED_IDLE)}, seen
         while time.time() < deadline and not (
             proc.children(recursive=True) and {(n, policy) for _, n, policy in seen} == {(19, os.SCHED_IDLE)}
         ):
