@@ -10,6 +10,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from ray.tune import Callback
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+
 from gapinit_ray.atomic import write_atomic
 from gapinit_ray.errors import GapinitError
 from gapinit_ray.plan import params_of, result_config, trial_id
@@ -19,113 +22,107 @@ from gapinit_ray.spec import SweepSpec
 from gapinit_ray.trial import sweep_dir
 
 
-class SweepProgress:
-    """Tune callback: trial rows (status, stop reason, rung), scheduler state, a live progress line."""
+class SweepProgress(Callback):
+    """Tune callback: trial rows (status, stop reason, rung), scheduler state, a live progress line,
+    and the trackers' feed. Tune pickles it with the experiment state (a restored sweep gets it back)."""
 
-    def __new__(cls, spec: SweepSpec, scheduler, quiet: bool = False, slots: str | None = None):
-        from ray.tune import Callback
-        from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
-
+    def __init__(self, spec: SweepSpec, scheduler, quiet: bool = False, slots: str | None = None) -> None:
         from gapinit_ray.results import ResultsStore
 
-        store = ResultsStore(spec.storage, spec.name)
-        metric, mode = spec.scheduler.metric, spec.scheduler.mode
-        trackers = None
+        self.spec, self.scheduler, self.slots = spec, scheduler, slots
+        self.store = ResultsStore(spec.storage, spec.name)
+        self.trackers = None
         if spec.loggers:
             from gapinit_ray.trackers import Trackers
 
-            trackers = Trackers(spec, sweep_dir(spec))
-            trackers.start()  # its one-time set-up overlaps Tune's start-up (see setup below)
+            self.trackers = Trackers(spec, sweep_dir(spec))
+            self.trackers.start()  # its one-time set-up overlaps Tune's start-up (see setup)
+        self.view = ProgressView(quiet=quiet)
+        self.best: tuple[float, str] | None = None
 
-        view = ProgressView(quiet=quiet)
+    def setup(self, **info):
+        # before the first trial starts (a restored sweep's callback too): the trackers' one-time
+        # set-up (imports, MLflow's store; seconds of CPU) never runs during training steps
+        if self.trackers is not None:
+            self.trackers.wait_ready()
 
-        class _Progress(Callback):
-            def __init__(self) -> None:
-                self.best: tuple[float, str] | None = None
+    def _params(self, trial) -> tuple[str, dict]:
+        params = params_of(trial.config, self.spec)
+        return trial_id(params), result_config(self.spec, params)
 
-            def setup(self, **info):
-                # before the first trial starts (a restored sweep's callback too): the trackers' one-time
-                # set-up (imports, MLflow's store; seconds of CPU) never runs during training steps
-                if trackers is not None:
-                    trackers.wait_ready()
+    def _line(self, trials) -> None:
+        status = SweepStatus(
+            Counter(t.status for t in trials), metric=self.spec.scheduler.metric, best=self.best
+        )
+        if hasattr(self.scheduler, "rung_state"):
+            status.groups, status.rungs = rung_summary(self.scheduler.rung_state())
+        self.view.update(status)
 
-            def _params(self, trial) -> tuple[str, dict]:
-                params = params_of(trial.config, spec)
-                return trial_id(params), result_config(spec, params)
+    def on_experiment_end(self, trials, **info):
+        self._line(trials)
+        self.view.close()
+        if self.trackers is not None:
+            for tid, what in self.trackers.close().items():  # the trials a tracker did not log
+                kept = self.store.trial(tid)
+                if kept:
+                    config = json.loads(kept["config_json"])
+                    self.store.write_trial(tid, config, status=kept["status"], logger_errors=what)
 
-            def _line(self, trials) -> None:
-                status = SweepStatus(Counter(t.status for t in trials), metric=metric, best=self.best)
-                if hasattr(scheduler, "rung_state"):
-                    status.groups, status.rungs = rung_summary(scheduler.rung_state())
-                view.update(status)
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        tid, params = self._params(trial)
+        self.store.write_trial(
+            tid,
+            params,
+            status="RUNNING",
+            last_epoch=float(result.get("epoch", 0) or 0),
+            checkpoint_path=result.get(CHECKPOINT_PATH_KEY),
+            init_checks=result.get("init_checks") or None,
+        )
+        if self.trackers is not None:
+            self.trackers.result(tid, group_id(params), params, result)
+        value = result.get(self.spec.scheduler.metric)
+        if isinstance(value, int | float) and value == value:
+            better = self.best is None or (
+                value > self.best[0] if self.spec.scheduler.mode == "max" else value < self.best[0]
+            )
+            if better:
+                self.best = (float(value), tid)
+        self._line(trials)
 
-            def on_experiment_end(self, trials, **info):
-                self._line(trials)
-                view.close()
-                if trackers is not None:
-                    for tid, what in trackers.close().items():  # the trials a tracker did not log
-                        kept = store.trial(tid)
-                        if kept:
-                            config = json.loads(kept["config_json"])
-                            store.write_trial(tid, config, status=kept["status"], logger_errors=what)
+    def _release(self, tid: str) -> None:
+        # a trial that ended (or died) holding a Train slot gives it back
+        from gapinit_ray.seedgroup.slots import release_slot
 
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                tid, params = self._params(trial)
-                store.write_trial(
-                    tid,
-                    params,
-                    status="RUNNING",
-                    last_epoch=float(result.get("epoch", 0) or 0),
-                    checkpoint_path=result.get(CHECKPOINT_PATH_KEY),
-                    init_checks=result.get("init_checks") or None,
-                )
-                if trackers is not None:
-                    trackers.result(tid, group_id(params), params, result)
-                value = result.get(metric)
-                if isinstance(value, int | float) and value == value:
-                    better = self.best is None or (
-                        value > self.best[0] if mode == "max" else value < self.best[0]
-                    )
-                    if better:
-                        self.best = (float(value), self._params(trial)[0])
-                self._line(trials)
+        release_slot(self.slots, tid)
 
-            def _release(self, tid: str) -> None:
-                # a trial that ended (or died) holding a Train slot gives it back
-                from gapinit_ray.seedgroup.slots import release_slot
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        tid, params = self._params(trial)
+        self._release(tid)
+        stopped = _stop_reason(self.spec, self.scheduler, trial)
+        last = trial.last_result or {}
+        status = "STOPPED" if stopped else "TERMINATED"
+        self.store.write_trial(
+            tid,
+            params,
+            status=status,
+            stop_reason=stopped,
+            rung_reached=_rung_reached(self.scheduler, trial),
+            last_epoch=float(last.get("epoch", 0) or 0),
+        )
+        if self.trackers is not None:
+            self.trackers.end(tid, status, stopped, last.get(CHECKPOINT_PATH_KEY))
+        self._line(trials)
 
-                release_slot(slots, tid)
-
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                tid, params = self._params(trial)
-                self._release(tid)
-                stopped = _stop_reason(spec, scheduler, trial)
-                last = trial.last_result or {}
-                status = "STOPPED" if stopped else "TERMINATED"
-                store.write_trial(
-                    tid,
-                    params,
-                    status=status,
-                    stop_reason=stopped,
-                    rung_reached=_rung_reached(scheduler, trial),
-                    last_epoch=float(last.get("epoch", 0) or 0),
-                )
-                if trackers is not None:
-                    trackers.end(tid, status, stopped, last.get(CHECKPOINT_PATH_KEY))
-                self._line(trials)
-
-            def on_trial_error(self, iteration, trials, trial, **info):
-                tid, params = self._params(trial)
-                self._release(tid)
-                error, reason, text = _trial_error(trial, spec.resources.max_failures)
-                with contextlib.suppress(OSError, GapinitError):  # a full disk must not hide the failure
-                    write_atomic(error_file(spec, tid), text)
-                store.write_trial(tid, params, status="ERROR", stop_reason=reason, error=error)
-                if trackers is not None:
-                    trackers.end(tid, "ERROR", reason, None)
-                self._line(trials)
-
-        return _Progress()
+    def on_trial_error(self, iteration, trials, trial, **info):
+        tid, params = self._params(trial)
+        self._release(tid)
+        error, reason, text = _trial_error(trial, self.spec.resources.max_failures)
+        with contextlib.suppress(OSError, GapinitError):  # a full disk must not hide the failure
+            write_atomic(error_file(self.spec, tid), text)
+        self.store.write_trial(tid, params, status="ERROR", stop_reason=reason, error=error)
+        if self.trackers is not None:
+            self.trackers.end(tid, "ERROR", reason, None)
+        self._line(trials)
 
 
 def _trial_error(trial, max_failures: int) -> tuple[str, str, str]:

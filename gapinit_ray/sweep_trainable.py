@@ -9,27 +9,26 @@ import json
 import socket
 from typing import Any
 
+from ray.train import UserCallback  # Ray Train v2 (the default in Ray 2.60)
+
 from gapinit_ray.plan import PlannedTrial, grid_points, params_of, plan_trial, remember
 from gapinit_ray.spec import SweepSpec
 from gapinit_ray.trial import prepare_artifact
 
 
-class ResultsCallback:
+class ResultsCallback(UserCallback):
     """Ray Train callback (runs in the trial's Train controller): every report becomes a Parquet row."""
 
-    def __new__(cls, storage: str, sweep: str, tid: str, params: dict):
-        from ray.train.v2.api.callback import UserCallback
+    def __init__(self, storage: str, sweep: str, tid: str, params: dict) -> None:
+        self.storage, self.sweep, self.tid, self.params = storage, sweep, tid, params
 
+    def after_report(self, run_context, metrics, checkpoint):
         from gapinit_ray.results import ResultsStore
 
-        class _Writer(UserCallback):
-            def after_report(self, run_context, metrics, checkpoint):
-                row = dict(metrics[0])  # rank 0's report names the node it ran on
-                ResultsStore(storage, sweep).write_report(
-                    tid, params, row, host=str(row.get("worker_host") or socket.gethostname())
-                )
-
-        return _Writer()
+        row = dict(metrics[0])  # rank 0's report names the node it ran on
+        ResultsStore(self.storage, self.sweep).write_report(
+            self.tid, self.params, row, host=str(row.get("worker_host") or socket.gethostname())
+        )
 
 
 def trainable(
