@@ -90,16 +90,16 @@ _PLANNED: OrderedDict[tuple[str, str], PlannedTrial] = OrderedDict()
 _PLANNED_MAX = 4096
 
 
-def _plan_key(spec: SweepSpec, params: dict[str, Any]) -> tuple[str, str]:
-    return spec.model_dump_json(), json.dumps(params, sort_keys=True, default=repr)
+def _params_key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, default=repr)
 
 
 def remember(spec: SweepSpec, trials: list[PlannedTrial]) -> None:
     """Take ``trials``, planned from ``spec`` in another process (the driver's :func:`plan`), as this
     process's own: :func:`plan_trial` then returns them without validating again."""
-    base = spec.model_dump_json()
+    base = spec.model_dump_json()  # once: a trial process takes the whole grid's plan
     for trial in trials:
-        _PLANNED[(base, _plan_key(spec, trial.params)[1])] = trial
+        _PLANNED[(base, _params_key(trial.params))] = trial
     while len(_PLANNED) > _PLANNED_MAX:
         _PLANNED.popitem(last=False)
 
@@ -108,7 +108,7 @@ def plan_trial(spec: SweepSpec, params: dict[str, Any]) -> PlannedTrial:
     """The validated trial of ``params`` in ``spec`` (cached: the same spec and params are validated
     once per process, or never when the driver's plan was :func:`remember`-ed; a spec changed since
     is a new key)."""
-    key = _plan_key(spec, params)
+    key = (spec.model_dump_json(), _params_key(params))
     hit = _PLANNED.get(key)
     if hit is not None:
         _PLANNED.move_to_end(key)

@@ -11,7 +11,7 @@ from typing import Any
 
 from ray.train import UserCallback  # Ray Train v2 (the default in Ray 2.60)
 
-from gapinit_ray.plan import PlannedTrial, grid_points, params_of, plan_trial, remember
+from gapinit_ray.plan import PlannedTrial, params_of, plan_trial, remember
 from gapinit_ray.spec import SweepSpec
 from gapinit_ray.trial import prepare_artifact
 
@@ -65,7 +65,7 @@ def trainable(
     remember(spec, planned)
     trial = plan_trial(spec, params_of(config, spec))
     params, tid, columns, group = trial.params, trial.trial_id, trial.config, trial.group_id
-    rank = _group_rank(spec, group)
+    rank = _group_rank(planned, group)
     tspec, bspec = trial.spec, trial.backbone
     # the driver calibrated every key of the grid; a sampled axis may reach one it did not: then this
     # process computes it (no Ray actors: the trial's placement group has no room for them), cached
@@ -121,11 +121,12 @@ def trial_group(spec: SweepSpec, config: dict[str, Any]) -> str:
     return plan_trial(spec, params_of(config, spec)).group_id
 
 
-def _group_rank(spec: SweepSpec, group: str) -> int | None:
-    """The place of a seed group in the sweep's grid (None: not a grid point, e.g. a sampled axis)."""
+def _group_rank(planned: list[PlannedTrial], group: str) -> int | None:
+    """The place of a seed group in the sweep's grid (``planned``, in grid order; None: not a grid
+    point, e.g. a sampled axis)."""
     ranks: dict[str, int] = {}
-    for point in grid_points(spec):
-        ranks.setdefault(plan_trial(spec, point).group_id, len(ranks))
+    for trial in planned:
+        ranks.setdefault(trial.group_id, len(ranks))
     return ranks.get(group)
 
 
