@@ -87,14 +87,20 @@ def clean_tiny_trial(ray_local, tmp_path_factory):
 
     me = psutil.Process()
 
+    def _is_train_worker(p: psutil.Process | None) -> bool:
+        return p is not None and "RayTrainWorker" in " ".join(p.cmdline())
+
     def sample() -> None:
         while not done.is_set():
             # this session's Ray only (its processes descend from this one): not another run's workers
             for p in me.children(recursive=True):
                 try:
-                    if "RayTrainWorker" in " ".join(p.cmdline()):
-                        t = p.cpu_times()
-                        cpu_s[p.pid] = t.user + t.system
+                    if not _is_train_worker(p) or _is_train_worker(p.parent()):
+                        # a child a Train worker forks (a subprocess before its exec) carries the
+                        # worker's title for a moment: it is not a second worker
+                        continue
+                    t = p.cpu_times()
+                    cpu_s[p.pid] = t.user + t.system
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
             time.sleep(0.05)
