@@ -25,6 +25,27 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # see gapinit
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")  # local Ray: see gapinit_ray.cluster
 
 
+def synthetic_pairs(out: Path, num_images: int, seed: int) -> list[tuple]:
+    """(image id, PIL image, first caption) of a generated downstream caption set's train split."""
+    from gapinit_ray.data import generate_synthetic, load_caption_set, load_image
+
+    dataset = generate_synthetic(str(out / "set"), variant="downstream", num_images=num_images, seed=seed)
+    return [
+        (r.image_id, load_image(r), r.captions[0])
+        for r in load_caption_set("karpathy", dataset, None, "train")
+    ]
+
+
+def modules_loaded_by(imports: str, *modules: str) -> list[bool]:
+    """Whether each of ``modules`` is in sys.modules of a fresh interpreter after it runs ``imports``."""
+    import subprocess
+    import sys
+
+    code = f"import sys; {imports}; print(*[m in sys.modules for m in {list(modules)!r}])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return [word == "True" for word in out.stdout.split()]
+
+
 _shared_cache: list[Path] = []
 
 

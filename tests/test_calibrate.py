@@ -13,21 +13,17 @@ import yaml
 from gapinit_ray.backbones import load_backbone
 from gapinit_ray.calibrate import CalibrationError, PooledShard, calibrate, hook_points
 from gapinit_ray.calibration_job import run_calibration, shard_sizes
-from gapinit_ray.data import generate_synthetic, load_caption_set, load_image
 from gapinit_ray.errors import DataError
 from gapinit_ray.gap import SpotSettings, reduce_shards
 from gapinit_ray.sharding import ShardFailed, WorkerOptions, run_on_ray
 from gapinit_ray.spec import spec_from_dict
 
-from .conftest import QUICKSTART
+from .conftest import QUICKSTART, synthetic_pairs
 
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shapes")
-    dataset = generate_synthetic(str(out / "set"), variant="downstream", num_images=40, seed=1)
-    records = load_caption_set("karpathy", dataset, None, "train")
-    return [(r.image_id, load_image(r), r.captions[0]) for r in records]
+    return synthetic_pairs(tmp_path_factory.mktemp("shapes"), num_images=40, seed=1)
 
 
 @pytest.fixture(scope="module", params=["tiny-blip2", "tiny-qwen2-vl", "tiny-gemma3"])

@@ -22,7 +22,8 @@ from gapinit_ray.backbones import load_backbone
 from gapinit_ray.plan import trial_id, trial_spec
 from gapinit_ray.spec import spec_from_dict
 
-from .conftest import QUICKSTART, USER_ENV
+from .conftest import USER_ENV
+from .test_sweep import sweep_raw
 
 pytestmark = [
     pytest.mark.slow,
@@ -34,20 +35,15 @@ PARAMS = {"init": "lora_ga", "seed": 3}
 
 
 def _spec_raw(tmp: Path, base: Path) -> dict:
-    raw = yaml.safe_load(QUICKSTART.read_text())
-    raw["name"] = "export_test"
-    raw["storage"] = str(tmp / "store")
-    raw["backbones"] = [{"name": "tiny-blip2", "path": str(base), "pretrain": False}]
-    raw["data"]["sources"]["shapes"]["num_images"] = 48
-    raw["data"]["val"]["limit"] = 6
-    raw["calibration"].update({"num_samples": 16, "workers": 1})
-    raw["train"].update({"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 3, "lr": 1e-2})
-    raw["eval"].update(
-        {"metrics": ["bleu4", "cider"], "final_metrics": [], "generation": {"max_new_tokens": 6}}
+    raw = sweep_raw(
+        tmp,
+        name="export_test",
+        backbones=[{"name": "tiny-blip2", "path": str(base), "pretrain": False}],
+        search={"init": ["gap", "lora_ga"], "seed": [3]},
+        scheduler={"type": "fifo", "metric": "val_cider", "mode": "max"},
     )
-    raw["resources"].update({"workers_per_trial": 1, "cpus_per_worker": 1})
-    raw["search"] = {"init": ["gap", "lora_ga"], "seed": [3]}
-    raw["scheduler"] = {"type": "fifo", "metric": "val_cider", "mode": "max"}
+    raw["data"]["sources"]["shapes"]["num_images"] = 48
+    raw["train"]["epochs"] = 1
     return raw
 
 

@@ -15,6 +15,8 @@ from gapinit_ray.backbones import FAMILIES, PRESETS, family_of, known_backbones,
 from gapinit_ray.backbones.tokenizer import tokenizer_fingerprint
 from gapinit_ray.errors import BackboneError
 
+from ..conftest import modules_loaded_by
+
 CAPTIONS = [
     "a small red circle on the left",
     "two large blue squares at the top right",
@@ -273,12 +275,8 @@ def test_unknown_name_lists_known_backbones():
 
 
 def test_known_backbones_does_not_import_torch():
-    code = (
-        "import sys; from gapinit_ray.backbones import known_backbones, family_of; "
-        "known_backbones(); family_of('tiny-blip2'); print('torch' in sys.modules, 'transformers' in sys.modules)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False False"
+    imports = "from gapinit_ray.backbones import known_backbones, family_of; known_backbones(); family_of('tiny-blip2')"
+    assert modules_loaded_by(imports, "torch", "transformers") == [False, False]
 
 
 def test_checkpoint_errors_name_the_path(tmp_path):

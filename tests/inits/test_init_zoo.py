@@ -14,14 +14,13 @@ import yaml
 
 from gapinit_ray.backbones import load_backbone
 from gapinit_ray.calibrate import calibrate
-from gapinit_ray.data import generate_synthetic, load_caption_set, load_image
 from gapinit_ray.errors import SpecError
 from gapinit_ray.gap import GapArtifact, SpotSettings, reduce_shards
 from gapinit_ray.init_stats import compute_stats, eva_components, reduce_stats
 from gapinit_ray.lora_init import LoraInitError, apply_lora, get_init_method, init_checks, lora_modules
 from gapinit_ray.spec import LoraSpec, spec_from_dict
 
-from ..conftest import QUICKSTART, ROOT
+from ..conftest import QUICKSTART, ROOT, synthetic_pairs
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
@@ -31,10 +30,7 @@ ZOO = ("mica", "orthogonal", "eva", "corda", "lora_ga")
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("zoo")
-    dataset = generate_synthetic(str(out / "set"), variant="downstream", num_images=12, seed=0)
-    records = load_caption_set("karpathy", dataset, None, "train")
-    return [(r.image_id, load_image(r), r.captions[0]) for r in records]
+    return synthetic_pairs(tmp_path_factory.mktemp("zoo"), num_images=12, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from peft import PeftModel
 from gapinit_ray import spec as spec_mod
 from gapinit_ray.backbones import load_backbone
 from gapinit_ray.calibrate import calibrate
-from gapinit_ray.data import generate_synthetic, load_caption_set, load_image
 from gapinit_ray.gap import ArtifactMismatch, GapArtifact, SpotSettings, layer_scores, reduce_shards
 from gapinit_ray.lora_init import (
     INIT_METHODS,
@@ -35,6 +34,8 @@ from gapinit_ray.lora_init import (
 )
 from gapinit_ray.spec import InitOptions, LayerSelectionSpec, LoraSpec
 
+from ..conftest import synthetic_pairs
+
 # peft 0.21 calls transformers 5.23's deprecated `is_gradient_checkpointing` in get_peft_model
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
@@ -48,10 +49,7 @@ DETERMINISTIC = ("pissa", "olora")
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("lora_init")
-    dataset = generate_synthetic(str(out / "set"), variant="downstream", num_images=32, seed=0)
-    records = load_caption_set("karpathy", dataset, None, "train")
-    return [(r.image_id, load_image(r), r.captions[0]) for r in records]
+    return synthetic_pairs(tmp_path_factory.mktemp("lora_init"), num_images=32, seed=0)
 
 
 @pytest.fixture(scope="module")

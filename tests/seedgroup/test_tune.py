@@ -25,6 +25,8 @@ from gapinit_ray.seedgroup.core import MemberPlan
 from gapinit_ray.seedgroup.state import StateReader, state_path
 from gapinit_ray.seedgroup.tune import SeedGroupASHA
 
+from .test_core import BAD_SCHEDULES
+
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 M = "val_cider"
 
@@ -422,18 +424,7 @@ def test_make_scheduler_kinds():
         make_scheduler("asha", max_t=9, **{**common, "reduction_factor": 1})
 
 
-@pytest.mark.parametrize(
-    "kw",
-    [
-        {"max_t": 0},
-        {"grace_period": 10},
-        {"reduction_factor": 1.0},
-        {"mode": "best"},
-        {"group_size": 0},
-        {"group_size": True},
-        {"seed_key": ""},
-    ],
-)
+@pytest.mark.parametrize("kw", [*BAD_SCHEDULES, {"seed_key": ""}])
 def test_bad_arguments_raise_value_error(kw):
     with pytest.raises(ValueError):
         sgasha(**kw)
