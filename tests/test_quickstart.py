@@ -17,7 +17,7 @@ from gapinit_ray.results import ResultsStore
 
 from .conftest import ROOT, USER_ENV
 
-QUICKSTART_S = 1500  # the sweep takes ~4-5 min alone on 2 cores; CI shares the machine
+QUICKSTART_S = 1500  # the sweep takes 4-8 min alone on 2 cores (by CPU model); CI shares the machine
 
 
 def _gapinit_results_dirs(*roots: Path, since: float) -> list[Path]:
