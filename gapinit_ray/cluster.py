@@ -164,44 +164,59 @@ RESOURCE_WAIT_NOTICE_S = 60.0
 
 
 @contextlib.contextmanager
-def resource_watch(spec, problem: str | None, every_s: float | None = None) -> Iterator[None]:
-    """While the block runs on a cluster that cannot hold a trial's workers yet (``problem``, from
-    :func:`check_resources`): every ``every_s`` (default :data:`RESOURCE_WAIT_NOTICE_S`) one line on
-    stderr saying what the sweep waits for and for how long, instead of silence; one line when the
-    cluster can hold them, then quiet. Nothing when there is no problem."""
-    import sys
+def periodic(every_s: float, tick, name: str) -> Iterator[None]:
+    """While the block runs: ``tick()`` every ``every_s`` in a daemon thread (``name``), until it returns
+    True or the block ends."""
     import threading
-    import time
 
-    if problem is None:
-        yield
-        return
-    every = RESOURCE_WAIT_NOTICE_S if every_s is None else every_s
     done = threading.Event()
-    t0 = time.monotonic()
 
-    def watch() -> None:
-        while not done.wait(every):
-            try:
-                now = resource_problem(spec)
-            except Exception:  # the cluster went away: the sweep itself reports that
+    def loop() -> None:
+        while not done.wait(every_s):
+            if tick():
                 return
-            waited = (time.monotonic() - t0) / 60
-            if now is None:
-                print(
-                    f"gapinit: the cluster can hold a trial's workers now (after {waited:.0f} min)",
-                    file=sys.stderr,
-                )
-                return
-            print(f"gapinit: waiting {waited:.0f} min for resources: {now}", file=sys.stderr)
 
-    thread = threading.Thread(target=watch, name="gapinit-resource-watch", daemon=True)
+    thread = threading.Thread(target=loop, name=name, daemon=True)
     thread.start()
     try:
         yield
     finally:
         done.set()
         thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def resource_watch(spec, problem: str | None, every_s: float | None = None) -> Iterator[None]:
+    """While the block runs on a cluster that cannot hold a trial's workers yet (``problem``, from
+    :func:`check_resources`): every ``every_s`` (default :data:`RESOURCE_WAIT_NOTICE_S`) one line on
+    stderr saying what the sweep waits for and for how long, instead of silence; one line when the
+    cluster can hold them, then quiet. Nothing when there is no problem."""
+    import sys
+    import time
+
+    if problem is None:
+        yield
+        return
+    t0 = time.monotonic()
+
+    def watch() -> bool:
+        try:
+            now = resource_problem(spec)
+        except Exception:  # the cluster went away: the sweep itself reports that
+            return True
+        waited = (time.monotonic() - t0) / 60
+        if now is None:
+            print(
+                f"gapinit: the cluster can hold a trial's workers now (after {waited:.0f} min)",
+                file=sys.stderr,
+            )
+            return True
+        print(f"gapinit: waiting {waited:.0f} min for resources: {now}", file=sys.stderr)
+        return False
+
+    every = RESOURCE_WAIT_NOTICE_S if every_s is None else every_s
+    with periodic(every, watch, "gapinit-resource-watch"):
+        yield
 
 
 #: Ray's switch for single-machine Ray (its default on macOS and Windows): the node's address is then

@@ -170,10 +170,13 @@ ARTIFACTS_FILE = "artifacts.json"
 def run_sweep(spec: SweepSpec, *, quiet: bool = False):
     """Run (or resume, when the sweep's Tune state exists) a whole sweep; needs ``ray.init`` done."""
     from gapinit_ray.cluster import check_resources, resource_watch
+    from gapinit_ray.placement_reaper import placement_reaper
 
     preflight(spec)
     problem = check_resources(spec)  # before anything is written or scheduled: a request no node can grant
-    with resource_watch(spec, problem):  # on an autoscaling cluster: what it waits for, every minute
+    # on an autoscaling cluster: what it waits for, every minute; on any cluster: placement groups a
+    # stopped job left reserved are given back (placement_reaper says why)
+    with resource_watch(spec, problem), placement_reaper():
         return _run(spec, quiet)
 
 
