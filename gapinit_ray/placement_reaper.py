@@ -78,7 +78,12 @@ def reap_once() -> list[str]:
         limit=10_000,
         raise_on_missing_output=False,
     )
-    gone = leaked(groups, ended_jobs())
+    from ray.util.placement_group import placement_group_table
+
+    # only groups this process's own cluster holds: without a dashboard of its own, the state API falls
+    # back to http://127.0.0.1:8265, which may be another cluster on the machine
+    ours = placement_group_table()
+    gone = [g for g in leaked(groups, ended_jobs()) if ours.get(g, {}).get("state") == "CREATED"]
     for group_id in gone:
         remove(group_id)
         print(
