@@ -38,9 +38,14 @@ simultaneously with probability ≥ 1 − α, each verdict is wrong with probabi
 stopping rule. K comparisons at once use α/K each (:func:`alpha_each`, Bonferroni), valid under any
 dependence, e.g. comparisons that share an arm.
 
-What it assumes: normal differences (any mean, any sd, unknown). The t statistic is robust to
-symmetric heavy tails, but not to skewed differences: ``python -m benchmarks.sequential_sim`` measures
-the error rates under those (benchmarks/results/sequential_sim.json).
+What it assumes: normal differences (any mean, any sd, unknown). ``python -m benchmarks.sequential_sim``
+(benchmarks/results/sequential_sim.json) measures it at α = 0.05 over up to 50 looks: with identical arms
+(differences symmetric) the false directional rate stayed at 0.8-2.4 % for normal, t(3), log-normal and
+"some seeds collapse" noise. Skewed differences with mean 0 break it: centred log-normal differences
+gave 6.7 % (σ_log = 0.5) and 20 % (σ_log = 1) false "B higher" (the rare large positive differences are
+missing from most early prefixes, whose mean is then below 0 with a small sd). Equal means with
+different shapes (one arm's runs sometimes collapse) gave 2.7 %. Where two arms may differ in shape, not
+only in location, read a verdict together with the distribution of the differences.
 
 Independent implementations: ``savvi`` 0.3.1 (Lindon et al.'s anytime-valid linear models; last release
 October 2024, no commit since November 2024) has the same Bayes factor and CS for a regression
@@ -68,13 +73,13 @@ A_HIGHER, B_HIGHER, EQUIVALENT, OPEN, UNRESOLVED = "a_higher", "b_higher", "equi
 DECISIONS = (OPEN, A_HIGHER, B_HIGHER, EQUIVALENT)
 _OPEN, _A, _B, _EQ = range(4)
 
-#: g, the variance of the prior on the standardized effect μ/σ. It sets where the CS is tightest:
-#: effects near √g·σ are found soonest. The benchmark (benchmarks/sequential_sim.py, part 3) compared
-#: g = 0.1 … 2 on the seeds used at δ = 0.5 σ and 2δ = σ (σ the sd of the differences, δ the smallest
-#: effect that matters) at α = 0.05: the expected seeds change little over 0.25-1 (the CS is not very
-#: sensitive to g), g = 0.5 (prior sd 0.71 σ, between δ and 2δ) was among the lowest at both effect
-#: sizes, and a larger g wastes evidence on effects above 1.5 σ that seed comparisons rarely see.
-#: Validity holds for every g fixed in advance.
+#: g, the variance of the prior on the standardized effect μ/σ. It sets where the CS is tightest: effects
+#: near √g·σ are found soonest, and how early any verdict is possible (:func:`earliest_decision`). The
+#: benchmark (benchmarks/sequential_sim.py, part 3; σ = 1, δ = 0.5, α = 0.05, 20,000 runs per cell)
+#: compared g = 0.1 … 2: mean seeds at δ 40.7 / 37.8 / 37.3 / 37.9 / 39.1 and at 2δ 18.5 / 15.2 / 13.9 /
+#: 13.4 / 13.3 for g = 0.1 / 0.25 / 0.5 / 1 / 2. g = 0.5 (prior sd 0.71 σ, between δ and 2δ) is the
+#: fewest at δ and within 4 % of the fewest at 2δ; the seeds vary by < 10 % over 0.25-2, so the choice
+#: is not delicate. Validity holds for every g fixed in advance (never tune it on the data at hand).
 DEFAULT_PRIOR_SCALE = 0.5
 
 
