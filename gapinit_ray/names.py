@@ -74,3 +74,7 @@ CAPTIONS_DIR = "captions"  # generated captions per trial and epoch
 # Under ``<storage>/``: caches shared by the sweeps there.
 CACHE_DIR = "_cache"
 GAPS_DIR = "gaps"  # under CACHE_DIR: GapArtifacts by key
+SEQUENTIAL_FILE = (
+    "sequential.json"  # the sequential phase's rounds, looks and verdicts (gapinit_ray.sequential)
+)
+SEQUENTIAL_TUNE_PREFIX = "tune-seeds-"  # under the sweep dir: one Tune experiment per sequential round

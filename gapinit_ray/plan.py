@@ -42,6 +42,9 @@ CASE_KEY = "case"
 #: configuration's seeds are created one after another and seed-group ASHA's groups fill up before the
 #: next configuration starts.
 SEED_KEY = "_seed"
+#: The Tune config key of a trial given whole (a sequential round's trials are a list of params, not a
+#: grid): its value is the params as sorted JSON (see :func:`params_of`).
+TRIAL_KEY = "_trial"
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,7 @@ def plan_trial(spec: SweepSpec, params: dict[str, Any]) -> PlannedTrial:
 def _validate_trial(spec: SweepSpec, params: dict[str, Any]) -> tuple[SweepSpec, BackboneSpec]:
     raw = spec.model_dump(mode="json")
     raw["search"] = {}
+    raw["sequential"] = None  # how many seeds the sweep runs is the driver's concern, not a trial's
     key = params.get("backbone", spec.backbones[0].key)
     for name, value in params.items():
         if name == "backbone":
@@ -218,6 +222,8 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
 
 def params_of(config: dict[str, Any], spec: SweepSpec) -> dict[str, Any]:
     """A trial's flat parameters (axis -> value) from its Tune config (cases expanded)."""
+    if TRIAL_KEY in config:
+        return json.loads(config[TRIAL_KEY])
     params = {("seed" if k == SEED_KEY else k): v for k, v in config.items() if k != CASE_KEY}
     if CASE_KEY in config:
         params.update(spec.search.cases[config[CASE_KEY]])

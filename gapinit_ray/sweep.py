@@ -61,7 +61,7 @@ __all__ = [  # the trial-side and callback names stay importable from here, wher
 # ---------------------------------------------------------------------------------------- driver
 
 
-def _max_concurrent(spec: SweepSpec, per_group: bool = True) -> int:
+def max_concurrent(spec: SweepSpec, per_group: bool = True) -> int:
     """Trials Tune keeps alive at once: the spec's limit, else what the cluster's CPUs (or GPUs) fit.
 
     With seed groups, members that reach a rung first wait there (inside their trainable, holding no
@@ -173,6 +173,10 @@ def run_sweep(spec: SweepSpec, *, quiet: bool = False):
     from gapinit_ray.placement_reaper import placement_reaper
 
     preflight(spec)
+    if spec.sequential is not None:
+        from gapinit_ray.sequential.driver import check_cost_available
+
+        check_cost_available(spec)
     problem = check_resources(spec)  # before anything is written or scheduled: a request no node can grant
     # on an autoscaling cluster: what it waits for, every minute; on any cluster: placement groups a
     # stopped job left reserved are given back (placement_reaper says why)
@@ -206,10 +210,10 @@ def _run(spec: SweepSpec, quiet: bool):
         # the handle keeps the actor alive until this function returns (it is not detached)
         # the trials Tune starts at once ask for a slot together: served by group, not by arrival
         # (a resumed sweep restarts only its unfinished trials: served as they come)
-        starting = min(grid_size(spec), _max_concurrent(spec))
+        starting = min(grid_size(spec), max_concurrent(spec))
         if tune.Tuner.can_restore(str(root / "tune")):
             starting = 0
-        gate = start_slots(slots, _max_concurrent(spec, per_group=False), expect=starting)
+        gate = start_slots(slots, max_concurrent(spec, per_group=False), expect=starting)
     fn = tune.with_resources(
         tune.with_parameters(
             trainable,
@@ -236,7 +240,7 @@ def _run(spec: SweepSpec, quiet: bool):
             tune_config=tune.TuneConfig(
                 scheduler=scheduler,
                 num_samples=spec.search.num_samples,
-                max_concurrent_trials=_max_concurrent(spec),
+                max_concurrent_trials=max_concurrent(spec),
                 # ASHA / seed-group ASHA carry metric and mode themselves; Tune refuses both
                 **(
                     {"metric": spec.scheduler.metric, "mode": spec.scheduler.mode}
@@ -255,21 +259,33 @@ def _run(spec: SweepSpec, quiet: bool):
         )
     try:
         grid = tuner.fit()
-        _compact(spec)
-        return grid
     except RuntimeError as e:
         # Tune builds its ResultGrid from every trial's dir; a trial stopped by the scheduler before it
         # ever started has none ("Should not access `trial_fs_path`..."). The sweep itself finished and
         # its results are in our store, which is what gets reported.
         if "trial_fs_path" not in str(e):
             raise
-        _compact(spec)
-        return None
+        grid = None
     finally:
         if gate is not None:
             import ray
 
             ray.kill(gate)
+    if spec.sequential is not None:
+        # seeds until each comparison is decided: rounds of extra seeds for the open ones
+        from gapinit_ray.sequential.driver import run_rounds
+
+        run_rounds(
+            spec,
+            quiet=quiet,
+            fn_kwargs={
+                "backbone_paths": backbone_paths,
+                "artifact_paths": artifact_paths,
+                "feature_caches": feature_caches,
+            },
+        )
+    _compact(spec)
+    return grid
 
 
 def _compact(spec: SweepSpec) -> None:
@@ -305,8 +321,9 @@ def _check_same_sweep(spec: SweepSpec, root: Path) -> None:
                 "sweep's spec.json: use another name or storage, or remove the directory"
             ) from None
         saved = {k: v for k, v in saved.items() if k != "loggers"}
-        if saved != identity:
-            diff = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
+        # a field added since the sweep was written (absent there) counts as its default, None
+        diff = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
+        if diff:
             raise GapinitError(
                 f"{root} already holds sweep {spec.name!r} run with a different spec (differs in: "
                 f"{', '.join(diff)}); use another name or storage, or the original spec to resume"

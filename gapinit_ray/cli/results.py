@@ -42,6 +42,12 @@ def _results_args(p: argparse.ArgumentParser) -> None:
         help="--compare: also say how many seeds would resolve a difference of this size (metric units)",
     )
     p.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table")
+    p.add_argument(
+        "--looks",
+        action="store_true",
+        help="a sweep with a sequential phase: also every look (seeds so far, statistic, e-value, "
+        "confidence sequence, alpha, anytime-valid p, decision)",
+    )
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
@@ -62,7 +68,9 @@ def default_by(metrics) -> list[str]:
     return keep
 
 
-def print_results(storage: str, sweep: str, *, by, metric: str, at: str, mode: str, fmt: str) -> int:
+def print_results(
+    storage: str, sweep: str, *, by, metric: str, at: str, mode: str, fmt: str, looks: bool = False
+) -> int:
     from gapinit_ray.results import ResultsStore, aggregate, format_table
 
     store = ResultsStore(storage, sweep)
@@ -83,7 +91,27 @@ def print_results(storage: str, sweep: str, *, by, metric: str, at: str, mode: s
         text = cost_text(os.path.join(storage, sweep), metrics, trials, resolve_by(metrics, by))
         if text:
             print(text)
+        print_sequential(storage, sweep, looks=looks)
     return 0
+
+
+def print_sequential(storage: str, sweep: str, *, looks: bool = False) -> None:
+    """A sweep with a sequential phase: its verdicts (and with ``looks`` every look), after the table."""
+    if "://" in storage:
+        return
+    from gapinit_ray.sequential.log import SequentialLog
+    from gapinit_ray.sequential.text import looks_table, verdict_table
+
+    log = SequentialLog.read(os.path.join(storage, sweep))
+    if log is None:
+        if looks:
+            print(f"gapinit: sweep {sweep} has no sequential phase (no `sequential` section): no looks")
+        return
+    print()
+    print(verdict_table(log))
+    if looks:
+        print()
+        print(looks_table(log))
 
 
 def _sweep_location(arg: str, storage: str | None) -> tuple[str, str]:
@@ -113,7 +141,14 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.compare:
         return _print_comparison(storage, name, args, by)
     return print_results(
-        storage, name, by=by, metric=args.metric, at=args.at, mode=args.mode, fmt=args.format
+        storage,
+        name,
+        by=by,
+        metric=args.metric,
+        at=args.at,
+        mode=args.mode,
+        fmt=args.format,
+        looks=args.looks,
     )
 
 

@@ -15,6 +15,7 @@ opens files for reading. Endpoints (all JSON; ``{name}`` is a sweep under the st
                                        answered at once: ``stale``/``pending`` while recomputing (``&wait=1``: block)
 ``/api/sweeps/{name}/calibration``     GapArtifacts: per module gap norm, SPOT score; selected layers
 ``/api/sweeps/{name}/spec``            the spec as YAML and the commands that reproduce / resume it
+``/api/sweeps/{name}/sequential``      sequential phase: per comparison the confidence sequence and e-value at every look, verdict
 =====================================  ==============================================================
 
 With a token, every request needs ``Authorization: Bearer <token>`` or ``?token=<token>``.
@@ -178,6 +179,10 @@ def build_app(dash: Dashboard) -> Starlette:
         v = sweep_views(request)
         return _json(v.cached(("calibration",), v.reader.version(), lambda: calibration(v.reader)))
 
+    def api_sequential(request: Request) -> Response:
+        v = sweep_views(request)
+        return _json(v.cached(("sequential",), v.reader.version(), v.sequential))
+
     def api_spec(request: Request) -> Response:
         v = sweep_views(request)
         return _json(v.cached(("spec",), v.reader.version(), v.spec))
@@ -211,6 +216,7 @@ def build_app(dash: Dashboard) -> Starlette:
         Route("/api/sweeps/{name}/compare", api_compare),
         Route("/api/sweeps/{name}/calibration", api_calibration),
         Route("/api/sweeps/{name}/spec", api_spec),
+        Route("/api/sweeps/{name}/sequential", api_sequential),
     ]
 
     async def not_found(request: Request, exc: Exception) -> Response:

@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from gapinit_ray.names import SPEC_FILE
+from gapinit_ray.names import SEQUENTIAL_FILE, SPEC_FILE
 from gapinit_ray.results._fs import is_ignored, resolve
 from gapinit_ray.results.store import (
     COMPACTED,
@@ -164,7 +164,9 @@ class SweepReader:
                 pafs.FileSelector(self.dir, recursive=True, allow_not_found=True)
             )
             for i in sorted(infos, key=lambda i: i.path):
-                if "/results/" in i.path or i.path.endswith((SPEC_FILE, SCHEDULER_STATE, SCHEDULER_LOG)):
+                if "/results/" in i.path or i.path.endswith(
+                    (SPEC_FILE, SCHEDULER_STATE, SCHEDULER_LOG, SEQUENTIAL_FILE)
+                ):
                     h.update(f"{i.path}\0{i.mtime_ns}\0{i.size}\n".encode())
             return h.hexdigest()
         for path in (self.store.metrics_dir, self.store.trials_dir):
@@ -172,7 +174,7 @@ class SweepReader:
             h.update(repr(st).encode())
             if st is not None and _recent(st[1]):
                 h.update(repr(sorted(_listing(path).items())).encode())
-        for name in (SPEC_FILE, SCHEDULER_STATE, SCHEDULER_LOG):
+        for name in (SPEC_FILE, SCHEDULER_STATE, SCHEDULER_LOG, SEQUENTIAL_FILE):
             h.update(repr(_stat(f"{self.dir}/{name}")).encode())
         h.update(repr(_stat(self.store.sweep_path)).encode())
         for name, mtime in sorted(self._dir_mtimes().items()):
@@ -369,6 +371,10 @@ class SweepReader:
     def scheduler_state(self) -> dict[str, Any] | None:
         """Seed-group ASHA's saved rung state (``scheduler_state.json``), or None (other schedulers)."""
         return self._json_file(SCHEDULER_STATE)
+
+    def sequential(self) -> dict[str, Any] | None:
+        """The sequential phase's record (``sequential.json``: rounds, looks, verdicts), or None."""
+        return self._json_file(SEQUENTIAL_FILE)
 
     def scheduler_log(self) -> bytes:
         """Seed-group ASHA's event log since its snapshots (``scheduler_state.jsonl``), or empty."""

@@ -389,6 +389,42 @@ class Views:
         return compare_process().submit(comparison_payload, table, arms, metric, at, by, self.mode()).result()
 
     # ----------------------------------------------------------------------------- spec
+    def sequential(self) -> dict[str, Any]:
+        """The sequential phase per comparison: the confidence sequence and e-value at every look
+        (evidence against seeds), where it stopped and its verdict, from ``sequential.json``."""
+        from gapinit_ray.sequential.text import verdict_text
+
+        record = self.reader.sequential()
+        if not record:
+            return {"available": False, "why": "no sequential phase (the spec has no `sequential` section)"}
+        summary = record.get("summary") or {}
+        panels = []
+        for v in record.get("verdicts") or []:
+            looks = [lk for lk in record.get("looks") or [] if lk["comparison"] == v["comparison"]]
+            panels.append(
+                {
+                    "comparison": v["comparison"],
+                    "verdict": verdict_text(v, summary.get("min_effect"), summary.get("mode", "max")),
+                    "status": v["status"],
+                    "n": [lk["n"] for lk in looks],
+                    "seed": [lk["seed"] for lk in looks],
+                    "mean": [lk["mean"] for lk in looks],
+                    "cs_low": [lk["cs_low"] for lk in looks],
+                    "cs_high": [lk["cs_high"] for lk in looks],
+                    "e_value": [lk["e_value"] for lk in looks],
+                    "decision": [lk["decision"] for lk in looks],
+                }
+            )
+        return clean(
+            {
+                "available": True,
+                "summary": summary,
+                "rounds": len(record.get("rounds") or []),
+                "ended": record.get("ended"),
+                "comparisons": panels,
+            }
+        )
+
     def spec(self) -> dict[str, Any]:
         import yaml
 

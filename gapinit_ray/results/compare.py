@@ -24,6 +24,7 @@ arms at every reported epoch (one row per epoch).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -76,6 +77,11 @@ COLUMNS = (
     "min_effect",
     "seeds_needed_min_effect",
     "verdict",
+    "av_e_value",
+    "av_cs_low",
+    "av_cs_high",
+    "av_alpha",
+    "av_verdict",
     "note",
 )
 _TYPES = {
@@ -88,6 +94,7 @@ _TYPES = {
     "effect_kind": pa.string(),
     "test": pa.string(),
     "verdict": pa.string(),
+    "av_verdict": pa.string(),
     "note": pa.string(),
 }
 
@@ -237,6 +244,9 @@ def compare(
                             "the arm; add them to by)"
                         )
                 st = compare_values(x, y, n_boot=n_boot, seed=seed, min_effect=min_effect)
+                paired = isinstance(x, dict) and isinstance(y, dict) and set(x) == set(y)
+                st["_d"] = [x[k] - y[k] for k in sorted(x, key=str)] if paired else None
+                st["_min_effect"] = min_effect
                 st["note"] = "; ".join(note)
                 st["arm1"], st["arm2"] = first.text, other.text
                 st["_names"] = (_short(first, other), _short(other, first))
@@ -260,7 +270,36 @@ def _holm_and_verdicts(rows: list[dict[str, Any]], digits: int) -> None:
 
     for row, p in zip(rows, holm([r["p_exact"] for r in rows]), strict=True):
         row["p_holm"] = p
-        row["verdict"] = verdict(row, *row.pop("_names"), digits)
+        names = row.pop("_names")
+        row["verdict"] = verdict(row, *names, digits)
+        _anytime(row, names, len(rows), digits)
+
+
+def _anytime(row: dict[str, Any], names: tuple[str, str], family: int, digits: int) -> None:
+    """The anytime-valid verdict of a paired row (:mod:`gapinit_ray.results.anytime`: the t-mixture
+    confidence sequence at α = 0.05 Bonferroni-split over the call's comparisons): unlike the exact
+    test's, it stays valid however many times the seeds were looked at before, with more seeds added
+    after each look. NaN / "" for unpaired rows (the sequence is for paired seeds)."""
+    from gapinit_ray.results import anytime
+
+    d, min_effect = row.pop("_d"), row.pop("_min_effect")
+    alpha = anytime.alpha_each(0.05, max(1, family))
+    row.update(av_e_value=math.nan, av_cs_low=math.nan, av_cs_high=math.nan, av_alpha=alpha, av_verdict="")
+    if d is None or len(d) < 2:
+        return
+    lk = anytime.look(d, alpha=alpha, min_effect=min_effect)
+    row.update(av_e_value=lk.e_value, av_cs_low=lk.cs_low, av_cs_high=lk.cs_high, av_verdict=lk.decision)
+    cs = f"{lk.cs_low:+.{digits}f}..{lk.cs_high:+.{digits}f}" if math.isfinite(lk.cs_low) else "unbounded"
+    said = {
+        anytime.A_HIGHER: f"{names[0]} higher",
+        anytime.B_HIGHER: f"{names[1]} higher",
+        anytime.EQUIVALENT: f"equivalent within ±{min_effect}",
+        anytime.OPEN: "no verdict",
+    }[lk.decision]
+    row["verdict"] += (
+        f"; anytime-valid (however often the seeds were looked at): {said} "
+        f"({1 - alpha:.4g} confidence sequence {cs}, e={lk.e_value:.3g}, n={lk.n})"
+    )
 
 
 def _as_seeded(values: list[tuple[Any, float]], arm: Arm, has_seed: bool) -> dict | list:

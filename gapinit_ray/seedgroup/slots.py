@@ -2,7 +2,7 @@
 
 With seed-group ASHA, members that reach a rung wait there (inside their trainable, holding no CPU/GPU)
 until the rest of their group gets there, so Tune keeps ``slots x group size`` trials alive
-(``gapinit_ray.sweep._max_concurrent``). Without a gate every live trial would start its
+(``gapinit_ray.sweep.max_concurrent``). Without a gate every live trial would start its
 TorchTrainer at once: a Train controller, its placement-group cleaner, its report queue, all importing
 torch, for a worker group that then waits for CPUs another trial holds. On a small machine those idle
 runs cost more memory than the training itself and their start-ups steal the CPUs the training needs.

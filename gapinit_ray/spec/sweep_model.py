@@ -27,6 +27,7 @@ from gapinit_ray.spec.sections import (
     StrictModel,
     TrainSpec,
 )
+from gapinit_ray.spec.sequential import SequentialSpec, check_sequential
 from gapinit_ray.spec.vocab import STORAGE_SCHEMES, TASK_KINDS, TASKS, check_known
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -183,6 +184,9 @@ class SweepSpec(StrictModel):
     loggers: list[LoggerSpec] = Field(
         default_factory=list, description="experiment trackers: mlflow, tensorboard, wandb (none by default)"
     )
+    sequential: SequentialSpec | None = Field(
+        None, description="seeds until each comparison is decided (anytime-valid), within a budget"
+    )
 
     @field_validator("loggers", mode="before")
     @classmethod
@@ -251,6 +255,11 @@ class SweepSpec(StrictModel):
             raise ValueError(
                 f"scheduler.max_t {self.scheduler.max_t} exceeds train.epochs {self.train.epochs}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _sequential(self) -> SweepSpec:
+        check_sequential(self)
         return self
 
     def _check_task_data(self) -> None:

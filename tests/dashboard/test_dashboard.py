@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import yaml
 
 from gapinit_ray.cli import default_by, main
 from gapinit_ray.dashboard.reader import SweepReader
@@ -37,6 +38,8 @@ from gapinit_ray.dashboard.server import (
 )
 from gapinit_ray.results import ResultsStore, aggregate, compare
 from gapinit_ray.results.stop_reason import error_stop, seed_group_stop
+
+from ..conftest import QUICKSTART
 
 INITS = ("gap", "random", "random-direction")
 SEEDS = (1, 2, 3)
@@ -179,6 +182,7 @@ def _write_sweep(root: Path, name: str, *, finished: bool) -> ResultsStore:
                     tid, cfg, status="TERMINATED", rung_reached=2, checkpoint_path=f"/ckpt/{tid}"
                 )
     if finished:
+        _write_sequential(root / name)
         store.compact()  # per-trial compacted files and metrics/_sweep.parquet, as the driver does
         init, seed, epoch = RETRIED  # a late retry: a per-epoch file next to the compacted one
         time.sleep(0.01)
@@ -186,6 +190,44 @@ def _write_sweep(root: Path, name: str, *, finished: bool) -> ResultsStore:
             _tid(init, seed), _config(init, seed), {**_metrics(init, seed, epoch), "val_cider": 5.0}
         )
     return store
+
+
+def _write_sequential(sweep: Path) -> None:
+    """A sequential phase's record, written by the real bookkeeping from hand-made outcomes: gap vs
+    mica decided (mica does not move), gap vs random still open at 8 seeds."""
+    from gapinit_ray.sequential import comparisons as C
+    from gapinit_ray.sequential.log import SequentialLog
+    from gapinit_ray.spec import spec_from_dict
+    from gapinit_ray.spec.sequential import seed_sequence
+
+    raw = yaml.safe_load(QUICKSTART.read_text())
+    raw["search"] = {"init": ["gap", "random", "mica"], "seed": [1, 2, 3]}
+    raw["scheduler"] = {"type": "fifo", "metric": "val_cider", "mode": "max"}
+    raw["sequential"] = {"max_seeds": 8, "min_effect": 0.02}
+    spec = spec_from_dict(raw)
+    gap = [0.80, 0.86, 0.78, 0.84, 0.81, 0.83, 0.79, 0.85]
+    values = {"gap": gap, "random": [v - 0.01 * (-1) ** i for i, v in enumerate(gap)], "mica": [0.24] * 8}
+    outcomes = {}
+    for init, vs in values.items():
+        for seed, v in zip(seed_sequence(spec), vs, strict=True):
+            outcomes[C.Comparison("init", init, init, (), (("init", init),), ()).trial("a", seed)] = (
+                C.Outcome(C.DONE, v)
+            )
+    states = C.evaluate(spec, outcomes)
+    SequentialLog(sweep).record(
+        states,
+        {
+            "metric": "val_cider",
+            "mode": "max",
+            "epoch": 3,
+            "alpha": 0.05,
+            "comparisons": 2,
+            "alpha_each": 0.025,
+            "min_effect": 0.02,
+            "spent_device_hours": 0.01,
+            "seeds_per_arm": {},
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -355,6 +397,19 @@ def test_rungs_calibration_spec(server):
     assert c["selected"][0]["layers"] == [0, 1] and c["selected"][0]["n_trials"] == 9
     s = api(server, "/api/sweeps/finished/spec")
     assert "name: finished" in s["yaml"] and s["reproduce"].startswith("gapinit run finished.yaml storage=")
+
+
+def test_sequential_panel_payload(server):
+    q = api(server, "/api/sweeps/finished/sequential")
+    assert q["available"] and [c["comparison"] for c in q["comparisons"]] == [
+        "init=gap vs init=random",
+        "init=gap vs init=mica",
+    ]
+    open_, clear = q["comparisons"]
+    assert clear["status"] == "decided" and clear["verdict"].startswith("gap higher")
+    assert clear["n"] == list(range(2, clear["n"][-1] + 1)) and len(clear["cs_low"]) == len(clear["n"])
+    assert open_["status"] == "unresolved at max_seeds" and open_["n"][-1] == 8
+    assert api(server, "/api/sweeps/running/sequential")["available"] is False
 
 
 def test_unknown_sweep_and_bad_query(server):
@@ -616,6 +671,12 @@ def test_browser_finished_and_running_sweep(tmp_path):
         assert browser.js(ROWS) == 9
         assert browser.js("document.querySelectorAll('#rung-table tbody tr').length") == 2
         browser.wait("document.getElementById('compare').innerText.includes('no verdict possible at n=3')")
+        # the sequential panel: one chart per comparison, band + mean + e-value, the verdict beside it
+        browser.wait("document.querySelectorAll('.sequential-chart').length === 2")
+        browser.wait(
+            "Array.from(document.querySelectorAll('.sequential-chart')).every(c => (c.data || []).length === 4)"
+        )
+        assert "gap higher" in browser.js("document.getElementById('sequential').innerText")
         assert browser.js("document.getElementById('state').textContent") == "failed"
         browser.js("document.getElementById('show-seeds').click()")
         browser.wait(f"({TRACES.format('seed')}) === {len(INITS) * len(SEEDS)}")

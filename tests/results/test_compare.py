@@ -227,6 +227,27 @@ def test_compare_on_a_store_agrees_with_aggregate(store):
     assert pooled[0]["test"] == "permutation (Monte Carlo)"  # C(32, 16) relabelings: too many to list
 
 
+def test_compare_gives_the_anytime_valid_verdict_next_to_the_fixed_n_one(store):
+    """The fixed-n exact test is valid for one look at 8 seeds; the anytime-valid sequence is valid
+    however often the seeds were looked at, so it is wider: here it resolves the clear difference of 6
+    over a spread of ~0.1 too, and at epoch 2 (no difference) it claims nothing either."""
+    from gapinit_ray.results import anytime
+
+    m = store.metrics()
+    rows = compare(m, "init=gap,init=random", metric="val_cider", by=["rank"]).to_pylist()
+    for r in rows:
+        assert r["av_alpha"] == pytest.approx(0.05 / 2)  # Bonferroni over the call's 2 comparisons
+        assert r["av_cs_low"] < r["diff"] < r["av_cs_high"]
+        # wider than the paired-t interval: the price of validity under repeated looks
+        assert r["av_cs_high"] - r["av_cs_low"] > r["diff_ci_high"] - r["diff_ci_low"]
+        assert r["av_verdict"] == anytime.A_HIGHER and "anytime-valid" in r["verdict"]
+    flat = compare(m, "init=gap,init=random", metric="val_cider", at="epoch=2", by=["rank"]).to_pylist()
+    assert all(r["av_verdict"] == anytime.OPEN and "anytime-valid" in r["verdict"] for r in flat)
+    # unpaired rows have no sequence
+    pooled = compare(m, ["init=gap", "init=random"], metric="val_cider").to_pylist()
+    assert pooled[0]["av_verdict"] == "" and math.isnan(pooled[0]["av_e_value"])
+
+
 def test_compare_over_the_curve(store):
     t = compare(store.metrics(), ["init=gap", "init=random"], metric="val_cider", at="curve", by=["rank"])
     rows = t.to_pylist()

@@ -275,13 +275,46 @@ async function sweepPage() {
       `${c.metric} at ${c.at}. ` + c.rows.map((r) => r.sample_size).join(" · ") }));
   }
 
+  async function drawSequential(q) {
+    const div = document.getElementById("sequential");
+    if (!q.available) { div.replaceChildren(el("p", { class: "empty", text: q.why })); return; }
+    const s = q.summary || {};
+    const head = el("p", { class: "note", text: `${s.metric} at epoch ${s.epoch}, diff = first arm − other; ` +
+      `α = ${s.alpha} family-wise over ${s.comparisons} comparison(s) (${fmt(s.alpha_each, 3)} each); ` +
+      `${q.rounds} extra round(s); ${fmt(s.spent_device_hours, 3)} device-hours` +
+      (s.budget_device_hours ? ` of ${s.budget_device_hours}` : "") + (q.ended ? ` · ended: ${q.ended.reason}` : "") });
+    const blocks = [head];
+    const charts = q.comparisons.map(() => el("div", { class: "chart small sequential-chart" }));
+    q.comparisons.forEach((c, i) => blocks.push(el("h3", { text: c.comparison }),
+      el("p", { class: "verdict" + (c.status === "decided" ? " resolved" : ""), text: c.verdict }), charts[i]));
+    div.replaceChildren(...blocks);  // attached before plotting: Plotly sizes a chart from its element
+    for (const [i, c] of q.comparisons.entries()) {
+      const chart = charts[i];
+      if (!c.n.length) { chart.replaceChildren(el("p", { class: "empty", text: "no look yet (the first is at 2 paired seeds)" })); continue; }
+      const finite = (xs, fill) => xs.map((v) => (v === null ? fill : v));
+      const spread = Math.max(...c.mean.map((m) => Math.abs(m ?? 0))) * 4 || 1;
+      const traces = [
+        { x: c.n, y: finite(c.cs_high, spread), mode: "lines", line: { width: 0 }, showlegend: false, hoverinfo: "skip" },
+        { x: c.n, y: finite(c.cs_low, -spread), mode: "lines", fill: "tonexty", fillcolor: "rgba(70,110,200,0.2)", line: { width: 0 }, name: "confidence sequence" },
+        { x: c.n, y: c.mean, mode: "lines+markers", name: "mean difference", text: c.seed.map((sd, i) => `seed ${sd}, e=${fmt(c.e_value[i], 3)}, ${c.decision[i]}`) },
+        { x: c.n, y: c.e_value, yaxis: "y2", mode: "lines", line: { dash: "dot" }, name: "e-value" },
+      ];
+      const shapes = [{ type: "line", xref: "paper", x0: 0, x1: 1, y0: 0, y1: 0, line: { color: "#888" } }];
+      if (s.min_effect) for (const y of [s.min_effect, -s.min_effect]) shapes.push({ type: "line", xref: "paper", x0: 0, x1: 1, y0: y, y1: y, line: { color: "#aaa", dash: "dash" } });
+      if (c.status === "decided") shapes.push({ type: "line", yref: "paper", x0: c.n[c.n.length - 1], x1: c.n[c.n.length - 1], y0: 0, y1: 1, line: { color: "#2a2" } });
+      await Plotly.react(chart, traces, { margin: { t: 10, r: 50, b: 35, l: 55 }, height: 240, shapes,
+        xaxis: { title: "seeds", dtick: 1 }, yaxis: { title: "difference", range: [-spread, spread] },
+        yaxis2: { title: "e-value", overlaying: "y", side: "right", type: "log" }, legend: { orientation: "h" } }, { displayModeBar: false });
+    }
+  }
+
   async function refresh() {
     // the comparison (exact / Monte Carlo permutation tests) may take longest: it is drawn when it
     // arrives, the rest of the page does not wait for it
     const comparing = api(`${base}/compare`).then(drawCompare,
       (err) => drawCompare({ rows: [], why: "comparison not available: " + err.message }));
-    const [summary, trials, rungs, spec] = await Promise.all([
-      api(`${base}/summary`), api(`${base}/trials`), api(`${base}/rungs`), api(`${base}/spec`),
+    const [summary, trials, rungs, spec, sequential] = await Promise.all([
+      api(`${base}/summary`), api(`${base}/trials`), api(`${base}/rungs`), api(`${base}/spec`), api(`${base}/sequential`),
     ]);
     const state = document.getElementById("state");
     state.textContent = summary.state; state.className = "badge " + summary.state;
@@ -305,6 +338,7 @@ async function sweepPage() {
     drawTrials();
     drawRungs(rungs);
     lastRungs = rungs;
+    await drawSequential(sequential);
     document.getElementById("spec-yaml").textContent = spec.yaml || "(no spec.json)";
     document.getElementById("reproduce").textContent = spec.reproduce || "";
     document.getElementById("resume").textContent = spec.resume || "";

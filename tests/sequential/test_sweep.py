@@ -1,0 +1,151 @@
+"""The sequential phase on a real local Ray (the `gapinit` command in a subprocess, real trials): seeds
+added while the sweep runs, each row once; the driver killed between looks and resumed reaches the same
+seeds and verdicts; a budget already spent ends the phase at once on resume.
+
+Small on purpose (1 epoch of 3 steps, 2 arms, seeds [1, 2] then one extra seed): the statistics are
+tested in tests/results/test_anytime.py and the simulation benchmark; here what is tested is the
+driver. The metric is val_loss (min): on a tiny backbone without pretraining val_cider is 0 everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from gapinit_ray.results import ResultsStore
+
+from ..conftest import share_caches
+from ..test_sweep import _finish, _kill_tree, _run_cli, sweep_raw
+
+NAME = "seq"
+
+
+def _spec_file(tmp: Path) -> Path:
+    raw = sweep_raw(tmp, name=NAME)
+    raw["train"].update({"epochs": 1, "max_steps_per_epoch": 3})
+    raw["search"] = {"init": ["gap", "random"], "seed": [1, 2]}
+    raw["scheduler"] = {"type": "fifo", "metric": "val_loss", "mode": "min"}
+    raw["sequential"] = {"max_seeds": 3, "min_seeds": 2, "metric": "val_loss", "mode": "min"}
+    raw["resources"] = {"workers_per_trial": 1, "cpus_per_worker": 1, "max_concurrent_trials": 2}
+    path = tmp / "seq.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    share_caches(tmp / "store", "gaps", "features")
+    return path
+
+
+def _record(sweep: Path) -> dict:
+    return json.loads((sweep / "sequential.json").read_text())
+
+
+def _decisions(record: dict) -> tuple:
+    """What must not depend on a kill: each look's seeds, numbers and decision, each verdict."""
+    looks = [
+        (lk["comparison"], lk["n"], lk["seed"], lk["mean"], lk["e_value"], lk["decision"])
+        for lk in record["looks"]
+    ]
+    verdicts = [
+        (v["comparison"], v["status"], v["verdict"], v["seeds"], v["diffs"]) for v in record["verdicts"]
+    ]
+    rounds = [
+        (r["round"], r["seeds"], sorted(json.dumps(t, sort_keys=True) for t in r["trials"]))
+        for r in record["rounds"]
+    ]
+    return looks, verdicts, rounds
+
+
+def _rows_once(sweep: Path) -> dict[tuple, int]:
+    table = ResultsStore(str(sweep.parent), sweep.name).metrics(columns=["trial_id", "seed", "init", "epoch"])
+    counts: dict[tuple, int] = {}
+    for r in table.to_pylist():
+        key = (r["init"], r["seed"], r["epoch"])
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, str]:
+    tmp = tmp_path_factory.mktemp("seq_clean")
+    proc = _run_cli("run", str(_spec_file(tmp)), "--num-cpus", "2", "--quiet", cwd=tmp)
+    out, err = _finish(proc, 600)
+    assert proc.returncode == 0, err[-3000:]
+    return tmp / "store" / NAME, out
+
+
+@pytest.mark.slow
+def test_seeds_added_while_the_sweep_runs_give_every_row_once(uninterrupted) -> None:
+    sweep, out = uninterrupted
+    record = _record(sweep)
+    # the initial seeds, then one round that added seed 3 to both arms
+    assert [r["seeds"] for r in record["rounds"]] == [[3]]
+    assert {t["init"] for t in record["rounds"][0]["trials"]} == {"gap", "random"}
+    assert _rows_once(sweep) == {
+        (i, s, e): 1 for i in ("gap", "random") for s in (1, 2, 3) for e in (0.0, 1.0)
+    }
+    # a look after every seed: at 2 seeds, and at 3 unless the first was decisive
+    (verdict,) = record["verdicts"]
+    assert [lk["n"] for lk in record["looks"]] == list(range(2, verdict["n"] + 1))
+    assert verdict["verdict"] in ("a_higher", "b_higher", "unresolved")
+    assert verdict["seeds"] == [1, 2, 3][: verdict["n"]]
+    assert "sequential comparisons" in out and "init=gap vs init=random" in out
+    # the audit log through `gapinit results --looks`
+    proc = _run_cli("results", str(sweep), "--looks", cwd=sweep.parent)
+    text, err = _finish(proc, 120)
+    assert proc.returncode == 0, err
+    assert "sequential looks" in text and "p_anytime" in text
+
+
+@pytest.mark.slow
+def test_driver_killed_between_looks_resumes_to_the_same_seeds_and_verdicts(uninterrupted, tmp_path) -> None:
+    clean, _ = uninterrupted
+    proc = _run_cli("run", str(_spec_file(tmp_path)), "--num-cpus", "2", "--quiet", cwd=tmp_path)
+    sweep = tmp_path / "store" / NAME
+    deadline = time.monotonic() + 600
+    # kill the driver (and the Ray it started) as soon as the first round is recorded: after the look
+    # at 2 seeds, before the one at 3
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (sweep / "sequential.json").exists() and _record(sweep)["rounds"]:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the sweep ended before its first round"
+    _kill_tree(psutil.Process(proc.pid))
+    proc.communicate()
+    killed = _record(sweep)
+    assert [lk["n"] for lk in killed["looks"]] == [2]
+    resumed = _run_cli("resume", str(sweep), "--num-cpus", "2", "--quiet", cwd=tmp_path)
+    out, err = _finish(resumed, 600)
+    assert resumed.returncode == 0, err[-3000:]
+    assert _decisions(_record(sweep)) == _decisions(_record(clean))
+    assert _rows_once(sweep) == _rows_once(clean)
+    assert "sequential comparisons" in out
+
+
+@pytest.mark.slow
+def test_a_budget_already_spent_ends_the_phase_at_once_on_resume(uninterrupted, tmp_path) -> None:
+    """The finished sweep, copied, with its spec given a larger max_seeds and a budget it has already
+    spent (as a sweep killed after spending its budget is found): resume starts no trial, and the
+    open comparison ends unresolved at budget."""
+    clean, _ = uninterrupted
+    shutil.copytree(clean.parent, tmp_path / "store", symlinks=True)
+    sweep = tmp_path / "store" / NAME
+    spec = json.loads((sweep / "spec.json").read_text())
+    spec["storage"] = str(tmp_path / "store")
+    spec["sequential"].update({"max_seeds": 5, "budget_device_hours": 1e-6})
+    (sweep / "spec.json").write_text(json.dumps(spec))
+    before = _rows_once(sweep)
+    proc = _run_cli("resume", str(sweep), "--num-cpus", "2", cwd=tmp_path)
+    out, err = _finish(proc, 300)
+    assert proc.returncode == 0, err[-3000:]
+    assert _rows_once(sweep) == before  # no trial started
+    record = _record(sweep)
+    assert record["ended"]["reason"] == "budget"
+    (verdict,) = record["verdicts"]
+    if verdict["status"] != "decided":
+        assert verdict["status"] == "unresolved at budget" and verdict["verdict"] == "unresolved"
+        assert "unresolved at budget" in out
+    assert "budget reached" in err
