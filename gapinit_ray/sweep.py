@@ -173,10 +173,6 @@ def run_sweep(spec: SweepSpec, *, quiet: bool = False):
     from gapinit_ray.placement_reaper import placement_reaper
 
     preflight(spec)
-    if spec.sequential is not None:
-        from gapinit_ray.sequential.driver import check_cost_available
-
-        check_cost_available(spec)
     problem = check_resources(spec)  # before anything is written or scheduled: a request no node can grant
     # on an autoscaling cluster: what it waits for, every minute; on any cluster: placement groups a
     # stopped job left reserved are given back (placement_reaper says why)
@@ -305,6 +301,10 @@ def preflight(spec: SweepSpec) -> None:
     root = sweep_dir(spec)
     if (root / SPEC_FILE).is_file():
         _check_same_sweep(spec, root)
+    if spec.sequential is not None:
+        from gapinit_ray.sequential.driver import check_cost_available
+
+        check_cost_available(spec)  # a budget over stored reports that carry no cost
 
 
 def _check_same_sweep(spec: SweepSpec, root: Path) -> None:

@@ -99,8 +99,8 @@ def print_sequential(storage: str, sweep: str, *, looks: bool = False) -> None:
     """A sweep with a sequential phase: its verdicts (and with ``looks`` every look), after the table."""
     if "://" in storage:
         return
-    from gapinit_ray.sequential.log import SequentialLog
-    from gapinit_ray.sequential.text import looks_table, verdict_table
+    from gapinit_ray.results.looks import SequentialLog
+    from gapinit_ray.results.looks_text import looks_table, verdict_table
 
     log = SequentialLog.read(os.path.join(storage, sweep))
     if log is None:

@@ -392,7 +392,7 @@ class Views:
     def sequential(self) -> dict[str, Any]:
         """The sequential phase per comparison: the confidence sequence and e-value at every look
         (evidence against seeds), where it stopped and its verdict, from ``sequential.json``."""
-        from gapinit_ray.sequential.text import verdict_text
+        from gapinit_ray.results.looks_text import verdict_text
 
         record = self.reader.sequential()
         if not record:

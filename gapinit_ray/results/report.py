@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import io
 import math
+import os
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
@@ -273,6 +274,32 @@ def write_report(
             "<ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in verdicts) + "</ul>",
             _html_table(comparison),
         ]
+    seq_png = None
+    if store.loc.local:
+        from gapinit_ray.results.looks import SequentialLog
+        from gapinit_ray.results.looks_text import looks_table, plot_looks, verdict_table
+
+        log = SequentialLog.read(os.path.join(store.root, store.sweep))
+        if log is not None:
+            seq_png = plot_looks(log)
+            seq_intro = (
+                "Seeds until the answer is known: after every finished seed each comparison's anytime-valid "
+                "confidence sequence of the mean paired difference was updated; a comparison stopped at its "
+                "first decisive look (the band excludes 0, or lies within ±δ). Valid however often it was "
+                "looked at; see the README's 'Comparing inits honestly'."
+            )
+            text = [verdict_table(log), "", looks_table(log)]
+            md_extra += ["## Sequential comparisons", "", seq_intro, "", "```text", *text, "```", ""]
+            html_extra += [
+                "<h2>Sequential comparisons</h2>",
+                f"<p>{html.escape(seq_intro)}</p>",
+                f"<pre>{html.escape(chr(10).join(text))}</pre>",
+            ]
+            if seq_png is not None:
+                md_extra += ["![Sequential looks](sequential.png)", ""]
+                html_extra += [
+                    '<a href="sequential.png"><img src="sequential.png" alt="Sequential looks"></a>'
+                ]
     if align_png is not None:
         md_extra += ["## Alignment with the gap", "", align_intro, "", "![Alignment](alignment.png)", ""]
         html_extra += [
@@ -333,6 +360,8 @@ img {{ max-width: 100%; }}
     files = [("curves.png", curves_png), ("final.png", final_png)]
     if align_png is not None:
         files.append(("alignment.png", align_png))
+    if seq_png is not None:
+        files.append(("sequential.png", seq_png))
     for name, data in (*files, ("report.md", md.encode()), ("report.html", page.encode())):
         path = loc.join(name)
         write_bytes(loc, path, data)

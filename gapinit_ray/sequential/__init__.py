@@ -1,9 +1,9 @@
 """Seeds until the answer is known: the sequential phase of a sweep with a ``sequential`` section.
 
-Owns: which comparisons a spec asks for and where each stands (:mod:`.comparisons`, pure: no Ray),
-the sweep dir's record of rounds, looks and verdicts (:mod:`.log`), the rounds of extra seeds on Ray
-Tune (:mod:`.driver`) and their text (:mod:`.text`). The statistics are
-:mod:`gapinit_ray.results.anytime` (pure). May import ``spec``, ``plan``, ``results``, ``names``,
+Owns: which comparisons a spec asks for and where each stands (:mod:`.comparisons`, pure: no Ray) and
+the rounds of extra seeds on Ray Tune (:mod:`.driver`). The record of rounds, looks and verdicts it
+writes belongs to the results store (:mod:`gapinit_ray.results.looks`, its text and figure
+:mod:`gapinit_ray.results.looks_text`); the statistics are :mod:`gapinit_ray.results.anytime` (pure). May import ``spec``, ``plan``, ``results``, ``names``,
 ``atomic``, ``errors``; the driver also the sweep's trial side (``sweep_trainable``, ``sweep_callback``).
 
 How it composes with seed-group ASHA: the grid's initial seeds (``search.seed``) run as any sweep does,

@@ -15,18 +15,10 @@ from typing import Any
 
 from gapinit_ray.plan import grid_points, trial_id
 from gapinit_ray.results import anytime
+from gapinit_ray.results.looks import AT_BUDGET, AT_MAX, DECIDED, FAILED, NOT_COMPARED, OPEN
 from gapinit_ray.spec import SweepSpec
 from gapinit_ray.spec.sequential import arms, min_seeds, seed_sequence
 
-# comparison statuses (the verdict says more)
-OPEN, DECIDED, NOT_COMPARED, FAILED, AT_MAX, AT_BUDGET = (
-    "open",
-    "decided",
-    "not compared",
-    "failed",
-    "unresolved at max_seeds",
-    "unresolved at budget",
-)
 # trial outcomes
 DONE, STOPPED, ERROR, PENDING, NO_VALUE = "done", "stopped", "error", "pending", "no value"
 

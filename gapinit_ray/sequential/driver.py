@@ -26,8 +26,9 @@ from typing import Any
 
 from gapinit_ray.errors import GapinitError
 from gapinit_ray.names import SEQUENTIAL_TUNE_PREFIX
+from gapinit_ray.results.looks import SequentialLog
+from gapinit_ray.results.looks_text import fmt_num, verdict_text
 from gapinit_ray.sequential import comparisons as C
-from gapinit_ray.sequential.log import SequentialLog
 from gapinit_ray.spec import SweepSpec
 from gapinit_ray.trial import sweep_dir
 
@@ -177,8 +178,6 @@ def _finished(rnd: dict, outcome: dict[str, C.Outcome]) -> bool:
 
 
 def _say_looks(states: list[C.State], said: set[tuple]) -> None:
-    from gapinit_ray.sequential.text import look_line
-
     for st in states:
         key = (st.comparison.name, st.n, st.status)
         if key in said or (not st.looks and st.status == C.OPEN):
@@ -236,3 +235,28 @@ def _run_round(spec: SweepSpec, rnd: dict, quiet: bool, fn_kwargs: dict[str, Any
     except RuntimeError as e:  # see gapinit_ray.sweep._run: a trial that never got a directory
         if "trial_fs_path" not in str(e):
             raise
+
+
+def look_line(st: C.State) -> str:
+    """One line for the live log of a sweep: where a comparison stands after its latest look."""
+    lk = st.last
+    head = f"sequential: {st.comparison.name}: "
+    if lk is None:
+        return head + verdict_text(_record(st))
+    return (
+        f"{head}{lk.n} seeds, diff {fmt_num(lk.mean)}, CS [{fmt_num(lk.cs_low)}, {fmt_num(lk.cs_high)}] "
+        f"(α {lk.alpha:.3g}), e {fmt_num(lk.e_value, '.3g')}: {verdict_text(_record(st))}"
+    )
+
+
+def _record(st: C.State) -> dict[str, Any]:
+    c = st.comparison
+    return {
+        "a": c.a,
+        "b": c.b,
+        "verdict": st.verdict,
+        "status": st.status,
+        "n": st.n,
+        "reason": st.reason,
+        "seeds_still_needed": st.still_needed,
+    }

@@ -195,8 +195,8 @@ def _write_sweep(root: Path, name: str, *, finished: bool) -> ResultsStore:
 def _write_sequential(sweep: Path) -> None:
     """A sequential phase's record, written by the real bookkeeping from hand-made outcomes: gap vs
     mica decided (mica does not move), gap vs random still open at 8 seeds."""
+    from gapinit_ray.results.looks import SequentialLog
     from gapinit_ray.sequential import comparisons as C
-    from gapinit_ray.sequential.log import SequentialLog
     from gapinit_ray.spec import spec_from_dict
     from gapinit_ray.spec.sequential import seed_sequence
 

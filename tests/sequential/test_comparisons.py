@@ -12,9 +12,9 @@ import yaml
 
 from gapinit_ray.errors import SpecError
 from gapinit_ray.results import anytime
+from gapinit_ray.results.looks import SequentialLog
+from gapinit_ray.results.looks_text import looks_table, plot_looks, verdict_table
 from gapinit_ray.sequential import comparisons as C
-from gapinit_ray.sequential.log import SequentialLog
-from gapinit_ray.sequential.text import looks_table, verdict_table
 from gapinit_ray.spec import spec_from_dict
 from gapinit_ray.spec.sequential import seed_sequence
 
@@ -138,6 +138,8 @@ def test_max_seeds_and_budget_end_open_comparisons_unresolved(tmp_path: Path) ->
     assert "unresolved at max_seeds" in text and "unresolved at budget" in text
     assert looks_table(again).count("init=gap vs init=random") == 5
     assert all(0 < lk["p_anytime"] <= 1 for lk in again.looks)
+    png = plot_looks(again)
+    assert png is not None and png.startswith(b"\x89PNG")
 
 
 def test_a_corrupt_record_is_one_error_naming_it(tmp_path: Path) -> None:

@@ -98,6 +98,13 @@ def test_seeds_added_while_the_sweep_runs_give_every_row_once(uninterrupted) -> 
     text, err = _finish(proc, 120)
     assert proc.returncode == 0, err
     assert "sequential looks" in text and "p_anytime" in text
+    # and in the report: the verdicts, every look and the evidence against seeds
+    proc = _run_cli("report", str(sweep), "--compare", "none", cwd=sweep.parent)
+    _, err = _finish(proc, 300)
+    assert proc.returncode == 0, err
+    report = (sweep / "report" / "report.md").read_text()
+    assert "## Sequential comparisons" in report and "sequential looks" in report
+    assert (sweep / "report" / "sequential.png").stat().st_size > 1000
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The sequential phase's record in the sweep dir, ``sequential.json`` (written whole, atomically).
+"""The sequential phase's record in the sweep dir (the driver is :mod:`gapinit_ray.sequential`), ``sequential.json`` (written whole, atomically).
 
 Two kinds of content:
 
@@ -25,6 +25,17 @@ from gapinit_ray.errors import GapinitError
 from gapinit_ray.names import SEQUENTIAL_FILE
 
 VERSION = 1
+
+# a comparison's status in the record (its verdict says more: gapinit_ray.results.anytime's decisions,
+# "unresolved" or "not compared")
+OPEN, DECIDED, NOT_COMPARED, FAILED, AT_MAX, AT_BUDGET = (
+    "open",
+    "decided",
+    "not compared",
+    "failed",
+    "unresolved at max_seeds",
+    "unresolved at budget",
+)
 
 
 def _json_safe(v: Any) -> Any:

@@ -1,6 +1,6 @@
-"""The sequential phase as text: one line per look while it runs, the verdict table (``gapinit run``'s
-end, ``gapinit results``, the report) and the audit log of every look (``gapinit results --looks``).
-Reads :class:`~.comparisons.State` while running and the record (:class:`~.log.SequentialLog`) after.
+"""The sequential phase's record as text and a figure: the verdict table (``gapinit run``'s end,
+``gapinit results``, the report), the audit log of every look (``gapinit results --looks``) and the
+evidence against seeds (``report``). Reads the record (:class:`~gapinit_ray.results.looks.SequentialLog`).
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import math
 from typing import Any
 
 from gapinit_ray.results import anytime
-from gapinit_ray.sequential import comparisons as C
-from gapinit_ray.sequential.log import SequentialLog, from_json
+from gapinit_ray.results import looks as C
+from gapinit_ray.results.looks import SequentialLog, from_json
 
 
-def _num(v: Any, fmt: str = "+.3g") -> str:
+def fmt_num(v: Any, fmt: str = "+.3g") -> str:
     v = from_json(v)
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
@@ -49,31 +49,6 @@ def verdict_text(v: dict[str, Any], min_effect: float | None = None, mode: str =
     return f"{v['status']} ({n} seeds){more}"
 
 
-def look_line(st: C.State) -> str:
-    """One line for the live log of a sweep: where a comparison stands after its latest look."""
-    lk = st.last
-    head = f"sequential: {st.comparison.name}: "
-    if lk is None:
-        return head + verdict_text(_record(st))
-    return (
-        f"{head}{lk.n} seeds, diff {_num(lk.mean)}, CS [{_num(lk.cs_low)}, {_num(lk.cs_high)}] "
-        f"(α {lk.alpha:.3g}), e {_num(lk.e_value, '.3g')}: {verdict_text(_record(st))}"
-    )
-
-
-def _record(st: C.State) -> dict[str, Any]:
-    c = st.comparison
-    return {
-        "a": c.a,
-        "b": c.b,
-        "verdict": st.verdict,
-        "status": st.status,
-        "n": st.n,
-        "reason": st.reason,
-        "seeds_still_needed": st.still_needed,
-    }
-
-
 def verdict_table(log: SequentialLog) -> str:
     """The verdicts, one row per comparison, with the phase's summary lines."""
     import pyarrow as pa
@@ -87,22 +62,22 @@ def verdict_table(log: SequentialLog) -> str:
             {
                 "comparison": v["comparison"],
                 "seeds": v["n"],
-                "diff": _num(v.get("mean")),
-                "cs_low": _num(v.get("cs_low")),
-                "cs_high": _num(v.get("cs_high")),
-                "e_value": _num(v.get("e_value"), ".3g"),
+                "diff": fmt_num(v.get("mean")),
+                "cs_low": fmt_num(v.get("cs_low")),
+                "cs_high": fmt_num(v.get("cs_high")),
+                "e_value": fmt_num(v.get("e_value"), ".3g"),
                 "verdict": verdict_text(v, s.get("min_effect"), s.get("mode", "max")),
             }
         )
     head = (
         f"sequential comparisons ({s.get('metric')} at epoch {s.get('epoch')}, diff = first arm − other; "
         f"anytime-valid t-mixture confidence sequences at α = {s.get('alpha')} family-wise over "
-        f"{s.get('comparisons')} comparison(s), {_num(s.get('alpha_each'), '.3g')} each):"
+        f"{s.get('comparisons')} comparison(s), {fmt_num(s.get('alpha_each'), '.3g')} each):"
     )
     table = format_table(pa.Table.from_pylist(rows), "table").rstrip("\n") if rows else "(no comparisons)"
     arms = ", ".join(f"{k} {n}" for k, n in (s.get("seeds_per_arm") or {}).items())
     budget = s.get("budget_device_hours")
-    cost = f"{_num(s.get('spent_device_hours'), '.3g')} device-hours spent" + (
+    cost = f"{fmt_num(s.get('spent_device_hours'), '.3g')} device-hours spent" + (
         f" of a {budget:g} budget" if budget else ""
     )
     ended = log.ended
@@ -123,14 +98,14 @@ def looks_table(log: SequentialLog) -> str:
             "comparison": lk["comparison"],
             "n": lk["n"],
             "seed": lk["seed"],
-            "mean": _num(lk.get("mean")),
-            "sd": _num(lk.get("sd"), ".3g"),
-            "t": _num(lk.get("t"), ".3g"),
-            "e_value": _num(lk.get("e_value"), ".3g"),
-            "p_anytime": _num(lk.get("p_anytime"), ".3g"),
-            "cs_low": _num(lk.get("cs_low")),
-            "cs_high": _num(lk.get("cs_high")),
-            "alpha": _num(lk.get("alpha"), ".3g"),
+            "mean": fmt_num(lk.get("mean")),
+            "sd": fmt_num(lk.get("sd"), ".3g"),
+            "t": fmt_num(lk.get("t"), ".3g"),
+            "e_value": fmt_num(lk.get("e_value"), ".3g"),
+            "p_anytime": fmt_num(lk.get("p_anytime"), ".3g"),
+            "cs_low": fmt_num(lk.get("cs_low")),
+            "cs_high": fmt_num(lk.get("cs_high")),
+            "alpha": fmt_num(lk.get("alpha"), ".3g"),
             "decision": lk["decision"],
         }
         for lk in log.looks
@@ -140,3 +115,41 @@ def looks_table(log: SequentialLog) -> str:
     return "sequential looks (every look, in seed order):\n" + format_table(
         pa.Table.from_pylist(rows), "table"
     )
+
+
+def plot_looks(log: SequentialLog) -> bytes | None:
+    """One panel per comparison: the confidence sequence (band) and the mean difference against seeds,
+    0 and ±δ marked, a vertical line where a decided comparison stopped. PNG bytes; None without looks."""
+    from matplotlib.figure import Figure
+
+    from gapinit_ray.results.report import _png
+
+    verdicts = log.verdicts
+    if not log.looks or not verdicts:
+        return None
+    s = log.summary
+    fig = Figure(figsize=(6.5, 2.4 * len(verdicts)), layout="constrained")
+    axes = fig.subplots(len(verdicts), 1, squeeze=False)[:, 0]
+    for ax, v in zip(axes, verdicts, strict=True):
+        looks = [lk for lk in log.looks if lk["comparison"] == v["comparison"]]
+        n = [lk["n"] for lk in looks]
+        mean = [lk["mean"] for lk in looks]
+        spread = max((abs(m) for m in mean if m is not None), default=1.0) * 4 or 1.0
+        low = [spread * -1 if lk["cs_low"] is None else lk["cs_low"] for lk in looks]
+        high = [spread if lk["cs_high"] is None else lk["cs_high"] for lk in looks]
+        ax.fill_between(n, low, high, alpha=0.25, label="confidence sequence")
+        ax.plot(n, mean, marker="o", label="mean difference")
+        ax.axhline(0, color="0.4", lw=0.8)
+        if s.get("min_effect"):
+            for y in (s["min_effect"], -s["min_effect"]):
+                ax.axhline(y, color="0.6", lw=0.8, ls="--")
+        if v["status"] == C.DECIDED and n:
+            ax.axvline(n[-1], color="tab:green", lw=1)
+        ax.set_ylim(-spread, spread)
+        ax.set_title(
+            f"{v['comparison']}: {verdict_text(v, s.get('min_effect'), s.get('mode', 'max'))}", fontsize=8
+        )
+        ax.set_xlabel("seeds")
+        ax.set_ylabel("difference")
+    axes[0].legend(fontsize=7, loc="upper right")
+    return _png(fig)
