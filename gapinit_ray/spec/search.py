@@ -118,8 +118,19 @@ def describe(spec: SweepSpec) -> str:
         ", ".join(f"{k}={v if isinstance(v, list) else v.model_dump()}" for k, v in spec.search.axes.items())
         or "none"
     )
+    seq = spec.sequential
+    sequential = ""
+    if seq is not None:
+        sequential = (
+            f"; then more seeds, up to {seq.max_seeds} per arm, while a comparison is open (anytime-valid, "
+            f"alpha {seq.alpha:g} family-wise"
+            + (f", equivalent within ±{seq.min_effect:g}" if seq.min_effect else "")
+            + (f", budget {seq.budget_device_hours:g} device-hours" if seq.budget_device_hours else "")
+            + ")"
+        )
     return (
         f"sweep {spec.name!r}: {grid_size(spec)} trial(s) over {len(spec.backbones)} backbone(s) "
         f"[{', '.join(b.key for b in spec.backbones)}]; axes: {axes}; scheduler {spec.scheduler.type} on "
-        f"{spec.scheduler.metric} ({spec.scheduler.mode}); {spec.train.epochs} epoch(s); storage {spec.storage}"
+        f"{spec.scheduler.metric} ({spec.scheduler.mode}); {spec.train.epochs} epoch(s){sequential}; "
+        f"storage {spec.storage}"
     )
