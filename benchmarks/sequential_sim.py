@@ -17,7 +17,12 @@ one seed), the differences d_i = X_A − X_B.
    one false directional verdict.
 2. Seeds it saves: σ_d = 1, smallest effect that matters δ = 0.5, against the fixed-n paired t-test
    planned for δ (α = 0.05, 80 % power: ``stats.seeds_needed``), max seeds 2·n_fixed.
-3. Prior scale g: seeds used at δ and 2δ and the null error rate for a few g.
+3. Huge effects (an arm that does not train against one that does): differences of mean 10 and 30 sd
+   (sd of the differences 1), α = 0.05 and 0.025, min_seeds 3, max 20 seeds: the distribution of the
+   seeds to a verdict, the projection with the sd at its true value, and the earliest n any verdict is
+   possible (:func:`gapinit_ray.results.anytime.earliest_decision`).
+4. The prior: single scales g and mixtures over scales, seeds used at δ, 2δ, 10 sd and 30 sd, the
+   earliest verdict and the null error rate of each; the default is chosen from these rows.
 
 Writes benchmarks/results/sequential_sim.json.
 """
@@ -41,7 +46,24 @@ NULL_MAX_SEEDS = 50
 DELTA = 0.5
 SEED_EFFECT_SD = 2.0  # shared by the arms of one seed; cancels in the paired difference
 NOISES = ("normal", "student_t3", "lognormal", "collapse")
-PRIOR_SCALES = (0.1, 0.25, 0.5, 1.0, 2.0)
+HUGE_EFFECTS = (10.0, 30.0)
+HUGE_ALPHAS = (0.05, 0.025)
+HUGE_MAX_SEEDS = 20
+#: the priors compared in part 4: single scales, then mixtures (the default among them)
+PRIORS = (
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.0,
+    ((0.5, 0.8), (8.0, 0.1), (128.0, 0.1)),
+    ((0.5, 0.8), (8.0, 0.1), (256.0, 0.1)),
+    ((0.5, 0.8), (16.0, 0.1), (256.0, 0.1)),
+    ((0.5, 0.8), (16.0, 0.1), (512.0, 0.1)),
+    ((0.5, 0.9), (16.0, 0.05), (256.0, 0.05)),
+    ((0.5, 0.85), (32.0, 0.15)),
+    ((0.25, 0.4), (1.0, 0.4), (32.0, 0.1), (512.0, 0.1)),
+)
 
 
 def noise(rng: np.random.Generator, model: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -72,7 +94,7 @@ def rate(k: int, n: int) -> dict:
     return {"rate": k / n, "ci95": [round(ci.low, 5), round(ci.high, 5)], "count": k, "of": n}
 
 
-def null_rates(D: np.ndarray, alpha: float, g: float = at.DEFAULT_PRIOR_SCALE) -> dict:
+def null_rates(D: np.ndarray, alpha: float, g: at.PriorScale = at.DEFAULT_PRIOR_SCALE) -> dict:
     codes, n_at = at.first_decisions(D, alpha=alpha, min_seeds=MIN_SEEDS, g=g)
     reps = len(D)
     a, b = int(np.sum(codes == 1)), int(np.sum(codes == 2))
@@ -148,7 +170,7 @@ def seed_use(codes: np.ndarray, n_at: np.ndarray, max_seeds: int, n_fixed: float
     }
 
 
-def savings(reps: int, g: float = at.DEFAULT_PRIOR_SCALE, cases=None) -> tuple[dict, dict]:
+def savings(reps: int, g: at.PriorScale = at.DEFAULT_PRIOR_SCALE, cases=None) -> tuple[dict, dict]:
     n_fixed = seeds_needed(DELTA, 1.0)
     max_seeds = int(2 * n_fixed)
     setup = {
@@ -159,7 +181,7 @@ def savings(reps: int, g: float = at.DEFAULT_PRIOR_SCALE, cases=None) -> tuple[d
         "max_seeds": max_seeds,
         "min_seeds": MIN_SEEDS,
         "alpha": ALPHA,
-        "prior_scale_g": g,
+        "prior": at.describe_prior(g),
     }
     cases = cases or [("0", 0.0, "normal"), ("delta", DELTA, "normal"), ("2delta", 2 * DELTA, "normal")]
     out = {}
@@ -178,23 +200,62 @@ def savings(reps: int, g: float = at.DEFAULT_PRIOR_SCALE, cases=None) -> tuple[d
     return setup, out
 
 
+def huge_effects(reps: int, g: at.PriorScale = at.DEFAULT_PRIOR_SCALE) -> dict:
+    """Seeds to a verdict when the arms differ by 10 or 30 sd of the differences."""
+    out = {}
+    for i, effect in enumerate(HUGE_EFFECTS):
+        rng = np.random.default_rng(600 + i)
+        xa, xb = arms(rng, reps, HUGE_MAX_SEEDS, ["normal", "normal"], [effect, 0.0])
+        D = (xa - xb - effect) / math.sqrt(2) + effect
+        for alpha in HUGE_ALPHAS:
+            codes, n_at = at.first_decisions(D, alpha=alpha, min_seeds=MIN_SEEDS, g=g)
+            n = np.arange(MIN_SEEDS, HUGE_MAX_SEEDS + 1)
+            clear = np.flatnonzero([at.cs_radius(int(k), 1.0, alpha, g) < effect for k in n])
+            values, counts = np.unique(n_at, return_counts=True)
+            out[f"{effect:g}sd_alpha_{alpha:g}"] = {
+                "difference_in_sd": effect,
+                "alpha": alpha,
+                "earliest_decision": at.earliest_decision(alpha, g),
+                "seeds_if_sd_as_true": int(n[clear[0]]) if len(clear) else None,
+                "seeds_used": {
+                    "mean": round(float(n_at.mean()), 2),
+                    "median": float(np.median(n_at)),
+                    "p10": float(np.percentile(n_at, 10)),
+                    "p90": float(np.percentile(n_at, 90)),
+                    "max": int(n_at.max()),
+                    "histogram": {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)},
+                },
+                "decided_a_higher": rate(int(np.sum(codes == 1)), reps),
+            }
+    return out
+
+
 def prior_scales(reps: int) -> dict:
     rows = {}
     cases = [("delta", DELTA, "normal"), ("2delta", 2 * DELTA, "normal")]
-    for g in PRIOR_SCALES:
+    for g in PRIORS:
         _, sv = savings(reps, g=g, cases=cases)
+        huge = huge_effects(reps, g=g)
         rng = np.random.default_rng(500)
         D = rng.standard_normal((reps, NULL_MAX_SEEDS))
         null = null_rates(D, ALPHA, g=g)
-        rows[str(g)] = {
+        rows[at.describe_prior(g)] = {
+            "prior": g,
             "mean_seeds_at_delta": sv["delta_normal"]["seeds_used"]["mean"],
             "power_at_delta": sv["delta_normal"]["verdicts"][at.A_HIGHER]["rate"],
             "false_equivalent_at_delta": sv["delta_normal"]["verdicts"][at.EQUIVALENT]["rate"],
             "mean_seeds_at_2delta": sv["2delta_normal"]["seeds_used"]["mean"],
+            **{f"mean_seeds_at_{k}": v["seeds_used"]["mean"] for k, v in huge.items()},
+            **{f"p90_seeds_at_{k}": v["seeds_used"]["p90"] for k, v in huge.items()},
             "null_false_directional_normal_50_seeds": null["false_directional"],
             "earliest_decision_alpha_0.05": at.earliest_decision(ALPHA, g),
+            "earliest_decision_alpha_0.025": at.earliest_decision(0.025, g),
             "earliest_decision_alpha_0.05_over_6": at.earliest_decision(ALPHA / 6, g),
         }
+    base = rows[at.describe_prior(0.5)]
+    for r in rows.values():
+        r["seeds_at_delta_over_g_0.5"] = round(r["mean_seeds_at_delta"] / base["mean_seeds_at_delta"], 3)
+        r["seeds_at_2delta_over_g_0.5"] = round(r["mean_seeds_at_2delta"] / base["mean_seeds_at_2delta"], 3)
     return rows
 
 
@@ -217,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
             ("2delta", 2 * DELTA, "student_t3"),
         ],
     )
+    huge = huge_effects(args.reps)
     scales = prior_scales(args.reps)
     wall = time.perf_counter() - t0
 
@@ -237,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     print(
         f"\nSeeds used (σ_d = 1, δ = {DELTA}, n_fixed = {setup['n_fixed']:.0f}, max {setup['max_seeds']}, "
-        f"g = {setup['prior_scale_g']})"
+        f"prior {setup['prior']})"
     )
     print(
         f"  {'case':18s} {'mean':>6s} {'med':>5s} {'p10':>5s} {'p90':>5s} {'max':>4s}  {'/n_fixed':>8s} "
@@ -250,12 +312,29 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['mean_seeds_over_n_fixed']:8.2f} {r['oracle_fixed_n']:6.0f}  "
             + " ".join(f"{100 * x['rate']:5.1f}%" for x in v.values())
         )
-    print("\nPrior scale g: mean seeds at δ and 2δ, null false directional (normal)")
-    for g, r in scales.items():
+    print(
+        f"\nHuge effects (σ_d = 1, min_seeds {MIN_SEEDS}, max {HUGE_MAX_SEEDS}, {at.describe_prior()}): "
+        "seeds to a verdict"
+    )
+    for name, r in huge.items():
+        s = r["seeds_used"]
+        hist = " ".join(f"{k}:{v}" for k, v in s["histogram"].items())
         print(
-            f"  g = {g:5s} δ: {r['mean_seeds_at_delta']:5.1f} (power {100 * r['power_at_delta']:.1f} %)  "
-            f"2δ: {r['mean_seeds_at_2delta']:5.1f}  null {_ci(r['null_false_directional_normal_50_seeds'])}  "
-            f"earliest verdict n = {r['earliest_decision_alpha_0.05']} (α/6: {r['earliest_decision_alpha_0.05_over_6']})"
+            f"  {name:20s} earliest {r['earliest_decision']}  with sd as true {r['seeds_if_sd_as_true']}  "
+            f"mean {s['mean']:.2f} med {s['median']:.0f} p90 {s['p90']:.0f} max {s['max']}  "
+            f"decided {100 * r['decided_a_higher']['rate']:.2f} %  ({hist})"
+        )
+    print(
+        "\nPrior: mean seeds at δ, 2δ (α = 0.05), 10 sd and 30 sd (α = 0.025), null false directional (normal)"
+    )
+    for name, r in scales.items():
+        print(
+            f"  {name:58s} δ {r['mean_seeds_at_delta']:5.1f} ({r['seeds_at_delta_over_g_0.5']:.3f}, "
+            f"power {100 * r['power_at_delta']:.1f} %)  2δ {r['mean_seeds_at_2delta']:5.1f} "
+            f"({r['seeds_at_2delta_over_g_0.5']:.3f})  10sd {r['mean_seeds_at_10sd_alpha_0.025']:5.2f}  "
+            f"30sd {r['mean_seeds_at_30sd_alpha_0.025']:5.2f}  null {_ci(r['null_false_directional_normal_50_seeds'])}  "
+            f"earliest n = {r['earliest_decision_alpha_0.05']}/{r['earliest_decision_alpha_0.025']}/"
+            f"{r['earliest_decision_alpha_0.05_over_6']} (α 0.05/0.025/0.05÷6)"
         )
     broken = errors["assumption_broken"]
     warning = (
@@ -277,27 +356,55 @@ def main(argv: list[str] | None = None) -> None:
             "alpha": ALPHA,
             "max_seeds": NULL_MAX_SEEDS,
             "min_seeds": MIN_SEEDS,
-            "prior_scale_g": at.DEFAULT_PRIOR_SCALE,
+            "prior": at.describe_prior(),
             **errors,
         },
         "seeds_saved": {"setup": setup, "cases": saved},
         "assumption_warning": warning,
-        "prior_scale": {"rows": scales, "chosen": at.DEFAULT_PRIOR_SCALE, "reason": PRIOR_REASON},
+        "huge_effects": {
+            "setup": {
+                "sd_of_differences": 1.0,
+                "min_seeds": MIN_SEEDS,
+                "max_seeds": HUGE_MAX_SEEDS,
+                "prior": at.describe_prior(),
+                "seeds_if_sd_as_true_is": "the first n ≥ min_seeds with cs_radius(n, 1, α) < the difference",
+            },
+            "cases": huge,
+        },
+        "prior_scale": {
+            "rows": scales,
+            "chosen": at.DEFAULT_PRIOR_SCALE,
+            "chosen_is": at.describe_prior(),
+            "reason": PRIOR_REASON,
+        },
         "targets": {
             "mean_seeds_at_2delta_le_0.7_n_fixed": saved["2delta_normal"]["mean_seeds_over_n_fixed"] <= 0.7,
             "false_equivalent_at_delta_le_0.2": saved["delta_normal"]["verdicts"][at.EQUIVALENT]["rate"]
             <= 0.2,
+            "earliest_decision_alpha_0.025_le_4": at.earliest_decision(0.025) <= 4,
+            "median_seeds_at_30sd_alpha_0.025_le_4": huge["30sd_alpha_0.025"]["seeds_used"]["median"] <= 4,
+            "median_seeds_at_10sd_alpha_0.025_le_4": huge["10sd_alpha_0.025"]["seeds_used"]["median"] <= 4,
+            "seeds_at_delta_and_2delta_within_10_percent_of_g_0.5": all(
+                scales[at.describe_prior()][k] <= 1.1
+                for k in ("seeds_at_delta_over_g_0.5", "seeds_at_2delta_over_g_0.5")
+            ),
         },
     }
     print(f"\n-> {write_result('sequential_sim', result)} ({wall:.1f} s)")
 
 
 PRIOR_REASON = (
-    "g = 0.5 (prior sd of the standardized effect 0.71, between δ = 0.5 and 2δ = 1 in units of σ_d) gave "
-    "the fewest mean seeds at δ and within 4 % of the fewest at 2δ (larger g is slightly faster there but "
-    "slower and less powerful at δ, and smaller g needs more seeds before any verdict is possible: 10 at "
-    "g = 0.1 against 6 at g = 0.5, α = 0.05); the expected seeds vary by under 10 % over g = 0.25-2, so "
-    "the choice is not delicate. Validity holds for every g fixed in advance."
+    "The default is the mixture 80 % g = 0.5, 10 % g = 16, 10 % g = 256. With one scale g = 0.5 (the best "
+    "single scale: fewest seeds at δ, within 4 % of the fewest at 2δ) no verdict is possible before 6 seeds "
+    "at α = 0.05 (7 at 0.025) however large the difference, as E_n ≤ (1 + n g)^((n−1)/2). Small weights on "
+    "large scales lift that cap: with this mixture a verdict is possible from n = 3 at α = 0.05 and 0.025, "
+    "a difference of 30 sd is decided at a median of 3 seeds (at most 4) at α = 0.025 and 10 sd at a median "
+    "of 4, while the mean seeds at δ and 2δ stay within 3 % and 1.5 % of g = 0.5 alone (the 80 % weight "
+    "costs log(1/0.8) of evidence at moderate effects). Against the other mixtures in the rows: (0.5, 8, "
+    "128) costs the same but is slower at 30 sd (g = 256 matches t² ≈ 2700 at n = 3 better); (0.5, 16, "
+    "512) is the same within noise; the four-scale mixture is a little faster for huge effects but costs "
+    "4.5 % at δ; 5 % weights on the large scales cost less at δ but decide 30 sd later. The null error "
+    "rate is the same for all priors. Validity holds for every prior fixed in advance."
 )
 
 if __name__ == "__main__":

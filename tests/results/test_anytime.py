@@ -1,7 +1,8 @@
 """The anytime-valid seed comparison: the e-value against quadrature of its definition and a value by
 hand, the closed-form CS radius against the e-value it inverts, an independent implementation (savvi)
 when installed, error control under continuous monitoring, the vectorized path against the per-look
-one, and the edge cases (sticky decisions, min_seeds, zero spread, bad arguments)."""
+one, and the edge cases (sticky decisions, min_seeds, zero spread, bad arguments); each for one prior
+scale g and for mixtures over scales (the default)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ from scipy import integrate, stats
 
 from gapinit_ray.results import anytime as at
 from gapinit_ray.results.stats import t_interval_paired
+
+#: one scale (the closed form), the default mixture, and a mixture of four scales
+SINGLE = 0.5
+MIXTURE_4 = ((0.25, 0.4), (1.0, 0.4), (32.0, 0.1), (512.0, 0.1))
+PRIORS = [SINGLE, at.DEFAULT_PRIOR_SCALE, MIXTURE_4]
 
 # ------------------------------------------------------------------------------------ the e-value
 
@@ -66,6 +72,28 @@ def test_e_value_by_hand():
     assert pytest.approx(2.342648074, rel=1e-9) == 0.5 * 2.8**1.5
 
 
+def test_mixture_e_value_is_the_weighted_sum_of_its_scales():
+    rng = np.random.default_rng(11)
+    for mix in (at.DEFAULT_PRIOR_SCALE, MIXTURE_4, ((2.0, 1.0),)):
+        for n, mu0 in [(2, 0.0), (3, 0.2), (7, -0.5), (40, 0.1)]:
+            d = rng.normal(0.3, 1.0, n)
+            expected = math.fsum(w * at.e_value(d, mu0=mu0, g=g) for g, w in mix)
+            assert at.e_value(d, mu0=mu0, g=mix) == pytest.approx(expected, rel=1e-12)
+    # one pair of weight 1 is that scale exactly
+    d = [0.3, -0.1, 0.8, 0.5, 0.2]
+    assert at.e_value(d, g=((2.0, 1.0),)) == at.e_value(d, g=2.0)
+    # the largest it can reach (t → ∞) is the weighted sum of (1 + n g)^((n − 1)/2)
+    d = [1.0, 1.0 + 1e-12, 1.0 - 1e-12]
+    sup = math.fsum(w * (1 + 3 * g) for g, w in at.DEFAULT_PRIOR_SCALE)
+    assert at.e_value(d) == pytest.approx(sup, rel=1e-6)
+
+
+def test_mixture_e_value_equals_quadrature_at_each_scale():
+    d, mu0 = [0.3, -0.1, 0.8, 0.5, 0.2], 0.0
+    quad = math.fsum(w * _e_by_quadrature(d, mu0, g) for g, w in at.DEFAULT_PRIOR_SCALE)
+    assert at.e_value(d, mu0=mu0) == pytest.approx(quad, rel=1e-6)
+
+
 def test_e_value_is_scale_and_location_equivariant():
     d = [0.3, -0.1, 0.8, 0.5, 0.2]
     e = at.e_value(d, mu0=0.1)
@@ -82,12 +110,13 @@ def test_e_value_undefined_cases():
 
 @pytest.mark.parametrize("n", [2, 3, 5, 10, 30, 200])
 @pytest.mark.parametrize("alpha", [0.05, 0.0083])
-@pytest.mark.parametrize("g", [0.25, 1.0])
+@pytest.mark.parametrize("g", [0.25, 1.0, at.DEFAULT_PRIOR_SCALE, MIXTURE_4])
 def test_radius_is_where_the_e_value_reaches_one_over_alpha(n, alpha, g):
     d = np.random.default_rng(n).normal(0.3, 2.0, n)
     low, high = at.confidence_sequence(d, alpha, g=g)
-    if math.isinf(high):  # no μ0 excluded: the largest E_n can reach is (1 + n g)^((n−1)/2) < 1/α
-        assert (n - 1) / 2 * math.log1p(n * g) <= -math.log(alpha)
+    pairs = ((g, 1.0),) if isinstance(g, float) else g
+    if math.isinf(high):  # no μ0 excluded: the largest E_n can reach, Σ w (1 + n g)^((n−1)/2), is ≤ 1/α
+        assert math.fsum(w * (1 + n * gj) ** ((n - 1) / 2) for gj, w in pairs) <= 1 / alpha
         assert at.e_value(d, mu0=1e6, g=g) < 1 / alpha
         return
     width = high - low
@@ -130,11 +159,12 @@ def test_matches_savvi_when_installed():
 # ---------------------------------------------------------------------------- error control
 
 
-def test_false_directional_rate_under_the_null_is_at_most_alpha():
+@pytest.mark.parametrize("g", [SINGLE, at.DEFAULT_PRIOR_SCALE])
+def test_false_directional_rate_under_the_null_is_at_most_alpha(g):
     rng = np.random.default_rng(2024)
     reps, alpha = 2000, 0.05
     D = rng.normal(0.0, 1.0, (reps, 30))
-    codes, _ = at.first_decisions(D, alpha=alpha, min_seeds=3)
+    codes, _ = at.first_decisions(D, alpha=alpha, min_seeds=3, g=g)
     wrong = np.isin(codes, [1, 2]).mean()
     assert wrong <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / reps)
     # the check can fail: the fixed-n t interval looked at after every seed is wrong far more often
@@ -154,17 +184,19 @@ def test_alpha_each_is_bonferroni():
 # ------------------------------------------------------------------------- looks and decisions
 
 
-def test_looks_agree_with_the_vectorized_decisions():
+@pytest.mark.parametrize("g", PRIORS)
+def test_looks_agree_with_the_vectorized_decisions(g):
     rng = np.random.default_rng(7)
     rows = np.concatenate(
         [rng.normal(mu, 1.0, (40, 25)) for mu in (-1.2, -0.5, 0.0, 0.1, 0.5, 1.2)]
         + [rng.standard_t(3, (20, 25)), rng.normal(0.05, 0.1, (20, 25))]
+        + [rng.normal(mu, 1.0, (10, 25)) for mu in (-30.0, 10.0, 30.0)]
     )
     for min_effect, min_seeds in [(None, 2), (0.5, 3), (0.3, 6)]:
-        codes, n_at = at.first_decisions(rows, alpha=0.05, min_effect=min_effect, min_seeds=min_seeds)
+        codes, n_at = at.first_decisions(rows, alpha=0.05, min_effect=min_effect, min_seeds=min_seeds, g=g)
         seen = set()
         for row, code, n in zip(rows, codes, n_at, strict=True):
-            seq = at.looks(row, alpha=0.05, min_effect=min_effect, min_seeds=min_seeds)
+            seq = at.looks(row, alpha=0.05, min_effect=min_effect, min_seeds=min_seeds, g=g)
             assert seq[-1].decision == at.DECISIONS[code] and seq[-1].n == n
             assert all(lk.decision == at.OPEN for lk in seq[:-1])
             seen.add(seq[-1].decision)
@@ -185,21 +217,58 @@ def test_decisions_are_sticky():
 
 def test_min_seeds_is_respected():
     d = [1.0, 1.01, 0.99, 1.0, 1.02, 0.98, 1.0, 1.01, 0.99, 1.0]
-    assert at.looks(d, alpha=0.05, min_seeds=2)[-1].n == at.earliest_decision(0.05) == 6
-    seq = at.looks(d, alpha=0.05, min_seeds=9)
+    g = SINGLE
+    assert at.looks(d, alpha=0.05, min_seeds=2, g=g)[-1].n == at.earliest_decision(0.05, g) == 6
+    seq = at.looks(d, alpha=0.05, min_seeds=9, g=g)
     assert [lk.n for lk in seq] == [2, 3, 4, 5, 6, 7, 8, 9] and seq[-1].decision == at.A_HIGHER
-    assert at.look(d[:8], alpha=0.05, min_seeds=9).decision == at.OPEN
-    assert at.look(d[:8], alpha=0.05, min_seeds=8).decision == at.A_HIGHER
-    assert at.first_decisions(np.array([d]), alpha=0.05, min_seeds=9)[1][0] == 9
+    assert at.look(d[:8], alpha=0.05, min_seeds=9, g=g).decision == at.OPEN
+    assert at.look(d[:8], alpha=0.05, min_seeds=8, g=g).decision == at.A_HIGHER
+    assert at.first_decisions(np.array([d]), alpha=0.05, min_seeds=9, g=g)[1][0] == 9
+    # the default mixture decides these (a difference of 100 sd) at its earliest n, 3
+    assert at.looks(d, alpha=0.05, min_seeds=2)[-1].n == at.earliest_decision(0.05) == 3
+    assert at.looks(d, alpha=0.05, min_seeds=5)[-1].n == 5
+    assert at.first_decisions(np.array([d]), alpha=0.05, min_seeds=5)[1][0] == 5
 
 
 def test_earliest_decision():
-    for alpha, g in [(0.05, 0.5), (0.05 / 6, 0.5), (0.01, 2.0), (0.2, 0.1)]:
+    for alpha, g in [
+        (0.05, 0.5),
+        (0.05 / 6, 0.5),
+        (0.01, 2.0),
+        (0.2, 0.1),
+        (0.05, at.DEFAULT_PRIOR_SCALE),
+        (0.025, at.DEFAULT_PRIOR_SCALE),
+        (0.05 / 6, at.DEFAULT_PRIOR_SCALE),
+        (0.001, MIXTURE_4),
+    ]:
         n = at.earliest_decision(alpha, g)
         assert math.isinf(at.cs_radius(n - 1, 1.0, alpha, g)) and math.isfinite(
             at.cs_radius(n, 1.0, alpha, g)
         )
-    assert at.earliest_decision(0.05 / 6) == 8
+    assert at.earliest_decision(0.05 / 6, 0.5) == 8
+    assert at.earliest_decision(0.025, 0.5) == 7
+    # the default mixture: a verdict is possible from 3 seeds at α = 0.05 and 0.025 (4 at 0.05/6)
+    assert [at.earliest_decision(a) for a in (0.05, 0.025, 0.05 / 6)] == [3, 3, 4]
+
+
+def test_a_huge_difference_is_decided_within_four_seeds():
+    # mean 30 sd (sample sd exactly 1), n = 4, α = 0.025: the mixture decides, g = 0.5 alone cannot yet
+    z = np.array([-1.5, -0.5, 0.5, 1.5])
+    d = 30.0 + z / z.std(ddof=1)
+    lk = at.look(d, alpha=0.025, min_seeds=3)
+    assert lk.decision == at.A_HIGHER and lk.cs_low > 0
+    assert at.looks(d, alpha=0.025, min_seeds=3)[-1].n <= 4
+    assert at.look(d, alpha=0.025, min_seeds=3, g=SINGLE).decision == at.OPEN
+    # 10 sd at n = 4 too (the CS half-width there is about 4 sd at α = 0.025)
+    assert at.look(10.0 + z / z.std(ddof=1), alpha=0.025, min_seeds=3).decision == at.A_HIGHER
+    assert at.cs_radius(4, 1.0, 0.025) < 10 < at.cs_radius(3, 1.0, 0.025)
+
+
+def test_describe_prior():
+    assert at.describe_prior(0.5) == "g = 0.5"
+    assert at.describe_prior() == "mixture of g = 0.5 (80 %), 16 (10 %), 256 (10 %)"
+    assert at.describe_prior(MIXTURE_4) == "mixture of g = 0.25 (40 %), 1 (40 %), 32 (10 %), 512 (10 %)"
+    assert at.describe_prior(((1.0, 1 / 3), (4.0, 2 / 3))) == "mixture of g = 1 (33.3 %), 4 (66.7 %)"
 
 
 def test_equivalence_needs_the_cs_inside_the_band():
@@ -238,8 +307,13 @@ def test_seeds_still_needed():
     assert need > 4 and math.isfinite(need)
     # at that n the projected CS excludes 0, one seed earlier it does not
     assert at.cs_radius(int(need), lk.sd, 0.05) < lk.mean <= at.cs_radius(int(need) - 1, lk.sd, 0.05)
-    # a wide band is fitted into as soon as the CS is finite at all
-    assert at.seeds_still_needed([lk], min_effect=10.0) == at.earliest_decision(0.05)
+    # one scale: a wide band is fitted into as soon as the CS is finite at all
+    assert at.seeds_still_needed([lk], min_effect=10.0, g=SINGLE) == at.earliest_decision(0.05, SINGLE)
+    # a mixture's first finite CS (n = 3) can be wider than the band: then the projection goes on
+    two = at.look([0.3, 0.9], alpha=0.05)  # mean 0.6, sd 0.42
+    assert at.seeds_still_needed(two, min_effect=5.0, g=SINGLE) == at.earliest_decision(0.05, SINGLE)
+    assert at.cs_radius(3, two.sd, 0.05) > 5.0 - two.mean > at.cs_radius(4, two.sd, 0.05)
+    assert at.seeds_still_needed(two, min_effect=5.0) == 4
     zero = at.look([0.1, -0.1, 0.2, -0.2], alpha=0.05)
     assert at.seeds_still_needed(zero) == math.inf
     assert at.seeds_still_needed(zero, min_effect=0.5) < math.inf
@@ -262,6 +336,19 @@ def test_seeds_still_needed():
         (lambda: at.e_value([1.0, 2.0], g=0.0), "prior scale g must be"),
         (lambda: at.look([1.0, 2.0], alpha=0.05, g=-1.0), "prior scale g must be"),
         (lambda: at.look([1.0, 2.0], alpha=0.05, min_seeds=0), "min_seeds must be"),
+        (lambda: at.e_value([1.0, 2.0], g=((0.5, 0.5), (8.0, 0.4))), "weights must sum to 1"),
+        (lambda: at.e_value([1.0, 2.0], g=((0.5, 0.5), (8.0, 0.5 + 1e-8))), "weights must sum to 1"),
+        (lambda: at.cs_radius(5, 1.0, 0.05, g=((0.5, 0.9), (0.0, 0.1))), "prior scale g must be"),
+        (lambda: at.looks([1.0, 2.0], alpha=0.05, g=((-1.0, 0.5), (2.0, 0.5))), "prior scale g must be"),
+        (lambda: at.earliest_decision(0.05, ((math.inf, 1.0),)), "prior scale g must be"),
+        (
+            lambda: at.first_decisions(np.zeros((2, 3)), alpha=0.05, g=((0.5, 1.0), (2.0, 0.0))),
+            "weights must be",
+        ),
+        (lambda: at.confidence_sequence([1.0, 2.0], 0.05, g=((0.5, 1.5), (2.0, -0.5))), "weights must be"),
+        (lambda: at.describe_prior(()), "at least one"),
+        (lambda: at.e_value([1.0, 2.0], g=((0.5,), (2.0, 1.0))), r"\(g, weight\) pair"),
+        (lambda: at.e_value([1.0, 2.0], g="0.5"), "finite number > 0 or a tuple"),
         (lambda: at.alpha_each(0.05, 0), "number of comparisons k"),
         (lambda: at.alpha_each(2.0, 3), "alpha must be in"),
     ],
