@@ -72,7 +72,8 @@ def verdict_table(log: SequentialLog) -> str:
     head = (
         f"sequential comparisons ({s.get('metric')} at epoch {s.get('epoch')}, diff = first arm − other; "
         f"anytime-valid t-mixture confidence sequences at α = {s.get('alpha')} family-wise over "
-        f"{s.get('comparisons')} comparison(s), {fmt_num(s.get('alpha_each'), '.3g')} each):"
+        f"{s.get('comparisons')} comparison(s), {fmt_num(s.get('alpha_each'), '.3g')} each; prior "
+        f"{s.get('prior', '?')}):"
     )
     table = format_table(pa.Table.from_pylist(rows), "table").rstrip("\n") if rows else "(no comparisons)"
     arms = ", ".join(f"{k} {n}" for k, n in (s.get("seeds_per_arm") or {}).items())

@@ -26,6 +26,7 @@ from typing import Any
 
 from gapinit_ray.errors import GapinitError
 from gapinit_ray.names import SEQUENTIAL_TUNE_PREFIX
+from gapinit_ray.results import anytime
 from gapinit_ray.results.looks import SequentialLog
 from gapinit_ray.results.looks_text import fmt_num, verdict_text
 from gapinit_ray.sequential import comparisons as C
@@ -104,6 +105,7 @@ def _summary(spec: SweepSpec, states: list[C.State], cost: dict[str, float], log
         "comparisons": len(states),
         "alpha_each": C.alpha_each(spec, len(states)),
         "prior_scale": C.prior_scale(spec),
+        "prior": anytime.describe_prior(C.prior_scale(spec)),
         "min_effect": seq.min_effect,
         "min_seeds": C.min_seeds(spec),
         "max_seeds": seq.max_seeds,

@@ -3,7 +3,6 @@ outcomes, the next round's trials. No Ray, no training."""
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
@@ -182,4 +181,5 @@ def test_plain_asha_and_sampled_axes_are_refused() -> None:
     raw["search"]["train.lr"] = {"loguniform": [1e-4, 1e-2]}
     with pytest.raises(SpecError, match="needs a grid search"):
         spec_from_dict(raw)
-    assert not math.isnan(C.prior_scale(_spec()))
+    assert anytime.describe_prior(C.prior_scale(_spec())).startswith("mixture of g = 0.5")
+    assert anytime.describe_prior(C.prior_scale(_spec(prior_scale=2.0))) == "g = 2"
