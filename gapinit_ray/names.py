@@ -70,10 +70,12 @@ SCHEDULER_STATE_FILE = "scheduler_state.json"  # seed-group ASHA's snapshot (gap
 SCHEDULER_LOG_FILE = "scheduler_state.jsonl"  # seed-group ASHA's append-only event log after the snapshot
 RESULTS_DIR = "results"  # the Parquet results store
 TRAIN_DIR = "train"  # Ray Train runs, one per trial: checkpoints with the peft adapter
+ADAPTER_DIR = "adapter"  # inside a checkpoint: the LoRA adapter in peft format
 CAPTIONS_DIR = "captions"  # generated captions per trial and epoch
 # Under ``<storage>/``: caches shared by the sweeps there.
 CACHE_DIR = "_cache"
 GAPS_DIR = "gaps"  # under CACHE_DIR: GapArtifacts by key
+TUNE_OUTPUT_FILE = "tune_output.log"  # what Ray Tune prints on the driver's stdout, kept off the terminal
 SEQUENTIAL_FILE = (
     "sequential.json"  # the sequential phase's rounds, looks and verdicts (gapinit_ray.sequential)
 )

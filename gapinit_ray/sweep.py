@@ -25,13 +25,14 @@ failed-trial reporting :mod:`gapinit_ray.sweep_callback`. Their names stay impor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
 
 from gapinit_ray.atomic import write_atomic
 from gapinit_ray.errors import GapinitError
-from gapinit_ray.names import FIFO, SEED_GROUP_ASHA, SPEC_FILE
+from gapinit_ray.names import FIFO, SEED_GROUP_ASHA, SPEC_FILE, TUNE_OUTPUT_FILE
 from gapinit_ray.plan import SEED_KEY, grid_points, param_space, plan, trial_spec
 from gapinit_ray.spec import SweepSpec, grid_size
 from gapinit_ray.sweep_callback import SweepProgress, error_file, failed_trials
@@ -254,7 +255,8 @@ def _run(spec: SweepSpec, quiet: bool):
             ),
         )
     try:
-        grid = tuner.fit()
+        with tune_output(spec, quiet):
+            grid = tuner.fit()
     except RuntimeError as e:
         # Tune builds its ResultGrid from every trial's dir; a trial stopped by the scheduler before it
         # ever started has none ("Should not access `trial_fs_path`..."). The sweep itself finished and
@@ -279,9 +281,24 @@ def _run(spec: SweepSpec, quiet: bool):
                 "artifact_paths": artifact_paths,
                 "feature_caches": feature_caches,
             },
+            concurrency=max_concurrent(spec, per_group=False),
+            output=lambda: tune_output(spec, quiet),
         )
     _compact(spec)
     return grid
+
+
+@contextlib.contextmanager
+def tune_output(spec: SweepSpec, quiet: bool = False):
+    """Ray Tune's own lines on the driver's stdout go to ``<sweep>/tune_output.log`` (appended), named
+    once on stderr; the sweep's progress lines (stderr) and its final table (after) are untouched."""
+    path = sweep_dir(spec) / TUNE_OUTPUT_FILE
+    said = path.exists()
+    with open(path, "a", buffering=1) as log:
+        if not quiet and not said:
+            print(f"gapinit: Ray Tune's own output goes to {path}", file=sys.stderr)
+        with contextlib.redirect_stdout(log):
+            yield
 
 
 def _compact(spec: SweepSpec) -> None:

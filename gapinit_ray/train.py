@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from gapinit_ray.names import VAL, split_metric, val_metric
+from gapinit_ray.names import ADAPTER_DIR, VAL, split_metric, val_metric
 from gapinit_ray.pretrain import caption_loss
 from gapinit_ray.train_data import CaptionPairs, Collate, QAPairs, augment_image, pairs_of, train_loader
 from gapinit_ray.train_engine import (
@@ -76,7 +76,6 @@ HOLD_POLL_S = 1.0
 #: how long a member at a rung holds its run for siblings whose Train run is still starting
 HOLD_STARTING_GRACE_S = 120.0
 TRAIN_RUNS = "train_runs.jsonl"  # one line per Train run of a trial (TrialWorker._log_run)
-ADAPTER_DIR = "adapter"
 DS_TAG = "ds"
 
 

@@ -26,16 +26,6 @@ def test_init_names_agree_with_the_spec():
     assert tuple(INIT_METHODS) == INIT_NAMES
 
 
-def test_features_and_train_do_not_import_each_other():
-    # features -> train -> features was a cycle; both now import gapinit_ray.data.samples
-    import inspect
-
-    import gapinit_ray.features
-
-    assert "gapinit_ray.train" not in inspect.getsource(gapinit_ray.features)
-    assert "calibration_job import _" not in inspect.getsource(gapinit_ray.features)
-
-
 def test_results_store_layout_names_are_the_paths_it_writes(tmp_path):
     from gapinit_ray.results import layout
     from gapinit_ray.results.store import ResultsStore

@@ -9,6 +9,7 @@ import sys
 from gapinit_ray.cli.registry import command
 from gapinit_ray.errors import GapinitError
 from gapinit_ray.names import DEFAULT_METRIC, RESULTS_DIR
+from gapinit_ray.results.aggregate import default_by as default_by  # re-exported: callers import it from here
 
 
 def _table_args(p: argparse.ArgumentParser, report: bool) -> None:
@@ -53,19 +54,6 @@ def _results_args(p: argparse.ArgumentParser) -> None:
 def _report_args(p: argparse.ArgumentParser) -> None:
     _table_args(p, report=True)
     p.add_argument("--out", help="output dir (default: <sweep dir>/report)")
-
-
-def default_by(metrics) -> list[str]:
-    """The table a sweep prints at its end: one row per configuration, i.e. grouped by backbone, init,
-    rank and every other axis the sweep varies (a searched lr, a case's ``calibration.passes``...): all
-    config columns with more than one value, the seed excepted (the rows are its aggregates)."""
-    import pyarrow.compute as pc
-
-    keep = [c for c in ("backbone", "init", "rank") if c in metrics.column_names]
-    for c in metrics.column_names:
-        if c.startswith("ax_") and len(pc.unique(metrics.column(c))) > 1:
-            keep.append(c)
-    return keep
 
 
 def print_results(

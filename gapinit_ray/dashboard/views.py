@@ -1,6 +1,6 @@
 """What the dashboard's JSON endpoints return: pure functions of a :class:`SweepReader`'s tables.
 
-Every number comes from the same code as ``gapinit results``: groups are :func:`gapinit_ray.cli.default_by`
+Every number comes from the same code as ``gapinit results``: groups are :func:`gapinit_ray.results.aggregate.default_by`
 (the table a sweep prints at its end), per-epoch bands are the mean and Student-t 95 % interval over
 seeds that :func:`~gapinit_ray.results.aggregate.aggregate` computes at ``at="epoch=E"``, the comparison
 is :func:`~gapinit_ray.results.compare.compare` with the arms and strata ``gapinit results --compare``
@@ -71,8 +71,7 @@ class Views:
 
     def groups(self, metrics: pa.Table) -> tuple[list[str], list[str]]:
         """(group-by columns: ``default_by``, the ones of them that vary: the label's columns)."""
-        from gapinit_ray.cli import default_by
-        from gapinit_ray.results.aggregate import resolve_by
+        from gapinit_ray.results.aggregate import default_by, resolve_by
 
         by = default_by(metrics) if metrics.num_rows else []
         # the label names what the spec varies even while only one of its values has reported yet

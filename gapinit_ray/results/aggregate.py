@@ -357,3 +357,14 @@ def format_table(table: pa.Table, fmt: str = "table") -> str:
         ).rstrip()
 
     return "\n".join([text(names), "  ".join("-" * w for w in widths), *(text(r) for r in cells)]) + "\n"
+
+
+def default_by(metrics) -> list[str]:
+    """The table a sweep prints at its end: one row per configuration, i.e. grouped by backbone, init,
+    rank and every other axis the sweep varies (a searched lr, a case's ``calibration.passes``...): all
+    config columns with more than one value, the seed excepted (the rows are its aggregates)."""
+    keep = [c for c in ("backbone", "init", "rank") if c in metrics.column_names]
+    for c in metrics.column_names:
+        if c.startswith("ax_") and len(pc.unique(metrics.column(c))) > 1:
+            keep.append(c)
+    return keep

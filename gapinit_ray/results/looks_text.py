@@ -121,9 +121,10 @@ def looks_table(log: SequentialLog) -> str:
 def plot_looks(log: SequentialLog) -> bytes | None:
     """One panel per comparison: the confidence sequence (band) and the mean difference against seeds,
     0 and ±δ marked, a vertical line where a decided comparison stopped. PNG bytes; None without looks."""
-    from matplotlib.figure import Figure
+    import io
 
-    from gapinit_ray.results.report import _png
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     verdicts = log.verdicts
     if not log.looks or not verdicts:
@@ -153,4 +154,7 @@ def plot_looks(log: SequentialLog) -> bytes | None:
         ax.set_xlabel("seeds")
         ax.set_ylabel("difference")
     axes[0].legend(fontsize=7, loc="upper right")
-    return _png(fig)
+    FigureCanvasAgg(fig)  # the object API, never pyplot (as the report's figures)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    return buf.getvalue()

@@ -19,9 +19,12 @@ calibration artifacts and caches; every report lands in the same results store. 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager as ContextManager
 from typing import Any
 
 from gapinit_ray.errors import GapinitError
@@ -124,9 +127,17 @@ def _estimate_h(trials: list[dict], outcome: dict[str, C.Outcome], cost: dict[st
     return sum(done) / len(done) * len(trials) / 3600
 
 
-def run_rounds(spec: SweepSpec, *, quiet: bool, fn_kwargs: dict[str, Any]) -> None:
+def run_rounds(
+    spec: SweepSpec,
+    *,
+    quiet: bool,
+    fn_kwargs: dict[str, Any],
+    concurrency: int,
+    output: Callable[[], ContextManager] = contextlib.nullcontext,
+) -> None:
     """The loop of the module docstring. ``fn_kwargs``: the trainable's backbone / artifact / cache
-    paths, as the grid's trials got them."""
+    paths, as the grid's trials got them; ``concurrency``: Train runs at once; ``output``: the context
+    Tune runs in (the sweep's: its stdout kept off the terminal)."""
     seq = spec.sequential
     assert seq is not None
     log = SequentialLog(sweep_dir(spec))
@@ -143,7 +154,8 @@ def run_rounds(spec: SweepSpec, *, quiet: bool, fn_kwargs: dict[str, Any]) -> No
             if last["round"] in ran:
                 return  # it ended with failed trials: the CLI lists them; `gapinit resume` re-runs them
             ran.add(last["round"])
-            _run_round(spec, last, quiet, fn_kwargs)
+            with output():
+                _run_round(spec, last, quiet, fn_kwargs, concurrency)
             continue
         if log.ended is not None:
             return
@@ -188,12 +200,11 @@ def _say_looks(states: list[C.State], said: set[tuple]) -> None:
         print(f"gapinit: {look_line(st)}", file=sys.stderr)
 
 
-def _run_round(spec: SweepSpec, rnd: dict, quiet: bool, fn_kwargs: dict[str, Any]) -> None:
+def _run_round(spec: SweepSpec, rnd: dict, quiet: bool, fn_kwargs: dict[str, Any], concurrency: int) -> None:
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
     from gapinit_ray.plan import TRIAL_KEY, plan_trial
-    from gapinit_ray.sweep import max_concurrent
     from gapinit_ray.sweep_callback import SweepProgress
     from gapinit_ray.sweep_trainable import trainable
 
@@ -221,7 +232,7 @@ def _run_round(spec: SweepSpec, rnd: dict, quiet: bool, fn_kwargs: dict[str, Any
             tune_config=tune.TuneConfig(
                 metric=spec.scheduler.metric,
                 mode=spec.scheduler.mode,
-                max_concurrent_trials=max_concurrent(spec, per_group=False),
+                max_concurrent_trials=concurrency,
                 reuse_actors=False,
             ),
             run_config=tune.RunConfig(

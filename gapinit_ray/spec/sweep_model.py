@@ -156,7 +156,7 @@ class LoggerSpec(StrictModel):
 
     @model_validator(mode="after")
     def _installed(self) -> LoggerSpec:
-        from gapinit_ray.trackers import missing_package
+        from gapinit_ray.trackers.common import missing_package
 
         hint = missing_package(self.type)
         if hint:

@@ -25,19 +25,18 @@ import contextlib
 import math
 import os
 import queue
-import re
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from gapinit_ray.trackers.common import EXTRAS as EXTRAS  # re-exported: callers import them from here
+from gapinit_ray.trackers.common import epoch_key as epoch_key
+from gapinit_ray.trackers.common import missing_package as missing_package
+from gapinit_ray.trackers.common import run_id_of as run_id_of
+
 #: logger type -> (module to import, the extra that installs it)
-EXTRAS = {
-    "mlflow": ("mlflow", "mlflow"),
-    "tensorboard": ("tensorboard", "tensorboard"),
-    "wandb": ("wandb", "wandb"),
-}
 #: the most seconds the end of a sweep waits for the trackers to write what is queued
 CLOSE_TIMEOUT_S = 900.0
 #: ... and the seconds it waits for a tracker that makes no progress (uses no CPU): one that hangs
@@ -48,33 +47,12 @@ PARENT_POLL_S = 1.0
 READY_TIMEOUT_S = 20.0
 
 
-def missing_package(kind: str) -> str | None:
-    """The ``pip install`` hint when the tracker's package is not installed, else None."""
-    import importlib.util
-
-    module, extra = EXTRAS[kind]
-    if importlib.util.find_spec(module) is None:
-        return f"pip install 'gapinit-ray[{extra}]'"
-    return None
-
-
 def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
     return {
         k: float(v)
         for k, v in metrics.items()
         if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
     }
-
-
-def run_id_of(trial_id: str) -> str:
-    """A tracker-safe run id derived from a trial id (letters, digits, ``-``, ``_``; at most 64)."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "-", trial_id)[-64:].strip("-")
-
-
-def epoch_key(epoch: float) -> float:
-    """What a report is known by when a resumed run skips the reports it has: its epoch (exact, so
-    reports at fractional epochs that share a step are all kept)."""
-    return round(float(epoch), 6)
 
 
 def _one_line(e: BaseException) -> str:

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from gapinit_ray.names import DEFAULT_METRIC, val_metric
-from gapinit_ray.trackers import epoch_key as _key
-from gapinit_ray.trackers import run_id_of
+from gapinit_ray.trackers.common import epoch_key as _key
+from gapinit_ray.trackers.common import run_id_of
 
 
 def _step(metrics: dict[str, float]) -> int:
@@ -244,7 +244,7 @@ class MlflowBackend:
         client.set_tag(rid, "gapinit.status", status)
         client.set_tag(rid, "gapinit.stop_reason", stop_reason or "")
         if checkpoint:
-            from gapinit_ray.train import ADAPTER_DIR
+            from gapinit_ray.names import ADAPTER_DIR
 
             adapter = Path(checkpoint) / ADAPTER_DIR
             if adapter.is_dir():

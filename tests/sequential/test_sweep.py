@@ -93,6 +93,9 @@ def test_seeds_added_while_the_sweep_runs_give_every_row_once(uninterrupted) -> 
     assert verdict["verdict"] in ("a_higher", "b_higher", "unresolved")
     assert verdict["seeds"] == [1, 2, 3][: verdict["n"]]
     assert "sequential comparisons" in out and "init=gap vs init=random" in out
+    # Ray Tune's experiment box (one per round) is in the sweep's log, not on the terminal
+    assert "Configuration for experiment" not in out
+    assert (sweep / "tune_output.log").read_text().count("Configuration for experiment") == 2
     # the audit log through `gapinit results --looks`
     proc = _run_cli("results", str(sweep), "--looks", cwd=sweep.parent)
     text, err = _finish(proc, 120)
