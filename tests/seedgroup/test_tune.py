@@ -426,7 +426,8 @@ def test_make_scheduler_kinds():
 
 @pytest.mark.parametrize("kw", [*BAD_SCHEDULES, {"seed_key": ""}])
 def test_bad_arguments_raise_value_error(kw):
-    with pytest.raises(ValueError):
+    (field,) = kw  # the error names the argument that is wrong
+    with pytest.raises(ValueError, match=rf"^{field} "):
         sgasha(**kw)
 
 
