@@ -31,7 +31,8 @@ def verdict_text(v: dict[str, Any], min_effect: float | None = None, mode: str =
     if verdict == anytime.B_HIGHER:
         return f"{b} higher ({better}), decided at {n} seeds"
     if verdict == anytime.EQUIVALENT:
-        return f"equivalent within ±{min_effect:g}, decided at {n} seeds"
+        within = f"±{min_effect:g}" if min_effect is not None else "±min_effect"
+        return f"equivalent within {within}, decided at {n} seeds"
     if v["status"] == C.NOT_COMPARED:
         return f"not compared: {v['reason']}"
     need = from_json(v.get("seeds_still_needed"))

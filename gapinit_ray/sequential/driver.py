@@ -148,7 +148,7 @@ def run_rounds(
         states = C.evaluate(spec, outcome, budget_ended=bool(log.ended and log.ended["reason"] == "budget"))
         log.record(states, _summary(spec, states, cost, log))
         if not quiet:
-            _say_looks(states, said)
+            _say_looks(spec, states, said)
         last = log.rounds[-1] if log.rounds else None
         if last is not None and not _finished(last, outcome):
             if last["round"] in ran:
@@ -191,13 +191,14 @@ def _finished(rnd: dict, outcome: dict[str, C.Outcome]) -> bool:
     return all(outcome.get(trial_id(p), C.Outcome(C.PENDING)).status in ended for p in rnd["trials"])
 
 
-def _say_looks(states: list[C.State], said: set[tuple]) -> None:
+def _say_looks(spec: SweepSpec, states: list[C.State], said: set[tuple]) -> None:
     for st in states:
         key = (st.comparison.name, st.n, st.status)
         if key in said or (not st.looks and st.status == C.OPEN):
             continue
         said.add(key)
-        print(f"gapinit: {look_line(st)}", file=sys.stderr)
+        assert spec.sequential is not None
+        print(f"gapinit: {look_line(st, spec.sequential.min_effect, C.mode(spec))}", file=sys.stderr)
 
 
 def _run_round(spec: SweepSpec, rnd: dict, quiet: bool, fn_kwargs: dict[str, Any], concurrency: int) -> None:
@@ -250,15 +251,16 @@ def _run_round(spec: SweepSpec, rnd: dict, quiet: bool, fn_kwargs: dict[str, Any
             raise
 
 
-def look_line(st: C.State) -> str:
+def look_line(st: C.State, min_effect: float | None = None, mode: str = "max") -> str:
     """One line for the live log of a sweep: where a comparison stands after its latest look."""
     lk = st.last
     head = f"sequential: {st.comparison.name}: "
+    said = verdict_text(_record(st), min_effect, mode)
     if lk is None:
-        return head + verdict_text(_record(st))
+        return head + said
     return (
         f"{head}{lk.n} seeds, diff {fmt_num(lk.mean)}, CS [{fmt_num(lk.cs_low)}, {fmt_num(lk.cs_high)}] "
-        f"(α {lk.alpha:.3g}), e {fmt_num(lk.e_value, '.3g')}: {verdict_text(_record(st))}"
+        f"(α {lk.alpha:.3g}), e {fmt_num(lk.e_value, '.3g')}: {said}"
     )
 
 

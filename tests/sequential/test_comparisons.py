@@ -110,6 +110,33 @@ def test_a_huge_clear_difference_is_decided_early_and_a_zero_one_is_not() -> Non
     assert same.verdict != anytime.A_HIGHER and same.verdict != anytime.B_HIGHER
 
 
+def test_every_verdict_has_its_live_line_and_its_text(tmp_path: Path) -> None:
+    """The driver's line after a look and the record's text, for each kind of verdict (an equivalent
+    one once crashed the live line: it needs δ)."""
+    from gapinit_ray.results.looks_text import verdict_text
+    from gapinit_ray.sequential.driver import look_line
+
+    spec = _spec(compare=["init=gap", "init=random", "init=mica"], min_effect=0.05, max_seeds=20)
+    gap = [0.80 + 0.01 * ((i * 7) % 5) for i in range(20)]
+    values = {("gap", 1): gap, ("random", 1): [v + 0.001 * (-1) ** i for i, v in enumerate(gap)]}
+    values[("mica", 1)] = [0.24] * 20
+    values[("gap", 4)], values[("random", 4)] = gap[:3], [C.STOPPED] * 3
+    values[("mica", 4)] = [0.5, C.ERROR]
+    states = C.evaluate(spec, _outcomes(spec, values))
+    verdicts = {s.verdict for s in states}
+    assert {anytime.EQUIVALENT, anytime.A_HIGHER, C.NOT_COMPARED} <= verdicts
+    for st in states:
+        line = look_line(st, 0.05, "max")
+        assert line.startswith(f"sequential: {st.comparison.name}: ")
+    log = SequentialLog(tmp_path)
+    log.record(states, {"min_effect": 0.05, "mode": "max"})
+    texts = [verdict_text(v, 0.05, "max") for v in log.verdicts]
+    assert any(t.startswith("equivalent within ±0.05, decided at") for t in texts)
+    assert any(t.startswith("gap higher (better), decided at") for t in texts)
+    assert any(t.startswith("not compared: trial") for t in texts)
+    assert any(t.startswith("open: trial") for t in texts)
+
+
 def test_seeds_finished_out_of_order_wait_for_their_predecessors() -> None:
     spec = _spec(compare=["init=gap", "init=random"])
     values = {("gap", 1): [0.5, 0.6, 0.5, 0.7], ("random", 1): [0.4, 0.5, C.PENDING, 0.6]}
