@@ -51,6 +51,12 @@ class TrainSlots:
         # priority, not of arrival: else whichever trial actors start first take the slots, and a whole
         # group rarely trains at once (none of its members could hold at a rung); at most `window_s`
         self._open = expect <= 0
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            # restarted after its process died (start_slots): the trials starting together were served
+            # long ago; serve at once. The permits the running trials held are not known to this
+            # process: it grants up to `slots` more while they finish (Ray's resource scheduling still
+            # keeps their workers off CPUs/GPUs that are taken), and their releases give back nothing
+            self._open = True
         self._expect, self._window_s, self._requests, self._timer = expect, window_s, 0, None
         self._holders: dict[str, int] = {}  # trial id -> permits held (a retried trial may re-acquire)
         self._tune_ids: dict[str, str] = {}  # trial id -> Tune trial id, of holders that gave one
@@ -144,8 +150,14 @@ def slots_actor(name: str):
 
 def start_slots(name: str, slots: int, expect: int = 0):
     """The sweep's slot actor (named, in the driver's namespace; it ends with the driver). ``expect``:
-    how many trials start at once (their requests are served together, see ``TrainSlots``)."""
-    return TrainSlots.options(name=name, get_if_exists=True).remote(slots, expect)
+    how many trials start at once (their requests are served together, see ``TrainSlots``).
+
+    Ray restarts it when its process dies (any number of times), and calls that were in flight,
+    a trial waiting for a permit among them, are retried on the new one: a killed slot actor costs
+    the sweep nothing but its bookkeeping of the permits held at that moment (see ``TrainSlots``)."""
+    return TrainSlots.options(name=name, get_if_exists=True, max_restarts=-1, max_task_retries=-1).remote(
+        slots, expect
+    )
 
 
 def release_slot(name: str | None, trial_id: str) -> None:

@@ -98,3 +98,25 @@ def test_released_by_the_driver_when_its_holder_died_and_the_block_form_gives_it
     with train_slot(None, "t", "G", False):  # no gate: nothing to acquire
         pass
     ray.kill(gate)
+
+
+def test_a_killed_slot_actor_is_restarted_and_a_waiting_trial_is_served_by_the_new_one(ray_local) -> None:
+    """The slot actor is no single point of failure: killed (as by a node or process fault), Ray
+    restarts it, the request that waited on the dead one is retried on the new one and served."""
+    ray = ray_local
+    gate = start_slots("test-slots-restart", 1, expect=2)
+    refs = {t: gate.acquire.remote(t, "A", False, group_rank=0) for t in ("a", "b")}  # the 2 expected
+    ray.wait(list(refs.values()), num_returns=1, timeout=30)
+    (held,) = ray.get(gate.state.remote())["holders"]
+    other = "b" if held == "a" else "a"
+    assert not _granted(refs[other])
+    ray.kill(gate, no_restart=False)
+    # the restarted actor knows no holder and serves at once (no start-up window): the waiting request,
+    # retried on it, gets a permit
+    assert _granted(refs[other], 60)
+    assert ray.get(gate.state.remote()) == {"free": 0, "holders": {other: 1}, "waiting": []}
+    ray.get(gate.release.remote(held))  # a permit of the dead actor's: gives back nothing
+    assert ray.get(gate.state.remote())["free"] == 0
+    ray.get(gate.release.remote(other))
+    assert ray.get(gate.state.remote()) == {"free": 1, "holders": {}, "waiting": []}
+    ray.kill(gate)
