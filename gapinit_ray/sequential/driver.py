@@ -28,7 +28,8 @@ from contextlib import AbstractContextManager as ContextManager
 from typing import Any
 
 from gapinit_ray.errors import GapinitError
-from gapinit_ray.names import SEQUENTIAL_TUNE_PREFIX
+from gapinit_ray.names import SEQUENTIAL_TUNE_PREFIX, TUNE_OUTPUT_FILE
+from gapinit_ray.plan import trial_id
 from gapinit_ray.results import anytime
 from gapinit_ray.results.looks import SequentialLog
 from gapinit_ray.results.looks_text import fmt_num, verdict_text
@@ -141,7 +142,7 @@ def run_rounds(
     seq = spec.sequential
     assert seq is not None
     log = SequentialLog(sweep_dir(spec))
-    ran: set[int] = set()
+    ran: dict[int, int] = {}  # round -> attempts made by this driver
     said: set[tuple] = set()
     while True:
         outcome, cost = outcomes(spec)
@@ -151,11 +152,32 @@ def run_rounds(
             _say_looks(spec, states, said)
         last = log.rounds[-1] if log.rounds else None
         if last is not None and not _finished(last, outcome):
-            if last["round"] in ran:
-                return  # it ended with failed trials: the CLI lists them; `gapinit resume` re-runs them
-            ran.add(last["round"])
+            pending = _pending(last, outcome)
+            if any(outcome.get(trial_id(p), C.Outcome(C.PENDING)).status == C.ERROR for p in last["trials"]):
+                if last["round"] in ran:
+                    return  # failed trials: the CLI lists them; `gapinit resume` re-runs them
+                pending = last["trials"]  # a resumed driver: the round's Tune state retries them
+            attempt = ran.get(last["round"], -1) + 1
+            if attempt > 1:
+                names = ", ".join(trial_id(p) for p in pending)
+                raise GapinitError(
+                    f"sequential round {last['round']}: trial(s) {names} did not run (twice); see "
+                    f"{sweep_dir(spec) / TUNE_OUTPUT_FILE}, then `gapinit resume` continues the round"
+                )
+            ran[last["round"]] = attempt
             with output():
-                _run_round(spec, last, quiet, fn_kwargs, concurrency)
+                # attempt 0: the round's own Tune experiment (restored when a killed driver left one);
+                # 1: a new one for the trials that restore did not run (an experiment state saved before
+                # its trials were created holds none)
+                _run_round(
+                    spec,
+                    last,
+                    last["trials"] if attempt == 0 else pending,
+                    attempt,
+                    quiet,
+                    fn_kwargs,
+                    concurrency,
+                )
             continue
         if log.ended is not None:
             return
@@ -183,9 +205,12 @@ def run_rounds(
             )
 
 
-def _finished(rnd: dict, outcome: dict[str, C.Outcome]) -> bool:
-    from gapinit_ray.plan import trial_id
+def _pending(rnd: dict, outcome: dict[str, C.Outcome]) -> list[dict]:
+    """The round's trials that have not run to an outcome (not finished, stopped or failed)."""
+    return [p for p in rnd["trials"] if outcome.get(trial_id(p), C.Outcome(C.PENDING)).status == C.PENDING]
 
+
+def _finished(rnd: dict, outcome: dict[str, C.Outcome]) -> bool:
     # a failed trial leaves its round unfinished: a resumed driver restores the round, which retries it
     ended = (C.DONE, C.STOPPED, C.NO_VALUE)
     return all(outcome.get(trial_id(p), C.Outcome(C.PENDING)).status in ended for p in rnd["trials"])
@@ -201,7 +226,15 @@ def _say_looks(spec: SweepSpec, states: list[C.State], said: set[tuple]) -> None
         print(f"gapinit: {look_line(st, spec.sequential.min_effect, C.mode(spec))}", file=sys.stderr)
 
 
-def _run_round(spec: SweepSpec, rnd: dict, quiet: bool, fn_kwargs: dict[str, Any], concurrency: int) -> None:
+def _run_round(
+    spec: SweepSpec,
+    rnd: dict,
+    trials: list[dict],
+    attempt: int,
+    quiet: bool,
+    fn_kwargs: dict[str, Any],
+    concurrency: int,
+) -> None:
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
@@ -210,7 +243,6 @@ def _run_round(spec: SweepSpec, rnd: dict, quiet: bool, fn_kwargs: dict[str, Any
     from gapinit_ray.sweep_trainable import trainable
 
     root = sweep_dir(spec)
-    trials = rnd["trials"]
     fn = tune.with_resources(
         tune.with_parameters(
             trainable,
@@ -222,7 +254,7 @@ def _run_round(spec: SweepSpec, rnd: dict, quiet: bool, fn_kwargs: dict[str, Any
         ),
         {"CPU": 0, "memory": 2**20},
     )
-    name = f"{SEQUENTIAL_TUNE_PREFIX}{rnd['round']:03d}"
+    name = f"{SEQUENTIAL_TUNE_PREFIX}{rnd['round']:03d}" + (f"-{attempt}" if attempt else "")
     path = root / name
     if tune.Tuner.can_restore(str(path)):
         tuner = tune.Tuner.restore(str(path), trainable=fn, resume_unfinished=True, resume_errored=True)
