@@ -257,6 +257,62 @@ def corrupt_sweep_spec_json(tmp):
     return ["run", spec, "--num-cpus", "1", "--quiet"], [str(sweep / "spec.json"), "not a gapinit"]
 
 
+def _laughs(levels: int = 10) -> str:
+    """Nested anchors, each list nine aliases of the one before: 9**levels strings from ~40 bytes a level."""
+    rows = ['l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    rows += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(rows)
+
+
+def billion_laughs(tmp):
+    text = yaml.safe_dump(raw_spec(tmp), sort_keys=False) + "x_laughs:\n  " + _laughs().replace("\n", "\n  ")
+    return ["validate", write_spec(tmp, text)], ["spec.yaml:", "aliases expand to more than"]
+
+
+def billion_laughs_override(tmp):
+    args, _ = _validate()(tmp)
+    flow = (
+        "["
+        + ", ".join(f"&a{i} [" + ", ".join([f"*a{i - 1}" if i else "1"] * 9) + "]" for i in range(8))
+        + "]"
+    )
+    return [*args, f"search.seed={flow}"], ["override 'search.seed=", "aliases expand to more than"]
+
+
+def deep_nesting(tmp):
+    text = yaml.safe_dump(raw_spec(tmp), sort_keys=False) + "x_deep: " + "[" * 1000 + "]" * 1000 + "\n"
+    return ["validate", write_spec(tmp, text)], ["spec.yaml:", "nested more than 64 levels"]
+
+
+def recursive_alias(tmp):
+    text = yaml.safe_dump(raw_spec(tmp), sort_keys=False) + "x_loop: &loop [1, *loop]\n"
+    return ["validate", write_spec(tmp, text)], ["spec.yaml:", "recursive alias"]
+
+
+def huge_spec(tmp):
+    text = yaml.safe_dump(raw_spec(tmp), sort_keys=False) + "#" * (5 * 2**20) + "\n"
+    return ["validate", write_spec(tmp, text)], ["spec.yaml", "larger than 4 MiB"]
+
+
+def python_tag_override(tmp):
+    args, _ = _validate()(tmp)  # a string field takes any text: the tag must not pass as a path
+    return [*args, "storage=!!python/name:os.system"], ["override 'storage=", "!!python/name:os.system"]
+
+
+def python_tag_trial(tmp):
+    spec = write_spec(tmp, raw_spec(tmp))
+    return ["run", spec, "--trial", "init=!!python/name:os.system"], [
+        "--trial",
+        "!!python/name",
+        "not allowed",
+    ]
+
+
+def empty_trial(tmp):
+    spec = write_spec(tmp, raw_spec(tmp))
+    return ["run", spec, "--trial", ",", "--num-cpus", "1", "--quiet"], ["--trial ','", "no KEY=VALUE"]
+
+
 #: sockets bound (never listening) for the test session: their ports refuse connections, and no other
 #: process (a cluster another test or test run starts on this machine) can take them meanwhile
 _DEAD: list[socket.socket] = []
@@ -404,6 +460,14 @@ CASES: dict[str, Setup] = {
     "results: empty results store": results_empty_store,
     "results --compare: empty results store": compare_empty_store,
     "GapArtifact of another backbone (calibrate)": artifact_of_another_backbone,
+    "YAML: nested aliases (billion laughs)": billion_laughs,
+    "YAML: nested aliases in an override": billion_laughs_override,
+    "YAML: nested 1000 deep": deep_nesting,
+    "YAML: recursive alias": recursive_alias,
+    "YAML: spec over 4 MiB": huge_spec,
+    "override with a !!python tag": python_tag_override,
+    "--trial with a !!python tag": python_tag_trial,
+    "--trial , (no pair)": empty_trial,
 }
 
 
