@@ -403,6 +403,11 @@ CASES: dict[str, Setup] = {
     "lr negative": _spec_case("train.lr=-1e-4", expect=["spec.yaml:", "train.lr"]),
     "empty search axis": _spec_case("search.init=[]", expect=["spec.yaml:", "search.init", "empty axis"]),
     "duplicate seeds": _spec_case("search.seed=[1,2,1]", expect=["spec.yaml:", "search.seed", "duplicate"]),
+    "seed past 2**32": _spec_case(
+        "search.seed=[1,1180591620717411303424]", expect=["spec.yaml:", "search.seed", "less than or equal"]
+    ),
+    "seed negative": _spec_case("search.seed=[-1,2]", expect=["spec.yaml:", "search.seed", "greater than"]),
+    "top-level seed negative": _spec_case("seed=-7", expect=["spec.yaml", "seed", "greater than"]),
     "unknown backbone": _spec_case(
         "backbones=[{name: llava-9000}]", expect=["spec.yaml:", "backbones.0.name", "llava-9000"]
     ),

@@ -30,6 +30,10 @@ from gapinit_ray.spec.sections import (
 from gapinit_ray.spec.vocab import STORAGE_SCHEMES, TASK_KINDS, TASKS, check_known
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+#: Largest trial seed. torch.manual_seed takes 0 <= s < 2**64 (and negatives, remapped), but a trial
+#: derives its dropout seeds as seed * 1000 + rank + 7919 * epoch + step (gapinit_ray/train.py) and its
+#: sampler's as seed + epoch, which must stay below 2**64 too: 32 bits leave them ample room.
+SEED_MAX = 2**32 - 1
 
 
 # ------------------------------------------------------------------------------------ search space
@@ -169,7 +173,7 @@ class LoggerSpec(StrictModel):
 class SweepSpec(StrictModel):
     name: str
     storage: str = Field(description="results root: a local dir or a pyarrow filesystem URI (s3://...)")
-    seed: int = Field(42, description="trial seed; usually a search axis")
+    seed: int = Field(42, ge=0, le=SEED_MAX, description="trial seed, 0 to 2**32-1; usually a search axis")
     backbones: list[BackboneSpec] = Field(min_length=1)
     task: str = "coco_caption"
     data: DataSpec

