@@ -421,6 +421,17 @@ CASES: dict[str, Setup] = {
     "ASHA metric never reported": _spec_case(
         "scheduler.metric=val_spice", expect=["spec.yaml:", "scheduler.metric", "val_spice", "never reported"]
     ),
+    "grace_period past the epochs": _spec_case(
+        "scheduler.grace_period=5", expect=["spec.yaml:", "scheduler.grace_period: 5", "train.epochs 3"]
+    ),
+    "grace_period past max_t": _spec_case(
+        "scheduler.grace_period=3",
+        "scheduler.max_t=2",
+        expect=["spec.yaml:", "scheduler.grace_period: 3", "scheduler.max_t 2"],
+    ),
+    "grace_period past a searched epochs value": _spec_case(
+        "search.train.epochs=[4,1]", expect=["spec.yaml:", "search.train.epochs", "value 1", "grace_period"]
+    ),
     "data source not defined": source_not_defined,
     "storage URI with unknown scheme": _spec_case(
         "storage=foo://bucket/x", expect=["spec.yaml:", "storage", "'foo'"]

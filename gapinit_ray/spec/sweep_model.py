@@ -255,6 +255,12 @@ class SweepSpec(StrictModel):
             raise ValueError(
                 f"scheduler.max_t {self.scheduler.max_t} exceeds train.epochs {self.train.epochs}"
             )
+        if self.scheduler.grace_period > self.max_t:
+            last = "scheduler.max_t" if self.scheduler.max_t is not None else "train.epochs"
+            raise ValueError(
+                f"scheduler.grace_period {self.scheduler.grace_period} exceeds {last} {self.max_t}: the "
+                f"first rung would come after the last epoch; set it to at most {self.max_t}"
+            )
         return self
 
     def _check_task_data(self) -> None:
