@@ -313,6 +313,46 @@ def empty_trial(tmp):
     return ["run", spec, "--trial", ",", "--num-cpus", "1", "--quiet"], ["--trial ','", "no KEY=VALUE"]
 
 
+def small_store(tmp: Path) -> Path:
+    """A results store written directly (no training): 2 inits x 3 seeds, epochs 0-2; returns the
+    sweep dir."""
+    from gapinit_ray.results import ResultsStore
+
+    store = ResultsStore(str(tmp / "store"), "sw")
+    for init in ("gap", "random"):
+        for seed in (1, 2, 3):
+            cfg = {"backbone": "tiny-blip2", "init": init, "seed": seed, "lora.rank": 1}
+            store.write_trial(f"{init}-s{seed}", cfg, status="TERMINATED")
+            for epoch in (0, 1, 2):
+                value = 1.0 + epoch + 0.1 * seed + (init == "gap")
+                store.write_report(f"{init}-s{seed}", cfg, {"epoch": float(epoch), "val_cider": value})
+    return tmp / "store" / "sw"
+
+
+def _on_store(*args: str, expect: list[str]) -> Setup:
+    """``args`` with ``SWEEP`` standing for a small store's sweep dir and ``FILE`` for a plain file."""
+
+    def setup(tmp: Path) -> tuple[list, list[str]]:
+        sweep = small_store(tmp)
+        (tmp / "afile").write_text("a file, not a directory")
+        subst = {"SWEEP": str(sweep), "FILE": str(tmp / "afile")}
+        return [subst.get(a, a) for a in args], expect
+
+    return setup
+
+
+def resume_corrupt_spec_json(tmp):
+    sweep = small_store(tmp)
+    (sweep / "spec.json").write_text("{ half a file")
+    return ["resume", sweep, "--num-cpus", "1", "--quiet"], ["spec.json", "corrupt"]
+
+
+def resume_spec_json_not_object(tmp):
+    sweep = small_store(tmp)
+    (sweep / "spec.json").write_text("[1, 2]")
+    return ["resume", sweep, "--num-cpus", "1", "--quiet"], ["spec.json", "not a JSON object"]
+
+
 #: sockets bound (never listening) for the test session: their ports refuse connections, and no other
 #: process (a cluster another test or test run starts on this machine) can take them meanwhile
 _DEAD: list[socket.socket] = []
@@ -476,6 +516,70 @@ CASES: dict[str, Setup] = {
     "results: empty results store": results_empty_store,
     "results --compare: empty results store": compare_empty_store,
     "GapArtifact of another backbone (calibrate)": artifact_of_another_backbone,
+    "lora.target_modules empty": _spec_case(
+        "lora.target_modules=[]", expect=["spec.yaml:", "lora.target_modules", "omit the field"]
+    ),
+    "calibration.target_modules empty": _spec_case(
+        "calibration.target_modules=[]", expect=["spec.yaml:", "calibration.target_modules", "omit the field"]
+    ),
+    "storage under /proc (validate)": _spec_case(
+        "storage=/proc/gapinit", expect=["storage", "/proc", "proc"]
+    ),
+    "storage under /sys (run)": _run_asking("storage=/sys/gapinit", expect=["storage", "/sys", "sysfs"]),
+    "results --at an epoch nobody reported": _on_store(
+        "results", "SWEEP", "--at", "epoch=999", expect=["--at epoch=999", "epochs with reports: 0, 1, 2"]
+    ),
+    "results --compare --at an epoch nobody reported": _on_store(
+        "results",
+        "SWEEP",
+        "--compare",
+        "init=gap,init=random",
+        "--at",
+        "epoch=7",
+        expect=["epoch=7", "0, 1, 2"],
+    ),
+    "results --min-effect negative": _on_store(
+        "results",
+        "SWEEP",
+        "--compare",
+        "init=gap,init=random",
+        "--min-effect",
+        "-1",
+        expect=["--min-effect -1"],
+    ),
+    "results --min-effect 0": _on_store(
+        "results",
+        "SWEEP",
+        "--compare",
+        "init=gap,init=random",
+        "--min-effect",
+        "0",
+        expect=["--min-effect 0"],
+    ),
+    "results --compare --by seed": _on_store(
+        "results", "SWEEP", "--compare", "init=gap,init=random", "--by", "seed", expect=["by 'seed'"]
+    ),
+    "results --compare seed arms": _on_store(
+        "results", "SWEEP", "--compare", "seed=1,seed=2", expect=["arm 'seed=1'", "over their seeds"]
+    ),
+    "report --out a file": _on_store(
+        "report", "SWEEP", "--out", "FILE", expect=["--out", "afile", "is a file"]
+    ),
+    "export --out a file": _on_store(
+        "export", "SWEEP/x", "--out", "FILE", expect=["--out", "afile", "is a file"]
+    ),
+    "diagnose --draws 0": _on_store(
+        "diagnose", "--draws", "0", "--out", "d", expect=["--draws 0", "at least 2"]
+    ),
+    "diagnose --seed negative": _on_store("diagnose", "--seed", "-1", "--out", "d", expect=["--seed -1"]),
+    "diagnose --out a file": _on_store(
+        "diagnose", "--draws", "10", "--out", "FILE", expect=["--out", "is a file"]
+    ),
+    "dashboard --port out of range": _on_store(
+        "dashboard", "SWEEP", "--port", "70000", expect=["--port 70000", "1 to 65535"]
+    ),
+    "resume: corrupt spec.json": resume_corrupt_spec_json,
+    "resume: spec.json not an object": resume_spec_json_not_object,
     "YAML: nested aliases (billion laughs)": billion_laughs,
     "YAML: nested aliases in an override": billion_laughs_override,
     "YAML: nested 1000 deep": deep_nesting,
@@ -490,6 +594,7 @@ CASES: dict[str, Setup] = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input(case: str, tmp_path: Path) -> None:
     args, expected = CASES[case](tmp_path)
+    before = set(tmp_path.rglob("results/**/*.parquet"))  # a case's own store, built above
     r = gapinit(tmp_path, *args)
     assert "Traceback" not in r.stderr + r.stdout, r.stderr
     assert r.returncode == 2, f"exit {r.returncode}: {r.stderr}"
@@ -498,7 +603,9 @@ def test_bad_input(case: str, tmp_path: Path) -> None:
     assert lines[0].startswith("gapinit: error: "), lines[0]
     missing = [s for s in expected if s not in lines[0]]
     assert not missing, f"error line does not name {missing}: {lines[0]}"
-    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("results/**/*.parquet"))
+    written = sorted(
+        str(p.relative_to(tmp_path)) for p in set(tmp_path.rglob("results/**/*.parquet")) - before
+    )
     assert not written, f"results written despite the error: {written}"
 
 

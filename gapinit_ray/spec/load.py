@@ -62,6 +62,26 @@ def load_spec(
     return absolute_paths(spec) if resolve_paths else spec
 
 
+def saved_spec(path: str | Path) -> SweepSpec:
+    """The spec a sweep dir's ``spec.json`` holds (what ``run`` wrote), validated again; a file that is
+    missing, unreadable, not JSON or not a spec is a SpecError naming it."""
+    import json
+
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecError(f"{path}: not found; pass the sweep's spec file") from None
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise SpecError(
+            f"{path}: cannot read this sweep's saved spec ({type(e).__name__}); it is corrupt or not a "
+            "gapinit spec.json: pass the sweep's spec file instead"
+        ) from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: not a gapinit spec.json (not a JSON object); pass the sweep's spec file")
+    return spec_from_dict(raw, source=str(path))
+
+
 def _parse(text: str, source: str) -> tuple[object, dict]:
     """The spec's data and line map, or a SpecError naming ``source`` and the line."""
     if len(text) > MAX_SPEC_BYTES:
