@@ -21,12 +21,15 @@ ROOT = Path(__file__).parents[1]
 QUICKSTART = ROOT / "sweeps" / "quickstart.yaml"
 
 
-def gapinit(tmp: Path, *args: object, timeout: float = 60) -> subprocess.CompletedProcess:
+def gapinit(
+    tmp: Path, *args: object, timeout: float = 60, env_extra: dict | None = None
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(tmp), "PYTHONWARNINGS": "ignore"}
     # a user's shell: nothing of the test session's own Ray (its address, the auth settings Ray puts in
     # the environment of the process that started it)
     for var in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         env.pop(var, None)
+    env.update(env_extra or {})
     return subprocess.run(
         [sys.executable, "-m", "gapinit_ray.cli", *map(str, args)],
         capture_output=True,
@@ -94,9 +97,10 @@ def edit_captions(tmp: Path, index: int, raw: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ cases
-# Each setup builds its inputs under tmp and returns (command line, substrings the error line must hold).
+# Each setup builds its inputs under tmp and returns (command line, substrings the error line must hold)
+# and, for a few, the environment variables to set as a third element.
 
-Setup = Callable[[Path], tuple[list, list[str]]]
+Setup = Callable[[Path], tuple]
 
 
 def _validate(*overrides: str, check_data: bool = False, **raw_over) -> Setup:
@@ -377,6 +381,115 @@ def list_dead_address(tmp):
     return ["list", "--address", f"http://127.0.0.1:{port}"], ["cannot reach", str(port)]
 
 
+#: sockets listening (never accepting, never answering) for the test session: a connection to one
+#: succeeds and then hears nothing, like a firewall or a wrong service that holds connections open
+_SILENT: list[socket.socket] = []
+#: what the cluster calls wait for an answer in these cases
+QUICK_TIMEOUT = {"GAPINIT_CLUSTER_TIMEOUT_S": "1"}
+
+
+def silent_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(16)
+    _SILENT.append(s)
+    return s.getsockname()[1]
+
+
+def list_silent_address(tmp):
+    port = silent_port()
+    return (
+        ["list", "--address", f"http://127.0.0.1:{port}"],
+        [str(port), "did not answer within 1 s"],
+        QUICK_TIMEOUT,
+    )
+
+
+def submit_silent_address(tmp):
+    spec = write_spec(tmp, raw_spec(tmp))
+    port = silent_port()
+    return (
+        ["submit", spec, "--address", f"http://127.0.0.1:{port}"],
+        [str(port), "did not answer within 1 s"],
+        QUICK_TIMEOUT,
+    )
+
+
+def validate_silent_address(tmp):
+    spec = write_spec(tmp, raw_spec(tmp))
+    port = silent_port()
+    return (
+        ["validate", spec, "--address", f"127.0.0.1:{port}"],
+        [f"127.0.0.1:{port}", "did not answer within 1 s"],
+        QUICK_TIMEOUT,
+    )
+
+
+def run_silent_address(tmp):
+    spec = write_spec(tmp, raw_spec(tmp))
+    port = silent_port()
+    return (
+        ["run", spec, "--address", f"127.0.0.1:{port}", "--quiet"],
+        [f"127.0.0.1:{port}", "did not answer within 1 s"],
+        QUICK_TIMEOUT,
+    )
+
+
+def run_with_jobs_api_address(tmp):
+    """README has cluster users export RAY_ADDRESS=http://HEAD:8265 for `submit`; `run` cannot use it."""
+    spec = write_spec(tmp, raw_spec(tmp))
+    return (
+        ["run", spec, "--num-cpus", "1", "--quiet"],
+        ["RAY_ADDRESS http://127.0.0.1:8265", "gapinit submit", "unset RAY_ADDRESS"],
+        {"RAY_ADDRESS": "http://127.0.0.1:8265"},
+    )
+
+
+def validate_with_jobs_api_address(tmp):
+    spec = write_spec(tmp, raw_spec(tmp))
+    return (
+        ["validate", spec, "--address", "http://127.0.0.1:8265"],
+        ["--address http://127.0.0.1:8265", "gapinit submit"],
+    )
+
+
+#: a token with a line break; no part of it may appear in any message
+SECRET_TOKEN = "tok-first-half-s3cr3t\ntok-second-half-s3cr3t\n"
+
+
+def token_file_with_line_break(tmp):
+    (tmp / "token").write_text(SECRET_TOKEN)
+    port = dead_port()
+    return (
+        ["list", "--address", f"http://127.0.0.1:{port}", "--token-file", tmp / "token"],
+        ["--token-file", "token", "malformed"],
+    )
+
+
+def env_token_with_line_break(tmp):
+    port = dead_port()
+    return (
+        ["list", "--address", f"http://127.0.0.1:{port}"],
+        ["RAY_AUTH_TOKEN", "malformed"],
+        {"RAY_AUTH_TOKEN": SECRET_TOKEN},
+    )
+
+
+def run_env_token_with_line_break(tmp):
+    spec = write_spec(tmp, raw_spec(tmp))
+    port = dead_port()
+    return (
+        ["run", spec, "--address", f"127.0.0.1:{port}"],
+        ["RAY_AUTH_TOKEN", "malformed"],
+        {"RAY_AUTH_TOKEN": SECRET_TOKEN},
+    )
+
+
+def dashboard_token_with_line_break(tmp):
+    sweep = small_store(tmp)
+    return ["dashboard", sweep, "--token", SECRET_TOKEN, "--port", "0"], ["--token", "malformed"]
+
+
 def bad_trial_param(tmp):
     spec = write_spec(tmp, raw_spec(tmp))
     return ["run", spec, "--trial", "init=gap,seed"], ["--trial", "'seed'", "KEY=VALUE"]
@@ -576,8 +689,18 @@ CASES: dict[str, Setup] = {
         "diagnose", "--draws", "10", "--out", "FILE", expect=["--out", "is a file"]
     ),
     "dashboard --port out of range": _on_store(
-        "dashboard", "SWEEP", "--port", "70000", expect=["--port 70000", "1 to 65535"]
+        "dashboard", "SWEEP", "--port", "70000", expect=["--port 70000", "0 to 65535"]
     ),
+    "list: address accepts and never answers": list_silent_address,
+    "submit: address accepts and never answers": submit_silent_address,
+    "validate --address: accepts and never answers": validate_silent_address,
+    "run --address: accepts and never answers": run_silent_address,
+    "run with RAY_ADDRESS a Jobs API address": run_with_jobs_api_address,
+    "validate --address a Jobs API address": validate_with_jobs_api_address,
+    "token file with a line break": token_file_with_line_break,
+    "RAY_AUTH_TOKEN with a line break (list)": env_token_with_line_break,
+    "RAY_AUTH_TOKEN with a line break (run --address)": run_env_token_with_line_break,
+    "dashboard --token with a line break": dashboard_token_with_line_break,
     "resume: corrupt spec.json": resume_corrupt_spec_json,
     "resume: spec.json not an object": resume_spec_json_not_object,
     "YAML: nested aliases (billion laughs)": billion_laughs,
@@ -593,9 +716,10 @@ CASES: dict[str, Setup] = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input(case: str, tmp_path: Path) -> None:
-    args, expected = CASES[case](tmp_path)
+    args, expected, *env = CASES[case](tmp_path)
     before = set(tmp_path.rglob("results/**/*.parquet"))  # a case's own store, built above
-    r = gapinit(tmp_path, *args)
+    r = gapinit(tmp_path, *args, env_extra=env[0] if env else None)
+    assert "s3cr3t" not in r.stdout + r.stderr, "a token (or part of it) was printed"
     assert "Traceback" not in r.stderr + r.stdout, r.stderr
     assert r.returncode == 2, f"exit {r.returncode}: {r.stderr}"
     lines = r.stderr.splitlines()

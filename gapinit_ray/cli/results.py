@@ -195,7 +195,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     """`gapinit dashboard`: serve the live read-only dashboard until interrupted."""
     from gapinit_ray.dashboard.server import DashboardServer, resolve_target, resolve_token
 
-    check_range("--port", args.port, 1, 65535, hint="omit it for the first free port from 8270")
+    check_range(
+        "--port", args.port, 0, 65535, hint="0 for any free port; omit it for the first free one from 8270"
+    )
     target = resolve_target(args.target)
     token = resolve_token(args.host, args.token, args.token_file)
     server = DashboardServer(target, args.host, args.port, token)
