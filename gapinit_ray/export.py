@@ -95,6 +95,8 @@ def resolve_trial(
     from gapinit_ray.train import ADAPTER_DIR
 
     path = Path(target).expanduser()
+    if not path.exists() and (path.parent / TRAIN_DIR / path.name).is_dir():
+        path = path.parent / TRAIN_DIR / path.name  # <sweep>/<trial id>: its run dir under train/
     if not path.exists():
         raise ExportError(f"{target}: no such trial or checkpoint directory")
     path = path.resolve()

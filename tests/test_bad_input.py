@@ -345,6 +345,22 @@ def _on_store(*args: str, expect: list[str]) -> Setup:
     return setup
 
 
+def export_sweep_slash_trial(tmp):
+    """`export --help` offers <sweep>/<trial>: it resolves to <sweep>/train/<trial> (here without a
+    checkpoint, so the error is about that, not 'no such trial')."""
+    (tmp / "store" / "sw" / "train" / "tid-1").mkdir(parents=True)
+    return ["export", tmp / "store" / "sw" / "tid-1", "--out", tmp / "new"], ["tid-1", "no checkpoint"]
+
+
+def evaluate_default_split(tmp):
+    """The quickstart spec has no data.test: evaluate's default split is then val, not an error about
+    --split test (the adapter dir here has no weights: that is the error)."""
+    (tmp / "adapter").mkdir()
+    (tmp / "adapter" / "adapter_config.json").write_text("{}")
+    spec = write_spec(tmp, raw_spec(tmp))
+    return ["evaluate", tmp / "adapter", "--spec", spec], ["adapter", "missing adapter weights"]
+
+
 def resume_corrupt_spec_json(tmp):
     sweep = small_store(tmp)
     (sweep / "spec.json").write_text("{ half a file")
@@ -701,6 +717,8 @@ CASES: dict[str, Setup] = {
     "RAY_AUTH_TOKEN with a line break (list)": env_token_with_line_break,
     "RAY_AUTH_TOKEN with a line break (run --address)": run_env_token_with_line_break,
     "dashboard --token with a line break": dashboard_token_with_line_break,
+    "export <sweep>/<trial> (the documented form)": export_sweep_slash_trial,
+    "evaluate: default split on a spec without data.test": evaluate_default_split,
     "resume: corrupt spec.json": resume_corrupt_spec_json,
     "resume: spec.json not an object": resume_spec_json_not_object,
     "YAML: nested aliases (billion laughs)": billion_laughs,

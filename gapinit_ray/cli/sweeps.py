@@ -294,7 +294,9 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--spec", help="sweep spec (backbone, data, eval settings); default for a trial: spec.json"
     )
-    p.add_argument("--split", choices=["val", "test"], default="test")
+    p.add_argument(
+        "--split", choices=["val", "test"], help="default: test when the spec has data.test, else val"
+    )
     p.add_argument("--task", choices=["caption", "vqa", "pope"], help="default: what the split holds")
     p.add_argument("--which", choices=["last", "best"], default="last", help="a trial's checkpoint")
     p.add_argument("--backbone", help="backbone key of a multi-backbone spec (default: the first)")
