@@ -24,6 +24,26 @@ class ClusterError(GapinitError):
     """The Ray cluster cannot be reached or refused us."""
 
 
+#: Seconds every cluster call may wait to connect, and then for each answer (the Jobs API's HTTP
+#: requests, the probe of a head before ``ray.init``): an address that accepts connections and never
+#: answers is an error, not a hang.
+TIMEOUT_ENV = "GAPINIT_CLUSTER_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 20.0
+
+
+def cluster_timeout() -> float:
+    raw = os.environ.get(TIMEOUT_ENV)
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ClusterError(f"{TIMEOUT_ENV}={raw!r}: expected a number of seconds > 0")
+    return value
+
+
 @contextlib.contextmanager
 def ray_session(
     address: str | None = None, num_cpus: int | None = None, quiet: bool = True
@@ -36,7 +56,19 @@ def ray_session(
     if ray.is_initialized():
         yield
         return
+    source = "--address" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and address.strip().lower().startswith(("http://", "https://")):
+        # the dashboard / Jobs API address README tells cluster users to export for `submit`: ray.init
+        # cannot use it (it needs the GCS or the Ray Client port), and running the sweep here instead
+        # would silently put a cluster's sweep on this machine
+        raise ClusterError(
+            f"{source} {address} is a Ray Jobs API (dashboard) address: `gapinit submit` runs a sweep "
+            "there; to run it here on an embedded local Ray, unset RAY_ADDRESS (or connect to the "
+            "cluster's GCS with --address HEAD:6379 or ray://HEAD:10001)"
+        )
+    if address and os.environ.get("RAY_AUTH_TOKEN"):
+        well_formed_token(os.environ["RAY_AUTH_TOKEN"], "RAY_AUTH_TOKEN")
     kwargs: dict = {"log_to_driver": not quiet, "logging_level": "ERROR"} if quiet else {}
     # Trials wait for CPUs/GPUs on purpose (a paused seed-group member's slot goes to another trial);
     # Ray Train's default gives a worker group 60 s to be scheduled and started, then tears it down and
@@ -251,9 +283,16 @@ def _loopback_only() -> Iterator[None]:
             os.environ[LOCAL_ONLY_ENV] = saved_env
 
 
+#: An HTTP/2 client preface and an empty SETTINGS frame: a gRPC server (the GCS, the Ray Client
+#: server) answers with its own SETTINGS frame at once.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
 def _probe(address: str, timeout_s: float = 5.0) -> None:
-    """Fail fast on a head that does not answer: ``ray.init`` keeps retrying a dead GCS for minutes.
-    Checks only that something listens at ``host:port`` (``auto`` and ``local`` are left to Ray)."""
+    """Fail fast on a head that does not answer: ``ray.init`` keeps retrying a dead GCS for minutes,
+    and waits for ever on a port that accepts connections and never answers. Checks that something
+    listens at ``host:port`` and that it says anything at all to a gRPC client's opening within
+    :func:`cluster_timeout` (``auto`` and ``local`` are left to Ray)."""
     import socket
 
     target = address.split("://", 1)[-1].rstrip("/")
@@ -261,8 +300,18 @@ def _probe(address: str, timeout_s: float = 5.0) -> None:
     if address in ("auto", "local") or not sep or not port.isdigit():
         return
     try:
-        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s):
-            pass
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s) as c:
+            answer_s = cluster_timeout()
+            c.settimeout(answer_s)
+            c.sendall(_H2_PREFACE)
+            try:
+                c.recv(64)  # anything, or a closed connection (a TLS server may hang up): an answer
+            except TimeoutError:
+                raise ClusterError(
+                    f"cannot reach the Ray cluster at {address}: {host}:{port} accepts connections but did "
+                    f"not answer within {answer_s:g} s ({TIMEOUT_ENV}); check the address (ray://HEAD:10001 "
+                    "or HEAD:6379) and that it is a Ray head"
+                ) from None
     except OSError as e:
         raise ClusterError(
             f"cannot reach the Ray cluster at {address}: nothing answers at {host}:{port} "
@@ -319,23 +368,38 @@ def resolve_address(address: str | None) -> str:
     return addr.rstrip("/")
 
 
+def well_formed_token(token: str, source: str) -> str:
+    """``token`` without its surrounding whitespace, if it is one line of printable characters; else a
+    ClusterError naming ``source`` (never the token, nor any part of it: it is a secret, and a line
+    break in it would otherwise reach an error message through the HTTP library's header check)."""
+    token = token.strip()
+    if any(c.isspace() or not c.isprintable() for c in token):
+        raise ClusterError(
+            f"{source}: the token is malformed (it holds a line break, a space or a control character; "
+            "not shown); a token is one line of printable characters: write it again"
+        )
+    return token
+
+
 def resolve_token(token_file: str | None = None) -> str | None:
     """Ray's token auth (``RAY_AUTH_MODE=token``): ``--token-file``, else ``RAY_AUTH_TOKEN``, else the
-    file named by ``RAY_AUTH_TOKEN_PATH``, the config file's ``token_file`` or ``~/.ray/auth_token``."""
+    file named by ``RAY_AUTH_TOKEN_PATH``, the config file's ``token_file`` or ``~/.ray/auth_token``.
+    A malformed token (:func:`well_formed_token`) is an error naming where it came from."""
     if not token_file and os.environ.get("RAY_AUTH_TOKEN"):
-        return os.environ["RAY_AUTH_TOKEN"].strip()
+        return well_formed_token(os.environ["RAY_AUTH_TOKEN"], "RAY_AUTH_TOKEN")
     candidates = [token_file, os.environ.get("RAY_AUTH_TOKEN_PATH"), _config().get("token_file")]
     for i, name in enumerate(candidates):
         if not name:
             continue
         path = Path(name).expanduser()
+        what = ("--token-file", "RAY_AUTH_TOKEN_PATH", "config token_file")[i]
         try:
-            return path.read_text().strip()
-        except OSError as e:
-            what = ("--token-file", "RAY_AUTH_TOKEN_PATH", "config token_file")[i]
-            raise ClusterError(f"{what} {path}: cannot read the token ({e.strerror})") from None
+            return well_formed_token(path.read_text(), f"{what} {path}")
+        except (OSError, UnicodeDecodeError) as e:
+            why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+            raise ClusterError(f"{what} {path}: cannot read the token ({why})") from None
     default = Path("~/.ray/auth_token").expanduser()
-    return default.read_text().strip() if default.exists() else None
+    return well_formed_token(default.read_text(), str(default)) if default.exists() else None
 
 
 def check_submittable(spec, source: str) -> str:
@@ -357,24 +421,57 @@ def check_submittable(spec, source: str) -> str:
     return str(spec.storage)
 
 
+def _is_timeout(e: BaseException) -> bool:
+    import requests
+
+    return isinstance(e, TimeoutError | requests.exceptions.Timeout)
+
+
+def _client_class():
+    """Ray's ``JobSubmissionClient`` whose every HTTP request has a connect and a read timeout (Ray
+    sets none, so an address that accepts connections and never answers hung ``list`` for ever)."""
+    from ray.job_submission import JobSubmissionClient
+
+    class TimedJobSubmissionClient(JobSubmissionClient):
+        def __init__(self, *args, timeout_s: float, **kwargs) -> None:
+            self._gapinit_timeout = (timeout_s, timeout_s)
+            super().__init__(*args, **kwargs)
+
+        def _do_request(self, *args, **kwargs):
+            kwargs.setdefault("timeout", self._gapinit_timeout)
+            return super()._do_request(*args, **kwargs)
+
+    return TimedJobSubmissionClient
+
+
 class JobsClient:
     """``gapinit submit/status/logs/stop/list``: Ray's ``JobSubmissionClient`` with one-line errors."""
 
     def __init__(self, address: str | None = None, token_file: str | None = None) -> None:
         self.address = resolve_address(address)
         token = resolve_token(token_file)
+        self._token = token
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
-        from ray.job_submission import JobSubmissionClient
-
+        self.timeout_s = cluster_timeout()
         try:
-            self._client = JobSubmissionClient(self.address, headers=dict(self._headers))
+            self._client = _client_class()(
+                self.address, headers=dict(self._headers), timeout_s=self.timeout_s
+            )
         except Exception as e:  # ConnectionError, requests errors, version mismatch
             raise self._error(e) from None
 
     def _error(self, e: BaseException, job: str | None = None) -> ClusterError:
         text = str(e).strip()
+        if self._token:  # an error text may quote a request header: never show the token
+            text = text.replace(self._token, "<token>")
         first = text.splitlines()[0] if text else type(e).__name__
         low = text.lower()
+        if _is_timeout(e) or "timed out" in low:
+            return ClusterError(
+                f"the Ray Jobs API at {self.address} did not answer within {self.timeout_s:g} s "
+                f"({TIMEOUT_ENV}); check the address (the head's dashboard port, default 8265) and that "
+                "the cluster is up"
+            )
         if "401" in text or "unauthorized" in low or "authentication required" in low:
             return ClusterError(
                 f"{self.address} refused the request: it needs a token (set RAY_AUTH_TOKEN, "

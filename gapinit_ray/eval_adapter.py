@@ -120,13 +120,14 @@ def check_adapter_shapes(adapter_dir: Path, bspec, backbone) -> None:
 def evaluate_target(
     target: str,
     spec_path: str | None,
-    split: str = "val",
+    split: str | None = None,
     task: str | None = None,
     which: str = "last",
     backbone_key: str | None = None,
     overrides: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a trial (its run / checkpoint dir) or a peft adapter dir; returns the evaluation row
+    """Evaluate a trial (its run / checkpoint dir) or a peft adapter dir on ``split`` (default: test
+    when the spec has ``data.test``, else val); returns the evaluation row
     (``metrics`` under ``<split>_<name>``) and writes it to the sweep's store when there is one."""
     from gapinit_ray.data.resolve import split_records
     from gapinit_ray.evaluate import eval_records, evaluate_split
@@ -146,6 +147,8 @@ def evaluate_target(
     else:
         ref = resolve_trial(target, spec_path, which, overrides)
         spec, tspec, bspec = ref.spec, ref.tspec, ref.bspec
+    if split is None:  # the spec's held-out test split when it has one, else its val split
+        split = "test" if tspec.data.test is not None else "val"
     ref_split = split_ref(tspec, split)
     kind = tspec.data.sources[ref_split.source].kind
     if task is not None and TASK_KINDS.get(task) != kind:

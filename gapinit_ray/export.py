@@ -91,10 +91,12 @@ def resolve_trial(
     parameters from the grid point whose :func:`~gapinit_ray.plan.trial_id` it is. ``which``: ``last``
     checkpoint, or ``best`` by the spec's scheduler metric among the checkpoints kept."""
     from gapinit_ray.plan import grid_points, trial_id, trial_spec
-    from gapinit_ray.spec import load_spec, spec_from_dict
+    from gapinit_ray.spec import load_spec, saved_spec
     from gapinit_ray.train import ADAPTER_DIR
 
     path = Path(target).expanduser()
+    if not path.exists() and (path.parent / TRAIN_DIR / path.name).is_dir():
+        path = path.parent / TRAIN_DIR / path.name  # <sweep>/<trial id>: its run dir under train/
     if not path.exists():
         raise ExportError(f"{target}: no such trial or checkpoint directory")
     path = path.resolve()
@@ -115,8 +117,7 @@ def resolve_trial(
     if spec_path:
         spec = load_spec(spec_path, overrides)
     elif sweep_dir is not None:
-        saved = sweep_dir / SPEC_FILE
-        spec = spec_from_dict(json.loads(saved.read_text()), source=str(saved))
+        spec = saved_spec(sweep_dir / SPEC_FILE)
     else:
         raise ExportError(f"{target}: not inside a sweep directory (no spec.json above it); pass --spec SPEC")
     params = next((p for p in grid_points(spec) if trial_id(p) == tid), None)

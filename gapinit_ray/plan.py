@@ -20,8 +20,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from gapinit_ray.errors import SpecError
 from gapinit_ray.spec import (
     AXIS_ALIASES,
@@ -32,8 +30,8 @@ from gapinit_ray.spec import (
     Uniform,
     set_dotted,
     spec_from_dict,
-    yaml_load,
 )
+from gapinit_ray.spec.overrides import parse_value
 
 #: The Tune config key of the explicit ``search.cases``: a grid over their index (see :func:`params_of`).
 CASE_KEY = "case"
@@ -70,10 +68,10 @@ def parse_trial_params(text: str) -> dict[str, Any]:
         if "=" not in item:
             raise SpecError(f"--trial {text!r}: expected KEY=VALUE pairs separated by commas, got {item!r}")
         k, v = item.split("=", 1)
-        try:
-            params[k.strip()] = yaml_load(v) if v else ""
-        except yaml.YAMLError:  # not YAML (e.g. a `!!python/...` tag, refused by the safe loader)
-            params[k.strip()] = v  # kept as text, as in spec overrides; validation then names it
+        # as in spec overrides: a `!!python/...` tag is an error, text that is not YAML stays text
+        params[k.strip()] = parse_value(v, f"--trial {item!r}")
+    if not params:
+        raise SpecError(f"--trial {text!r}: no KEY=VALUE pair; give e.g. --trial init=gap,seed=42")
     return params
 
 

@@ -7,6 +7,8 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gapinit_ray.errors import GapinitError
+
 EXIT_USER_ERROR = 2
 EXIT_TRIALS_FAILED = 1  # the sweep ran, but some trial failed after its retries
 
@@ -54,3 +56,31 @@ def add_ray(p: argparse.ArgumentParser) -> None:
     """Where the command's Ray runs."""
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
+
+
+# ------------------------------------------------------------------ argument checks (one line, exit 2)
+
+
+def check_range(
+    flag: str, value: float | None, low: float, high: float | None = None, hint: str = ""
+) -> None:
+    """Refuse ``flag``'s ``value`` outside ``low``..``high`` (inclusive; None: not given, no check)."""
+    import math
+
+    if value is None:
+        return
+    if not math.isfinite(value) or value < low or (high is not None and value > high):
+        bound = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
+        raise GapinitError(f"{flag} {value:g}: must be {bound}{'; ' + hint if hint else ''}")
+
+
+def check_out_dir(flag: str, path: str) -> None:
+    """Refuse an output directory that is a file, or lies under one, before anything is computed."""
+    from pathlib import Path
+
+    probe = Path(path).expanduser().absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        where = "is a file" if probe == Path(path).expanduser().absolute() else f"lies under the file {probe}"
+        raise GapinitError(f"{flag} {path}: {where}, not a directory; pass a directory path (a new one)")

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from gapinit_ray.cli.registry import command
+from gapinit_ray.cli.registry import check_out_dir, check_range, command
 from gapinit_ray.errors import GapinitError
 from gapinit_ray.names import DEFAULT_METRIC, RESULTS_DIR
 from gapinit_ray.results.aggregate import default_by as default_by  # re-exported: callers import it from here
@@ -60,6 +60,7 @@ def print_results(
     storage: str, sweep: str, *, by, metric: str, at: str, mode: str, fmt: str, looks: bool = False
 ) -> int:
     from gapinit_ray.results import ResultsStore, aggregate, format_table
+    from gapinit_ray.results.aggregate import check_at_epoch
 
     store = ResultsStore(storage, sweep)
     metrics = store.metrics()
@@ -67,6 +68,7 @@ def print_results(
         from gapinit_ray.results._fs import ResultsError
 
         raise ResultsError(f"sweep {sweep}: no metric reports under {store.metrics_dir}")
+    check_at_epoch(metrics, metric, at)
     trials = store.trials()
     if by is None:
         by = default_by(metrics)
@@ -124,6 +126,12 @@ def _sweep_location(arg: str, storage: str | None) -> tuple[str, str]:
     "results", "aggregate a sweep's results: n seeds, mean, std, 95%% CI, min, max per group", _results_args
 )
 def cmd_results(args: argparse.Namespace) -> int:
+    if args.min_effect is not None and not args.min_effect > 0:
+        raise GapinitError(
+            f"--min-effect {args.min_effect:g}: must be > 0 (a difference in metric units, e.g. 2 for "
+            "2 CIDEr points)"
+        )
+    check_range("--n-boot", args.n_boot, 100)
     storage, name = _sweep_location(args.sweep, None)
     by = [b.strip() for b in args.by.split(",") if b.strip()]
     if args.compare:
@@ -152,6 +160,9 @@ def _print_comparison(storage: str, sweep: str, args: argparse.Namespace, by: li
         from gapinit_ray.results._fs import ResultsError
 
         raise ResultsError(f"sweep {sweep}: no metric reports under {storage}/{sweep}/results/metrics")
+    from gapinit_ray.results.aggregate import check_at_epoch
+
+    check_at_epoch(metrics, args.metric, args.at)
     arm_cols = {a.column for a in parse_arms(metrics, args.compare)}
     strata = [c for c in resolve_by(metrics, by) if c not in arm_cols]
     table = compare(
@@ -172,6 +183,8 @@ def _print_comparison(storage: str, sweep: str, args: argparse.Namespace, by: li
 def cmd_report(args: argparse.Namespace) -> int:
     from gapinit_ray.results import ResultsStore, write_report
 
+    if args.out:
+        check_out_dir("--out", args.out)
     storage, name = _sweep_location(args.sweep, None)
     by = [b.strip() for b in args.by.split(",") if b.strip()]
     out = args.out or str(__import__("pathlib").Path(storage) / name / "report")
@@ -205,6 +218,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     """`gapinit dashboard`: serve the live read-only dashboard until interrupted."""
     from gapinit_ray.dashboard.server import DashboardServer, resolve_target, resolve_token
 
+    check_range(
+        "--port", args.port, 0, 65535, hint="0 for any free port; omit it for the first free one from 8270"
+    )
     target = resolve_target(args.target)
     token = resolve_token(args.host, args.token, args.token_file)
     server = DashboardServer(target, args.host, args.port, token)

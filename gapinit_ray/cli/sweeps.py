@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gapinit_ray.cli.registry import EXIT_TRIALS_FAILED, add_ray, add_spec, command
+from gapinit_ray.cli.registry import (
+    EXIT_TRIALS_FAILED,
+    add_ray,
+    add_spec,
+    check_out_dir,
+    check_range,
+    command,
+)
 from gapinit_ray.cli.results import print_results
 from gapinit_ray.errors import GapinitError
 from gapinit_ray.names import SPEC_FILE
@@ -166,17 +173,16 @@ def _resume_args(p: argparse.ArgumentParser) -> None:
 
 @command("resume", "continue an interrupted sweep: finished trials are not re-run", _resume_args)
 def cmd_resume(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
-    from gapinit_ray.spec import load_spec, spec_from_dict
+    from gapinit_ray.spec import load_spec, saved_spec
 
     target = Path(args.sweep)
     if target.is_dir():
         saved = target / SPEC_FILE
         if not saved.exists():
             raise GapinitError(f"{target}: not a sweep directory (no spec.json); pass the sweep's spec file")
-        spec = spec_from_dict(json.loads(saved.read_text()), source=str(saved))
+        spec = saved_spec(saved)
     else:
         spec = load_spec(target)
     return _run_sweep(spec, args)
@@ -239,6 +245,9 @@ def _diagnose_args(p: argparse.ArgumentParser) -> None:
 def cmd_diagnose(args: argparse.Namespace) -> int:
     from gapinit_ray.diagnostics import run_diagnostics
 
+    check_range("--draws", args.draws, 2, hint="random directions per dimension (default 20000)")
+    check_range("--seed", args.seed, 0)
+    check_out_dir("--out", args.out)
     gaps = None
     if args.spec:
         from gapinit_ray.calibration_job import run_calibration
@@ -271,6 +280,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from gapinit_ray.export import export_trial, resolve_trial
 
+    check_out_dir("--out", args.out)  # before the trial is looked up and its model loaded
     ref = resolve_trial(args.trial, args.spec, args.which, args.overrides)
     meta = export_trial(ref, args.out, merge=args.merge)
     how = "merged transformers checkpoint" if args.merge else "peft adapter"
@@ -284,7 +294,9 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--spec", help="sweep spec (backbone, data, eval settings); default for a trial: spec.json"
     )
-    p.add_argument("--split", choices=["val", "test"], default="test")
+    p.add_argument(
+        "--split", choices=["val", "test"], help="default: test when the spec has data.test, else val"
+    )
     p.add_argument("--task", choices=["caption", "vqa", "pope"], help="default: what the split holds")
     p.add_argument("--which", choices=["last", "best"], default="last", help="a trial's checkpoint")
     p.add_argument("--backbone", help="backbone key of a multi-backbone spec (default: the first)")

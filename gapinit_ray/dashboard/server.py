@@ -94,6 +94,13 @@ def resolve_token(host: str, token: str | None, token_file: str | None = None) -
         token = ray_token(token_file)
     if token is not None and not token.strip():
         raise DashboardError("dashboard token is empty; pass a non-empty --token")
+    if token is not None:
+        from gapinit_ray.cluster import ClusterError, well_formed_token
+
+        try:
+            token = well_formed_token(token, "dashboard --token / $" + TOKEN_ENV)
+        except ClusterError as e:
+            raise DashboardError(str(e)) from None
     if token is None and not is_loopback(host):
         raise DashboardError(
             f"--host {host} serves the dashboard beyond this machine: give it a token (--token, "

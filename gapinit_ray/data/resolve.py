@@ -7,6 +7,7 @@ so every trial and every worker of a sweep reads the same files.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from gapinit_ray.data.calibration import largest_remainder, sample_calibration
@@ -49,6 +50,40 @@ def check_storage(storage: str) -> None:
             f"storage {storage}: directory {probe} is not writable; set storage to a directory you can "
             "write to, or fix its permissions"
         )
+    fs = _pseudo_filesystem(probe)
+    if fs:
+        raise DataError(
+            f"storage {storage}: {probe} is on the kernel's {fs} filesystem, which holds no files of ours; "
+            "set storage to a directory on a disk (or a URI)"
+        )
+
+
+#: Kernel filesystems that look writable (to root) but take no directories or files of ours.
+_PSEUDO_FS = frozenset(
+    {"proc", "sysfs", "cgroup", "cgroup2", "debugfs", "securityfs", "tracefs", "configfs", "bpf", "pstore"}
+    | {"efivarfs", "fusectl", "binfmt_misc", "devpts", "mqueue", "autofs", "nsfs", "rpc_pipefs"}
+)
+
+
+def _pseudo_filesystem(path: Path) -> str | None:
+    """The type of the kernel pseudo filesystem ``path`` is on (Linux's mount table), else None."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            mounts = f.read().splitlines()
+    except OSError:
+        return None
+    real = os.path.realpath(path)
+    best, fstype = "", None
+    for line in mounts:
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) < 5 or not rest:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4])
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, fstype = point, rest.split()[0]
+    return fstype if fstype in _PSEUDO_FS else None
 
 
 def source_records(name: str, source, split: str, storage: str) -> list[CaptionRecord]:

@@ -94,6 +94,22 @@ def _parse_at(at: str) -> float | None:
     raise ResultsError(f"at {at!r}: expected 'last', 'best' or 'epoch=N'")
 
 
+def check_at_epoch(metrics: pa.Table, metric: str, at: str) -> None:
+    """``at="epoch=N"`` where no trial reported ``metric`` at epoch N is an error naming the epochs
+    that have reports (a table of nothing looks like a sweep without results)."""
+    target = _parse_at(at) if at != "curve" else None
+    if target is None or metric not in metrics.column_names or "epoch" not in metrics.column_names:
+        return
+    epoch = pc.cast(metrics["epoch"], pa.float64()).to_numpy(zero_copy_only=False)
+    values = pc.cast(metrics[metric], pa.float64()).to_numpy(zero_copy_only=False)
+    have = np.unique(epoch[~np.isnan(values) & ~np.isnan(epoch)])
+    if len(have) and not np.any(np.abs(have - target) < 1e-9):
+        shown = ", ".join(f"{e:g}" for e in have[:30]) + (", ..." if len(have) > 30 else "")
+        raise ResultsError(
+            f"--at {at}: no trial reported {metric} at epoch {target:g}; epochs with reports: {shown}"
+        )
+
+
 def _selected(
     metrics: pa.Table, by: Sequence[str], metric: str, at: str, mode: str, trials: pa.Table | None
 ) -> tuple[list[str], pa.Table]:

@@ -133,6 +133,11 @@ def parse_arms(metrics: pa.Table, arms: Sequence[str] | str) -> list[Arm]:
             (column,) = resolve_by(metrics, [axis])
         except ResultsError as e:
             raise CompareError(f"compare: arm {text!r}: {e}") from None
+        if column == "seed":
+            raise CompareError(
+                f"compare: arm {text!r}: arms are compared over their seeds, so an arm cannot be one seed; "
+                "compare arms of another axis (e.g. init=gap,init=random)"
+            )
         values = [v for v in pc.unique(metrics.column(column)).to_pylist() if v is not None]
         value = _convert(raw, metrics.schema.field(column).type)
         if value not in values:
@@ -205,6 +210,11 @@ def compare(
     if n_boot < 100:
         raise CompareError(f"compare: n_boot must be ≥ 100, got {n_boot}")
     seed_col = ["seed"] if "seed" in metrics.column_names else []
+    if seed_col and "seed" in cols:
+        raise CompareError(
+            "compare: by 'seed': a comparison pairs its arms over the seeds, so the seed cannot also be a "
+            "stratum; drop seed from --by"
+        )
     arm_cols = list(dict.fromkeys(a.column for a in parsed))
     mask = None
     for a in parsed:

@@ -19,7 +19,7 @@ line map), :mod:`~gapinit_ray.spec.sections` and :mod:`~gapinit_ray.spec.sweep_m
 from __future__ import annotations
 
 from gapinit_ray.names import CAPTION_METRICS, INIT_METHODS, POPE_METRICS, SCHEDULERS, VQA_METRICS
-from gapinit_ray.spec.load import load_spec, spec_from_dict
+from gapinit_ray.spec.load import load_spec, saved_spec, spec_from_dict
 from gapinit_ray.spec.messages import format_errors
 from gapinit_ray.spec.overrides import apply_overrides, set_dotted
 from gapinit_ray.spec.paths import absolute_paths, relative_paths
@@ -99,6 +99,7 @@ __all__ = [
     "line_map",
     "load_spec",
     "relative_paths",
+    "saved_spec",
     "set_dotted",
     "spec_from_dict",
     "validate_search",

@@ -8,12 +8,25 @@ from typing import Any
 import yaml
 
 from gapinit_ray.errors import SpecError
-from gapinit_ray.spec.yamlio import yaml_load
+from gapinit_ray.spec.yamlio import YamlLimitError, yaml_load
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str, what: str) -> Any:
+    """A ``KEY=VALUE`` value parsed as YAML; text that is not YAML (``name=@x``, ``lr=[1,``) is kept
+    as text, which validation then judges. A tag the safe loader has no constructor for
+    (``!!python/...``) and a value past the loader's bounds are errors naming ``what`` (the override)."""
+    if text == "":
+        return ""
     try:
-        return yaml_load(text) if text != "" else ""
+        return yaml_load(text)
+    except YamlLimitError as e:
+        raise SpecError(f"{what}: YAML refused: {e.problem}") from None
+    except yaml.constructor.ConstructorError as e:
+        tag = e.problem.split()[-1].replace("tag:yaml.org,2002:", "!!") if e.problem else ""
+        tag = f" {tag}" if "tag" in (e.problem or "") else ""
+        raise SpecError(
+            f"{what}: YAML tag{tag} is not allowed (only plain values: numbers, strings, lists, mappings)"
+        ) from None
     except yaml.YAMLError:
         return text
 
@@ -39,7 +52,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             if not isinstance(nxt, dict):
                 raise SpecError(f"override {item!r}: {p!r} is not a section")
             node = nxt
-        node[parts[-1]] = _parse_value(value)
+        node[parts[-1]] = parse_value(value, f"override {item!r}")
     return raw
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+from collections import Counter
+from functools import cache
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from gapinit_ray.spec.messages import format_errors
 from gapinit_ray.spec.overrides import set_dotted
@@ -20,10 +22,23 @@ def _grid_values(axis: Axis) -> list[Any] | None:
     return axis if isinstance(axis, list) else None
 
 
+#: Top-level fields that no model-level check reads: each value of an axis over one is checked against
+#: the field alone (its type and bounds, microseconds a value), the whole spec with the first value only.
+#: A seed list is the one axis that runs to thousands of values (validation was quadratic in it).
+FIELD_ONLY_AXES = frozenset({"seed"})
+
+
+@cache
+def _field_adapter(name: str) -> TypeAdapter:
+    info = SweepSpec.model_fields[name]
+    return TypeAdapter(Annotated[(info.annotation, *info.metadata)])
+
+
 def validate_search(spec: SweepSpec, source: str = "<spec>", lines: dict | None = None) -> list[str]:
     """Check every search axis names a real field and every value is valid for that field."""
     problems: list[str] = []
-    base = spec.model_dump(mode="python")
+    # the spec a trial sees, less the search space (copied per checked value: it must not grow with it)
+    base = spec.model_dump(mode="python", exclude={"search"})
     for name, axis in spec.search.axes.items():
         line = (lines or {}).get(("search", name))
         field = f"{source}:{line}: search.{name}" if line else f"{source}: search.{name}"
@@ -31,8 +46,9 @@ def validate_search(spec: SweepSpec, source: str = "<spec>", lines: dict | None 
         if grid is not None and not grid:
             problems.append(f"{field}: empty axis; give at least one value")
             continue
-        if grid is not None and len({repr(v) for v in grid}) != len(grid):
-            dup = sorted({repr(v) for v in grid if sum(repr(w) == repr(v) for w in grid) > 1})
+        counts = Counter(repr(v) for v in grid) if grid is not None else Counter()
+        if len(counts) != len(grid or ()):
+            dup = sorted(r for r, n in counts.items() if n > 1)
             problems.append(f"{field}: duplicate values {', '.join(dup)} (each grid value must be distinct)")
             continue
         target = _axis_target(name)
@@ -59,6 +75,12 @@ def validate_search(spec: SweepSpec, source: str = "<spec>", lines: dict | None 
         if target.split(".")[0] in ("search", "name", "storage", "backbones", "data"):
             problems.append(f"{field}: {target!r} cannot be searched over")
             continue
+        if target in FIELD_ONLY_AXES and len(candidates) > 1:
+            bad = _field_problem(target, candidates)
+            if bad:
+                problems.append(f"{field}: {bad}")
+                continue
+            candidates = candidates[:1]
         for value in candidates:
             trial = copy.deepcopy(base)
             try:
@@ -98,6 +120,17 @@ def validate_search(spec: SweepSpec, source: str = "<spec>", lines: dict | None 
             msg = format_errors(e, "", {})[0].lstrip(": ") if isinstance(e, ValidationError) else str(e)
             problems.append(f"{field}: {msg}")
     return problems
+
+
+def _field_problem(name: str, values: list[Any]) -> str | None:
+    """The first of ``values`` field ``name`` refuses, as 'value V is invalid: why' (None: all pass)."""
+    adapter = _field_adapter(name)
+    for value in values:
+        try:
+            adapter.validate_python(value)
+        except ValidationError as e:
+            return f"value {value!r} is invalid: {e.errors()[0]['msg']}"
+    return None
 
 
 def grid_size(spec: SweepSpec) -> int:

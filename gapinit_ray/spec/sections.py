@@ -164,6 +164,13 @@ class SpotSpec(StrictModel):
     )
 
 
+def _non_empty_targets(v: list[str] | None, default: str) -> list[str] | None:
+    """An empty ``target_modules`` list would silently mean the defaults: say so instead."""
+    if v is not None and not v:
+        raise ValueError(f"empty list; omit the field for the defaults ({default}), or name the modules")
+    return v
+
+
 class CalibrationSpec(StrictModel):
     sources: list[CalibrationSourceRef] = Field(min_length=1)
     num_samples: int = Field(256, ge=2, description="calibration pairs (paper: 256)")
@@ -183,6 +190,11 @@ class CalibrationSpec(StrictModel):
     spot: SpotSpec = SpotSpec()
     batch_size: int = Field(16, ge=1)
     workers: int = Field(1, ge=1, description="Ray workers that shard the forward passes")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, v: list[str] | None) -> list[str] | None:
+        return _non_empty_targets(v, "the LoRA targets")
 
     @model_validator(mode="after")
     def _fractions(self) -> CalibrationSpec:
@@ -243,6 +255,11 @@ class LoraSpec(StrictModel):
     layers: LayerSelectionSpec = LayerSelectionSpec()
     init: str = "gap"
     init_options: InitOptions = InitOptions()
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, v: list[str] | None) -> list[str] | None:
+        return _non_empty_targets(v, "the backbone family's defaults")
 
     @field_validator("init")
     @classmethod

@@ -31,6 +31,10 @@ from gapinit_ray.spec.sequential import SequentialSpec, check_sequential
 from gapinit_ray.spec.vocab import STORAGE_SCHEMES, TASK_KINDS, TASKS, check_known
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+#: Largest trial seed. torch.manual_seed takes 0 <= s < 2**64 (and negatives, remapped), but a trial
+#: derives its dropout seeds as seed * 1000 + rank + 7919 * epoch + step (gapinit_ray/train.py) and its
+#: sampler's as seed + epoch, which must stay below 2**64 too: 32 bits leave them ample room.
+SEED_MAX = 2**32 - 1
 
 
 # ------------------------------------------------------------------------------------ search space
@@ -170,7 +174,7 @@ class LoggerSpec(StrictModel):
 class SweepSpec(StrictModel):
     name: str
     storage: str = Field(description="results root: a local dir or a pyarrow filesystem URI (s3://...)")
-    seed: int = Field(42, description="trial seed; usually a search axis")
+    seed: int = Field(42, ge=0, le=SEED_MAX, description="trial seed, 0 to 2**32-1; usually a search axis")
     backbones: list[BackboneSpec] = Field(min_length=1)
     task: str = "coco_caption"
     data: DataSpec
@@ -254,6 +258,12 @@ class SweepSpec(StrictModel):
         if self.scheduler.max_t is not None and self.scheduler.max_t > self.train.epochs:
             raise ValueError(
                 f"scheduler.max_t {self.scheduler.max_t} exceeds train.epochs {self.train.epochs}"
+            )
+        if self.scheduler.grace_period > self.max_t:
+            last = "scheduler.max_t" if self.scheduler.max_t is not None else "train.epochs"
+            raise ValueError(
+                f"scheduler.grace_period {self.scheduler.grace_period} exceeds {last} {self.max_t}: the "
+                f"first rung would come after the last epoch; set it to at most {self.max_t}"
             )
         return self
 
