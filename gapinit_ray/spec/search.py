@@ -38,7 +38,9 @@ def validate_search(spec: SweepSpec, source: str = "<spec>", lines: dict | None 
     """Check every search axis names a real field and every value is valid for that field."""
     problems: list[str] = []
     # the spec a trial sees, less the search space (copied per checked value: it must not grow with it)
-    base = spec.model_dump(mode="python", exclude={"search"})
+    # a value of one axis is checked on the spec without its search space, hence without the sequential
+    # section either (it is checked against the whole search space, with the spec)
+    base = spec.model_dump(mode="python", exclude={"search", "sequential"})
     for name, axis in spec.search.axes.items():
         line = (lines or {}).get(("search", name))
         field = f"{source}:{line}: search.{name}" if line else f"{source}: search.{name}"
