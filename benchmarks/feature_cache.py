@@ -181,7 +181,7 @@ def step_loop(spec, backbone_dir: str, artifact_path: str, cache_dir: str | None
     from gapinit_ray.data.resolve import split_records
     from gapinit_ray.features import FeatureCache, FeatureCollate
     from gapinit_ray.gap import GapArtifact
-    from gapinit_ray.lora_init import apply_lora
+    from gapinit_ray.inits.apply import apply_lora
     from gapinit_ray.pretrain import caption_loss
     from gapinit_ray.train import CaptionPairs, Collate
 

@@ -321,7 +321,7 @@ def plain_training(spec, backbone_dir: str, artifact: str, device: torch.device,
     from gapinit_ray.backbones import load_backbone
     from gapinit_ray.data.resolve import split_records
     from gapinit_ray.gap import GapArtifact
-    from gapinit_ray.lora_init import apply_lora
+    from gapinit_ray.inits.apply import apply_lora
     from gapinit_ray.pretrain import caption_loss
     from gapinit_ray.train import CaptionPairs, Collate
 

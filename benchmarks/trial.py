@@ -76,7 +76,7 @@ def plain_loop(spec, artifact_path: str, epochs: int) -> list[float]:
     from gapinit_ray.backbones import load_backbone
     from gapinit_ray.data.resolve import split_records
     from gapinit_ray.gap import GapArtifact
-    from gapinit_ray.lora_init import apply_lora
+    from gapinit_ray.inits.apply import apply_lora
     from gapinit_ray.pretrain import caption_loss
     from gapinit_ray.train import CaptionPairs, Collate
 

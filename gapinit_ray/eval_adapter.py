@@ -93,7 +93,7 @@ def check_adapter_shapes(adapter_dir: Path, bspec, backbone) -> None:
     """Refuse an adapter with a module the loaded backbone lacks, or of another shape (another backbone)."""
     from safetensors.torch import safe_open
 
-    from gapinit_ray.lora_init import PEFT_PREFIX
+    from gapinit_ray.inits.adapters import PEFT_PREFIX
 
     modules = dict(backbone.model.named_modules())
     weights = adapter_dir / "adapter_model.safetensors"

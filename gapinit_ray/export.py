@@ -164,7 +164,8 @@ def load_trained(ref: TrialRef, backbone_path: str | None = None):
     from peft import PeftModel, set_peft_model_state_dict
 
     from gapinit_ray.backbones import load_backbone
-    from gapinit_ray.lora_init import apply_lora, get_init_method
+    from gapinit_ray.inits.apply import apply_lora
+    from gapinit_ray.inits.registry import get_init_method
 
     b = ref.bspec
     path = backbone_path if backbone_path is not None else backbone_path_of(ref)
@@ -266,7 +267,8 @@ def _save_initial(ref: TrialRef, backbone_path: str | None, init_dir: Path) -> N
     """The trial's initial adapter (B₀, A₀), rebuilt on a fresh base and saved the way peft's docs say
     for the weight conversion: with ``init_lora_weights=True`` (so loading it does not rewrite W again)."""
     from gapinit_ray.backbones import load_backbone
-    from gapinit_ray.lora_init import ADAPTER, apply_lora
+    from gapinit_ray.inits.adapters import ADAPTER
+    from gapinit_ray.inits.apply import apply_lora
 
     b = ref.bspec
     backbone = load_backbone(b.name, path=backbone_path, revision=b.revision, dtype=b.dtype)

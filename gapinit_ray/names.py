@@ -1,7 +1,7 @@
 """Names that several modules and processes must spell the same way, defined once (no imports).
 
 The spec (:mod:`gapinit_ray.spec.vocab`) accepts these names; the registries that implement them
-(:mod:`gapinit_ray.lora_init`, :mod:`gapinit_ray.schedulers`) are checked against them in the tests;
+(:mod:`gapinit_ray.inits.registry`, :mod:`gapinit_ray.schedulers`) are checked against them in the tests;
 the results store, the sweep and the readers find files by them. Stop reasons have their own module
 (:mod:`gapinit_ray.results.stop_reason`: the written form and its parser).
 """

@@ -139,7 +139,7 @@ def _trial_error(trial, max_failures: int) -> tuple[str, str, str]:
         text = Path(trial.error_file).read_text(errors="replace")
     latest = text.rpartition("Failure # ")[2].splitlines()[1:]
     lines = [line.strip() for line in latest if line.strip()]
-    # `gapinit_ray.lora_init.LoraInitError: ...` -> `LoraInitError: ...`
+    # `gapinit_ray.inits.registry.LoraInitError: ...` -> `LoraInitError: ...`
     error = re.sub(r"^(?:[A-Za-z_]\w*\.)+(?=\w+: )", "", lines[-1]) if lines else "error (no message)"
     n = int(getattr(trial, "num_failures", 0) or 0)
     return error, error_stop(n, max_failures).text(), text or error

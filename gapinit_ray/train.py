@@ -147,7 +147,9 @@ class TrialWorker:
         from gapinit_ray.data.resolve import split_records
         from gapinit_ray.evaluate import eval_records
         from gapinit_ray.gap import GapArtifact
-        from gapinit_ray.lora_init import apply_lora, init_checks, reference_gaps
+        from gapinit_ray.inits.apply import apply_lora
+        from gapinit_ray.inits.checks import init_checks
+        from gapinit_ray.inits.tracking import reference_gaps
 
         spec, train, seed = self.spec, self.spec.train, self.spec.seed
         on_gpu = torch.cuda.is_available()
@@ -427,7 +429,7 @@ class TrialWorker:
     def report(self, epoch_value: float, next_epoch: int, next_step: int) -> None:
         """Evaluate, checkpoint (every rank writes its ZeRO shard; rank 0 the adapter), report."""
         from gapinit_ray.evaluate import evaluate_split
-        from gapinit_ray.lora_init import adapter_stats
+        from gapinit_ray.inits.tracking import adapter_stats
 
         spec, rank, world = self.spec, self.rank, self.world
         elapsed = max(time.perf_counter() - self.t0, 1e-9)

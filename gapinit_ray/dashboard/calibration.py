@@ -2,7 +2,7 @@
 
 Read from ``<storage>/_cache/gaps/<key>/meta.json`` (what :meth:`gapinit_ray.gap.GapArtifact.save`
 writes: per hooked module its layer, kind and statistics) and the trials' init checks (``layers``,
-``selection``, ``top_k``: what :mod:`gapinit_ray.lora_init` selected). Read-only, like the rest.
+``selection``, ``top_k``: what :mod:`gapinit_ray.inits.targets` selected). Read-only, like the rest.
 """
 
 from __future__ import annotations

@@ -17,7 +17,10 @@ from gapinit_ray.calibrate import calibrate
 from gapinit_ray.errors import SpecError
 from gapinit_ray.gap import GapArtifact, SpotSettings, reduce_shards
 from gapinit_ray.init_stats import compute_stats, eva_components, reduce_stats
-from gapinit_ray.lora_init import LoraInitError, apply_lora, get_init_method, init_checks, lora_modules
+from gapinit_ray.inits.adapters import lora_modules
+from gapinit_ray.inits.apply import apply_lora
+from gapinit_ray.inits.checks import init_checks
+from gapinit_ray.inits.registry import LoraInitError, get_init_method
 from gapinit_ray.spec import LoraSpec, spec_from_dict
 
 from ..conftest import QUICKSTART, ROOT, synthetic_pairs

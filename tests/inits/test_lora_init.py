@@ -15,23 +15,14 @@ from gapinit_ray import spec as spec_mod
 from gapinit_ray.backbones import load_backbone
 from gapinit_ray.calibrate import calibrate
 from gapinit_ray.gap import ArtifactMismatch, GapArtifact, SpotSettings, layer_scores, reduce_shards
-from gapinit_ray.lora_init import (
-    INIT_METHODS,
-    REPORT_FILE,
-    InitCheckError,
-    LoraInitError,
-    adapter_stats,
-    apply_lora,
-    get_init_method,
-    init_checks,
-    lora_modules,
-    module_generator,
-    perturb,
-    random_unit,
-    reference_gaps,
-    save_adapter,
-    select_layers,
-)
+from gapinit_ray.inits.adapters import lora_modules
+from gapinit_ray.inits.apply import apply_lora
+from gapinit_ray.inits.checks import InitCheckError, init_checks
+from gapinit_ray.inits.direction import module_generator, perturb, random_unit
+from gapinit_ray.inits.registry import INIT_METHODS, LoraInitError, get_init_method
+from gapinit_ray.inits.report import REPORT_FILE, save_adapter
+from gapinit_ray.inits.targets import select_layers
+from gapinit_ray.inits.tracking import adapter_stats, reference_gaps
 from gapinit_ray.spec import InitOptions, LayerSelectionSpec, LoraSpec
 
 from ..conftest import synthetic_pairs
