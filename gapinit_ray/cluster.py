@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,14 +119,16 @@ def embedded() -> bool:
     return _EMBEDDED
 
 
-def local_resources(num_cpus: int | None = None) -> dict[str, float]:
+def local_resources(num_cpus: int | None = None, count_gpus: bool = True) -> dict[str, float]:
     """What the embedded local Ray of ``gapinit run`` on this machine has (``--num-cpus`` or every
-    CPU; every CUDA GPU), without starting Ray."""
+    CPU; every CUDA GPU), without starting Ray. ``count_gpus=False`` skips the GPU count (it imports
+    torch, about a second) when the question does not involve GPUs."""
     gpus = 0
     try:
-        import torch
+        if count_gpus:
+            import torch
 
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     except Exception:  # no usable torch: no GPU for Ray either
         gpus = 0
     return {"CPU": float(num_cpus or os.cpu_count() or 1), "GPU": float(gpus)}
@@ -466,20 +469,25 @@ class JobsClient:
             text = text.replace(self._token, "<token>")
         first = text.splitlines()[0] if text else type(e).__name__
         low = text.lower()
+
+        def status(code: int) -> bool:
+            # an HTTP status in the text, not a number inside the address (port 51401 holds "401")
+            return re.search(rf"(?<![\d.:]){code}(?![\d.:])", text.replace(self.address, "")) is not None
+
         if _is_timeout(e) or "timed out" in low:
             return ClusterError(
                 f"the Ray Jobs API at {self.address} did not answer within {self.timeout_s:g} s "
                 f"({TIMEOUT_ENV}); check the address (the head's dashboard port, default 8265) and that "
                 "the cluster is up"
             )
-        if "401" in text or "unauthorized" in low or "authentication required" in low:
+        if status(401) or "unauthorized" in low or "authentication required" in low:
             return ClusterError(
                 f"{self.address} refused the request: it needs a token (set RAY_AUTH_TOKEN, "
                 "--token-file, or token_file in the config file)"
             )
-        if "403" in text or "forbidden" in low or "invalid authentication token" in low:
+        if status(403) or "forbidden" in low or "invalid authentication token" in low:
             return ClusterError(f"{self.address} refused the token: check RAY_AUTH_TOKEN / --token-file")
-        if job is not None and ("does not exist" in low or "404" in text or "not found" in low):
+        if job is not None and ("does not exist" in low or status(404) or "not found" in low):
             return ClusterError(f"no job {job!r} on {self.address}; `gapinit list` shows the sweeps there")
         if isinstance(e, ConnectionError | TimeoutError) or "connect" in low or "connection" in low:
             return ClusterError(

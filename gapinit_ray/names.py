@@ -75,7 +75,9 @@ CAPTIONS_DIR = "captions"  # generated captions per trial and epoch
 # Under ``<storage>/``: caches shared by the sweeps there.
 CACHE_DIR = "_cache"
 GAPS_DIR = "gaps"  # under CACHE_DIR: GapArtifacts by key
-TUNE_OUTPUT_FILE = "tune_output.log"  # what Ray Tune prints on the driver's stdout, kept off the terminal
+RAY_OUTPUT_FILE = (
+    "ray_output.log"  # what Ray prints on the driver's stdout while a sweep runs, kept off the terminal
+)
 SEQUENTIAL_FILE = (
     "sequential.json"  # the sequential phase's rounds, looks and verdicts (gapinit_ray.sequential)
 )

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from gapinit_ray.atomic import write_atomic
 from gapinit_ray.errors import GapinitError
-from gapinit_ray.names import FIFO, SEED_GROUP_ASHA, SPEC_FILE, TUNE_OUTPUT_FILE
+from gapinit_ray.names import FIFO, RAY_OUTPUT_FILE, SEED_GROUP_ASHA, SPEC_FILE
 from gapinit_ray.plan import SEED_KEY, grid_points, param_space, plan, trial_spec
 from gapinit_ray.spec import SweepSpec, grid_size
 from gapinit_ray.sweep_callback import SweepProgress, error_file, failed_trials
@@ -177,7 +177,7 @@ def run_sweep(spec: SweepSpec, *, quiet: bool = False):
     problem = check_resources(spec)  # before anything is written or scheduled: a request no node can grant
     # on an autoscaling cluster: what it waits for, every minute; on any cluster: placement groups a
     # stopped job left reserved are given back (placement_reaper says why)
-    with resource_watch(spec, problem), placement_reaper():
+    with resource_watch(spec, problem), placement_reaper(), ray_output(spec, quiet):
         return _run(spec, quiet)
 
 
@@ -255,8 +255,7 @@ def _run(spec: SweepSpec, quiet: bool):
             ),
         )
     try:
-        with tune_output(spec, quiet):
-            grid = tuner.fit()
+        grid = tuner.fit()
     except RuntimeError as e:
         # Tune builds its ResultGrid from every trial's dir; a trial stopped by the scheduler before it
         # ever started has none ("Should not access `trial_fs_path`..."). The sweep itself finished and
@@ -282,21 +281,25 @@ def _run(spec: SweepSpec, quiet: bool):
                 "feature_caches": feature_caches,
             },
             concurrency=max_concurrent(spec, per_group=False),
-            output=lambda: tune_output(spec, quiet),
         )
     _compact(spec)
     return grid
 
 
 @contextlib.contextmanager
-def tune_output(spec: SweepSpec, quiet: bool = False):
-    """Ray Tune's own lines on the driver's stdout go to ``<sweep>/tune_output.log`` (appended), named
-    once on stderr; the sweep's progress lines (stderr) and its final table (after) are untouched."""
-    path = sweep_dir(spec) / TUNE_OUTPUT_FILE
+def ray_output(spec: SweepSpec, quiet: bool = False):
+    """What Ray prints on the driver's stdout while the sweep runs (Tune's experiment box and
+    TensorBoard hint, the raylet's warnings such as "N PYTHON worker processes have been started")
+    goes to ``<sweep>/ray_output.log`` (appended), named once on stderr. The sweep's own lines are on
+    stderr (progress, warnings, errors) and its final table comes after: neither is touched."""
+    path = sweep_dir(spec) / RAY_OUTPUT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
     said = path.exists()
     with open(path, "a", buffering=1) as log:
         if not quiet and not said:
-            print(f"gapinit: Ray Tune's own output goes to {path}", file=sys.stderr)
+            print(
+                f"gapinit: Ray's own output (Tune's tables, raylet warnings) goes to {path}", file=sys.stderr
+            )
         with contextlib.redirect_stdout(log):
             yield
 

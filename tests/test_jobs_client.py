@@ -92,3 +92,22 @@ def test_run_reads_a_spec_from_the_environment(tmp_path) -> None:
     assert env_out.returncode == 0, env_out.stderr
     missing = _cli("validate", "env:NOPE", home=tmp_path)
     assert missing.returncode == 2 and "environment variable NOPE is not set" in missing.stderr
+
+
+@pytest.mark.parametrize("port", [51401, 40403, 31404])
+def test_a_port_holding_an_http_status_is_not_read_as_that_status(port: int) -> None:
+    """A refused connection to a port whose digits contain 401 / 403 / 404 is "cannot reach", not
+    "needs a token" (the address was once searched for the status code: CI drew port 51401)."""
+    from gapinit_ray.cluster import JobsClient
+
+    client = JobsClient.__new__(JobsClient)  # no connection: only the error mapping
+    client._token, client.address, client.timeout_s = None, f"http://127.0.0.1:{port}", 20
+    refused = ConnectionError(
+        f"HTTPConnectionPool(host='127.0.0.1', port={port}): Max retries exceeded with url: /api/version "
+        "(Caused by NewConnectionError: Failed to establish a new connection: [Errno 111] Connection refused)"
+    )
+    assert str(client._error(refused, job="j")).startswith(
+        f"cannot reach the Ray Jobs API at {client.address}"
+    )
+    assert "needs a token" in str(client._error(RuntimeError("Request failed with status code 401")))
+    assert "refused the token" in str(client._error(RuntimeError("status code 403 Forbidden")))

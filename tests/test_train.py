@@ -34,6 +34,8 @@ def tiny_spec(tmp_path: Path, **train_over):
         {"metrics": ["bleu4", "cider"], "final_metrics": [], "generation": {"max_new_tokens": 6}}
     )
     raw["resources"].update({"workers_per_trial": 1, "cpus_per_worker": 1})
+    # the quickstart's first rung (epoch 2) would come after a 1-epoch trial's last epoch: refused
+    raw["scheduler"]["grace_period"] = min(raw["scheduler"]["grace_period"], raw["train"]["epochs"])
     return spec_from_dict(raw)
 
 

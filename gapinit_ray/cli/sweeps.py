@@ -64,7 +64,7 @@ def _validate_resources(spec, address: str | None) -> None:
         with ray_session(address):
             check_resources(spec)  # one warning line when the cluster cannot hold it now
         return
-    problem = resource_problem(spec, [local_resources()])
+    problem = resource_problem(spec, [local_resources(count_gpus=spec.resources.gpus_per_worker > 0)])
     if problem:
         print(
             f"gapinit: note: `gapinit run` on this machine would refuse it: {problem}; "

@@ -19,16 +19,13 @@ calibration artifacts and caches; every report lands in the same results store. 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import sys
-from collections.abc import Callable
-from contextlib import AbstractContextManager as ContextManager
 from typing import Any
 
 from gapinit_ray.errors import GapinitError
-from gapinit_ray.names import SEQUENTIAL_TUNE_PREFIX, TUNE_OUTPUT_FILE
+from gapinit_ray.names import RAY_OUTPUT_FILE, SEQUENTIAL_TUNE_PREFIX
 from gapinit_ray.plan import trial_id
 from gapinit_ray.results import anytime
 from gapinit_ray.results.looks import SequentialLog
@@ -134,11 +131,9 @@ def run_rounds(
     quiet: bool,
     fn_kwargs: dict[str, Any],
     concurrency: int,
-    output: Callable[[], ContextManager] = contextlib.nullcontext,
 ) -> None:
     """The loop of the module docstring. ``fn_kwargs``: the trainable's backbone / artifact / cache
-    paths, as the grid's trials got them; ``concurrency``: Train runs at once; ``output``: the context
-    Tune runs in (the sweep's: its stdout kept off the terminal)."""
+    paths, as the grid's trials got them; ``concurrency``: Train runs at once."""
     seq = spec.sequential
     assert seq is not None
     log = SequentialLog(sweep_dir(spec))
@@ -162,22 +157,21 @@ def run_rounds(
                 names = ", ".join(trial_id(p) for p in pending)
                 raise GapinitError(
                     f"sequential round {last['round']}: trial(s) {names} did not run (twice); see "
-                    f"{sweep_dir(spec) / TUNE_OUTPUT_FILE}, then `gapinit resume` continues the round"
+                    f"{sweep_dir(spec) / RAY_OUTPUT_FILE}, then `gapinit resume` continues the round"
                 )
             ran[last["round"]] = attempt
-            with output():
-                # attempt 0: the round's own Tune experiment (restored when a killed driver left one);
-                # 1: a new one for the trials that restore did not run (an experiment state saved before
-                # its trials were created holds none)
-                _run_round(
-                    spec,
-                    last,
-                    last["trials"] if attempt == 0 else pending,
-                    attempt,
-                    quiet,
-                    fn_kwargs,
-                    concurrency,
-                )
+            # attempt 0: the round's own Tune experiment (restored when a killed driver left one);
+            # 1: a new one for the trials that restore did not run (an experiment state saved before
+            # its trials were created holds none)
+            _run_round(
+                spec,
+                last,
+                last["trials"] if attempt == 0 else pending,
+                attempt,
+                quiet,
+                fn_kwargs,
+                concurrency,
+            )
             continue
         if log.ended is not None:
             return

@@ -32,7 +32,8 @@ def _spec_file(tmp: Path) -> Path:
     raw["search"] = {"init": ["gap", "random"], "seed": [1, 2]}
     raw["scheduler"] = {"type": "fifo", "metric": "val_loss", "mode": "min"}
     raw["sequential"] = {"max_seeds": 3, "min_seeds": 2, "metric": "val_loss", "mode": "min"}
-    raw["resources"] = {"workers_per_trial": 1, "cpus_per_worker": 1, "max_concurrent_trials": 2}
+    # 4 one-worker trials at once on 2 CPUs: the grid's 4 trials start together, then the round's 2
+    raw["resources"] = {"workers_per_trial": 1, "cpus_per_worker": 0.5, "max_concurrent_trials": 4}
     path = tmp / "seq.yaml"
     path.write_text(yaml.safe_dump(raw))
     share_caches(tmp / "store", "gaps", "features")
@@ -93,9 +94,10 @@ def test_seeds_added_while_the_sweep_runs_give_every_row_once(uninterrupted) -> 
     assert verdict["verdict"] in ("a_higher", "b_higher", "unresolved")
     assert verdict["seeds"] == [1, 2, 3][: verdict["n"]]
     assert "sequential comparisons" in out and "init=gap vs init=random" in out
-    # Ray Tune's experiment box (one per round) is in the sweep's log, not on the terminal
+    # Ray Tune's experiment box (one per Tune run: the grid's and the round's) is in the sweep's log of
+    # Ray's output, not on the terminal
     assert "Configuration for experiment" not in out
-    assert (sweep / "tune_output.log").read_text().count("Configuration for experiment") == 2
+    assert (sweep / "ray_output.log").read_text().count("Configuration for experiment") == 2
     # the audit log through `gapinit results --looks`
     proc = _run_cli("results", str(sweep), "--looks", cwd=sweep.parent)
     text, err = _finish(proc, 120)
@@ -112,27 +114,55 @@ def test_seeds_added_while_the_sweep_runs_give_every_row_once(uninterrupted) -> 
 
 @pytest.mark.slow
 def test_driver_killed_between_looks_resumes_to_the_same_seeds_and_verdicts(uninterrupted, tmp_path) -> None:
+    """The driver (and the Ray it started) killed while a trial of the first round trains, after the
+    look at 2 seeds and before the one at 3; `gapinit resume` then continues the sweep: the finished
+    trials are not run again, the one that was training restarts from its checkpoint, every row is
+    written once, and the seeds, looks and verdicts are the uninterrupted run's. (This is also the
+    suite's test of a plain sweep's driver being killed mid-trial and resumed.)"""
+    import pandas as pd
+
     clean, _ = uninterrupted
     proc = _run_cli("run", str(_spec_file(tmp_path)), "--num-cpus", "2", "--quiet", cwd=tmp_path)
     sweep = tmp_path / "store" / NAME
     deadline = time.monotonic() + 600
-    # kill the driver (and the Ray it started) as soon as the first round is recorded: after the look
-    # at 2 seeds, before the one at 3
-    while time.monotonic() < deadline and proc.poll() is None:
-        if (sweep / "sequential.json").exists() and _record(sweep)["rounds"]:
-            break
-        time.sleep(0.5)
-    assert proc.poll() is None, "the sweep ended before its first round"
+
+    def round_training() -> bool:
+        if not (sweep / "sequential.json").exists() or not _record(sweep)["rounds"]:
+            return False
+        rows = _rows_once(sweep)
+        return any((i, 3, 0.0) in rows for i in ("gap", "random")) and not all(
+            (i, 3, 1.0) in rows for i in ("gap", "random")
+        )
+
+    while time.monotonic() < deadline and proc.poll() is None and not round_training():
+        time.sleep(0.3)
+    assert proc.poll() is None, "the sweep ended before a trial of its first round trained"
     _kill_tree(psutil.Process(proc.pid))
     proc.communicate()
+    killed_at = pd.Timestamp.now(tz="UTC")
     killed = _record(sweep)
     assert [lk["n"] for lk in killed["looks"]] == [2]
+    store = ResultsStore(str(sweep.parent), NAME)
+    done_before = [t["trial_id"] for t in store.trials().to_pylist() if t["status"] == "TERMINATED"]
+    assert len(done_before) == 4  # the grid's trials; the round's are not finished
+
     resumed = _run_cli("resume", str(sweep), "--num-cpus", "2", "--quiet", cwd=tmp_path)
     out, err = _finish(resumed, 600)
     assert resumed.returncode == 0, err[-3000:]
     assert _decisions(_record(sweep)) == _decisions(_record(clean))
-    assert _rows_once(sweep) == _rows_once(clean)
+    assert _rows_once(sweep) == _rows_once(clean)  # every (trial, epoch) once, as in the clean run
     assert "sequential comparisons" in out
+    trials = store.trials().to_pandas()
+    assert sorted(trials["status"]) == ["TERMINATED"] * 6
+    metrics = store.metrics().to_pandas()
+    # finished trials were not run again: all their rows were written before the driver was killed
+    before = metrics[metrics["trial_id"].isin(done_before)]
+    assert len(before) == 2 * len(done_before) and (before["timestamp"] < killed_at).all()
+    # the finished sweep is compacted: one file per trial, and the sweep-level file covering them all
+    assert sorted(p.name for p in (sweep / "results" / "metrics").rglob("*.parquet")) == [
+        "_sweep.parquet",
+        *["compacted.parquet"] * 6,
+    ]
 
 
 @pytest.mark.slow
