@@ -331,7 +331,9 @@ def _check_same_sweep(spec: SweepSpec, root: Path) -> None:
     """A sweep dir belongs to one spec: running another spec into it would mix trials."""
     path = root / SPEC_FILE
     current = spec.model_dump(mode="json")
-    identity = {k: v for k, v in current.items() if k != "loggers"}  # trackers do not change results
+    # trackers do not change results, and storage is where the dir is, not what the sweep is (a sweep dir
+    # moved or copied elsewhere is resumed there: `gapinit resume DIR`)
+    identity = {k: v for k, v in current.items() if k not in ("loggers", "storage")}
     if path.exists():
         try:
             saved = json.loads(path.read_text())
@@ -340,7 +342,7 @@ def _check_same_sweep(spec: SweepSpec, root: Path) -> None:
                 f"{path}: cannot read this sweep dir's spec ({type(e).__name__}); it is not a gapinit "
                 "sweep's spec.json: use another name or storage, or remove the directory"
             ) from None
-        saved = {k: v for k, v in saved.items() if k != "loggers"}
+        saved = {k: v for k, v in saved.items() if k not in ("loggers", "storage")}
         # a field added since the sweep was written (absent there) counts as its default, None
         diff = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
         if diff:

@@ -103,6 +103,8 @@ class TrialContext:
     member: MemberRun | None = None
     # fault points where a worker kills itself once (gapinit_ray.faults; recovery tests, chaos runs)
     faults: list[str] | None = None
+    # the trial's reports go to the sweep's results store: a restart re-delivers a report it lacks
+    results_store: bool = False
 
 
 def _distributed_setup() -> tuple[int, int]:
@@ -246,7 +248,10 @@ class TrialWorker:
             # epoch 0: the backbone with its LoRA at init (ΔW = 0 for the methods that promise it), so
             # every arm's curve starts from the same measured point and training's effect is visible
             self.report(0.0, 0, 0)
-        if stop_at is not None and start_step == 0 and start_epoch >= stop_at:
+        at_rung = stop_at is not None and start_step == 0 and start_epoch >= stop_at
+        if self.resumed and not at_rung:
+            self._redeliver_lost_report()
+        if at_rung:
             stop_at, end = self._restarted_at_rung(start_epoch, stop_at)
             if end:
                 return
@@ -312,6 +317,33 @@ class TrialWorker:
         else:  # a checkpoint from before the metrics were kept in it: evaluate again
             self.report(epoch, epoch, 0)
         return stop_at, True
+
+    def _redeliver_lost_report(self) -> None:
+        """This run starts from a checkpoint whose report never reached the results store: the driver or
+        the Train controller died between the checkpoint's upload and the report's delivery (seen: a
+        sweep's driver killed right after a trial's epoch-0 report). Report it again, the very numbers
+        the checkpoint went with; else that epoch's row would be missing for good. A report the store
+        has is not repeated (a restart at a seed-group rung has its own rule: ``_restarted_at_rung``)."""
+        if not self.ctx.results_store or self.last_metrics is None or self.last_metrics.get("epoch") is None:
+            return
+        missing = False
+        if self.rank == 0:
+            missing = not self._row_stored(float(self.last_metrics["epoch"]))
+        if broadcast(missing, self.world):
+            self._report(dict(self.last_metrics))
+
+    def _row_stored(self, epoch: float) -> bool:
+        """Whether the results store has this trial's row at ``epoch`` (no store: no)."""
+        from gapinit_ray.results import ResultsStore
+        from gapinit_ray.results._fs import ResultsError
+
+        try:
+            table = ResultsStore(self.spec.storage, self.spec.name).metrics(
+                columns=["epoch"], filter={"trial_id": self.ctx.trial_id}
+            )
+        except (ResultsError, OSError):
+            return False
+        return any(abs(e - epoch) < 1e-9 for e in table.column("epoch").to_pylist() if e is not None)
 
     def _log_run(self, epoch: int, step: int, stop_at: float | None) -> None:
         """One line per Train run of the trial in ``<out_dir>/train_runs.jsonl``: where it started and

@@ -148,6 +148,9 @@ def build_trainer(
         feature_cache=feature_cache or None,
         member=member,
         faults=faults if faults is not None else (from_env() or None),
+        # the sweep's trials write every report to the results store (its ResultsCallback): a report
+        # lost with a killed driver is delivered again on restart (TrialWorker._redeliver_lost_report)
+        results_store=any(type(c).__name__ == "ResultsCallback" for c in (callbacks or [])),
     )
     r = spec.resources
     use_gpu = r.gpus_per_worker > 0

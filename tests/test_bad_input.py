@@ -373,6 +373,22 @@ def resume_spec_json_not_object(tmp):
     return ["resume", sweep, "--num-cpus", "1", "--quiet"], ["spec.json", "not a JSON object"]
 
 
+def resume_renamed_dir(tmp):
+    """A sweep dir renamed: its spec.json names another sweep; resuming it under the new name would
+    start a second sweep's Tune state beside the first's results."""
+    from gapinit_ray.spec import load_spec
+
+    spec = load_spec(write_spec(tmp, raw_spec(tmp)))
+    renamed = tmp / "store" / "renamed"
+    renamed.mkdir(parents=True)
+    (renamed / "spec.json").write_text(json.dumps(spec.model_dump(mode="json")))
+    return ["resume", renamed, "--num-cpus", "1", "--quiet"], [
+        "renamed",
+        "names sweep 'quickstart'",
+        "rename it back",
+    ]
+
+
 #: sockets bound (never listening) for the test session: their ports refuse connections, and no other
 #: process (a cluster another test or test run starts on this machine) can take them meanwhile
 _DEAD: list[socket.socket] = []
@@ -625,6 +641,7 @@ CASES: dict[str, Setup] = {
     "sweep dir of another spec (run)": other_sweeps_dir,
     "sweep dir with corrupt spec.json (run)": corrupt_sweep_spec_json,
     "run: cluster address not answering": run_dead_address,
+    "resume: a sweep dir renamed": resume_renamed_dir,
     "run: a worker larger than any node": _run_asking(
         "resources.cpus_per_worker=100",
         expect=["resources.cpus_per_worker=100", "no node can hold one worker", "2 CPU(s)"],

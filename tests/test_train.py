@@ -349,3 +349,68 @@ def test_a_run_restarted_at_its_rung_reports_the_checkpoints_numbers_again(tmp_p
     assert len(again) == 1
     metrics, checkpoint = again[0]
     assert checkpoint is None and metrics == first[1]  # the very numbers of the epoch-1 report
+
+
+@pytest.mark.slow
+def test_a_restart_from_a_checkpoint_whose_report_was_lost_reports_it_again(tmp_path) -> None:
+    """The driver (with the Train controller) killed between a checkpoint's upload and its report's
+    delivery: the results store lacks that epoch's row. The run restarted from the checkpoint reports
+    it again, the very numbers, then trains on; a restart whose row the store has does not repeat it.
+    (Found by the sequential driver-kill test: a trial's epoch-0 row missing after resume.)"""
+    import shutil
+    import socket
+
+    from ray.train import Checkpoint
+
+    from gapinit_ray.results import ResultsStore
+    from gapinit_ray.train import TrialContext, TrialWorker
+    from gapinit_ray.trial import prepare_artifact, prepare_backbone
+
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+    os.environ["MASTER_PORT"] = str(port)
+    spec = tiny_spec(tmp_path, epochs=1, max_steps_per_epoch=2)
+    spec.backbones[0].pretrain = False
+    tspec, bspec = trial_spec(spec, {"init": "random", "seed": 5})
+    path = prepare_backbone(tspec, bspec, progress=False)
+    ctx = TrialContext(
+        spec=tspec,
+        backbone=bspec,
+        backbone_path=path,
+        artifact_path=prepare_artifact(tspec, bspec, path, progress=False, use_ray=False),
+        trial_id="lost",
+        out_dir=str(tmp_path / "out"),
+        results_store=True,
+    )
+    first: list[dict] = []
+    kept = tmp_path / "ckpt0"
+
+    def report(metrics, checkpoint=None):
+        first.append(metrics)
+        if checkpoint is not None and not kept.exists():  # the epoch-0 checkpoint
+            shutil.copytree(checkpoint.path, kept)
+
+    TrialWorker(ctx, report, lambda: None).run()
+    assert [m["epoch"] for m in first] == [0, 1] and kept.exists()
+
+    def restart() -> list[tuple[dict, object]]:
+        got: list[tuple[dict, object]] = []
+        TrialWorker(
+            ctx, lambda m, checkpoint=None: got.append((m, checkpoint)), lambda: Checkpoint(str(kept))
+        ).run()
+        return got
+
+    lost = restart()  # the store has no row of this trial: epoch 0's report is delivered again
+    assert [m["epoch"] for m, _ in lost] == [0, 1]
+    same = json.dumps(lost[0][0], sort_keys=True, default=str) == json.dumps(
+        first[0], sort_keys=True, default=str
+    )
+    assert (
+        lost[0][1] is None and same
+    )  # the very numbers (NaN alignment of B = 0 included), no new checkpoint
+    ResultsStore(tspec.storage, tspec.name).write_report("lost", {"init": "random", "seed": 5}, first[0])
+    kept_row = restart()  # the store has it: not repeated
+    assert [m["epoch"] for m, _ in kept_row] == [1]

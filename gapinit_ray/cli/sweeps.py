@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from gapinit_ray.cli.registry import (
     EXIT_TRIALS_FAILED,
@@ -183,9 +184,28 @@ def cmd_resume(args: argparse.Namespace) -> int:
         if not saved.exists():
             raise GapinitError(f"{target}: not a sweep directory (no spec.json); pass the sweep's spec file")
         spec = saved_spec(saved)
+        spec = _resume_here(spec, target.resolve())
     else:
         spec = load_spec(target)
     return _run_sweep(spec, args)
+
+
+def _resume_here(spec, here):
+    """``resume DIR`` resumes the sweep in DIR: a sweep dir moved or copied elsewhere continues there,
+    not where its spec.json's ``storage`` first put it (that place may hold the original, or nothing)."""
+    if spec.name != here.name:
+        raise GapinitError(
+            f"{here}: its spec.json names sweep {spec.name!r}, but the directory is {here.name!r}; a sweep "
+            f"dir must keep its name (<storage>/<name>): rename it back to {spec.name!r}"
+        )
+    if "://" in spec.storage or Path(spec.storage).expanduser().resolve() == here.parent:
+        return spec
+    print(
+        f"gapinit: resuming the sweep in {here} (its spec.json names storage {spec.storage}, where it first "
+        "ran; that place is not touched)",
+        file=sys.stderr,
+    )
+    return spec.model_copy(update={"storage": str(here.parent)})
 
 
 def _calibrate_args(p: argparse.ArgumentParser) -> None:

@@ -167,20 +167,22 @@ def test_driver_killed_between_looks_resumes_to_the_same_seeds_and_verdicts(unin
 
 @pytest.mark.slow
 def test_a_budget_already_spent_ends_the_phase_at_once_on_resume(uninterrupted, tmp_path) -> None:
-    """The finished sweep, copied, with its spec given a larger max_seeds and a budget it has already
-    spent (as a sweep killed after spending its budget is found): resume starts no trial, and the
-    open comparison ends unresolved at budget."""
+    """The finished sweep, copied elsewhere, with its spec given a larger max_seeds and a budget it has
+    already spent (as a sweep killed after spending its budget is found): resume of the copy resumes
+    it where it is, starts no trial, and the open comparison ends unresolved at budget."""
     clean, _ = uninterrupted
     shutil.copytree(clean.parent, tmp_path / "store", symlinks=True)
     sweep = tmp_path / "store" / NAME
     spec = json.loads((sweep / "spec.json").read_text())
-    spec["storage"] = str(tmp_path / "store")
     spec["sequential"].update({"max_seeds": 5, "budget_device_hours": 1e-6})
-    (sweep / "spec.json").write_text(json.dumps(spec))
-    before = _rows_once(sweep)
+    (sweep / "spec.json").write_text(json.dumps(spec))  # its storage still names the original's place
+    before, original = _rows_once(sweep), (clean / "sequential.json").read_bytes()
     proc = _run_cli("resume", str(sweep), "--num-cpus", "2", cwd=tmp_path)
     out, err = _finish(proc, 300)
     assert proc.returncode == 0, err[-3000:]
+    # `resume DIR` resumes the copy in DIR, says so, and leaves the original alone
+    assert f"gapinit: resuming the sweep in {sweep} (its spec.json names storage {clean.parent}" in err
+    assert (clean / "sequential.json").read_bytes() == original
     assert _rows_once(sweep) == before  # no trial started
     record = _record(sweep)
     assert record["ended"]["reason"] == "budget"
