@@ -299,17 +299,12 @@ def test_a_member_held_at_its_rung_goes_on_in_the_same_run_with_a_restarts_resul
     ray.kill(gate)
 
 
-@pytest.mark.slow
-def test_a_run_restarted_at_its_rung_reports_the_checkpoints_numbers_again(tmp_path) -> None:
-    """A Train run that restarts from a checkpoint already at its rung (a worker died while the run
-    held there, or the driver died right after the report) reports that checkpoint's metrics again,
-    the same numbers, without training or evaluating (this branch once crashed on a missing timer)."""
-    import shutil
+def _in_process_ctx(tmp_path: Path, params: dict, trial_id: str, *, ctx_over: dict, **train_over):
+    """A TrialContext for running a TrialWorker in this process (one rank, gloo on a free port), on a
+    tiny unpretrained backbone: these tests exercise the worker's restart branches, not the model."""
     import socket
 
-    from ray.train import Checkpoint
-
-    from gapinit_ray.train import TrialContext, TrialWorker
+    from gapinit_ray.train import TrialContext
     from gapinit_ray.trial import prepare_artifact, prepare_backbone
 
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -318,19 +313,34 @@ def test_a_run_restarted_at_its_rung_reports_the_checkpoints_numbers_again(tmp_p
         port = sock.getsockname()[1]
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
     os.environ["MASTER_PORT"] = str(port)
-    spec = tiny_spec(tmp_path, epochs=2)
-    spec.backbones[0].pretrain = False  # the branch, not the model, is under test
-    tspec, bspec = trial_spec(spec, {"init": "gap", "seed": 5})
+    spec = tiny_spec(tmp_path, **train_over)
+    spec.backbones[0].pretrain = False
+    tspec, bspec = trial_spec(spec, params)
     path = prepare_backbone(tspec, bspec, progress=False)
-    ctx = TrialContext(
+    return TrialContext(
         spec=tspec,
         backbone=bspec,
         backbone_path=path,
         artifact_path=prepare_artifact(tspec, bspec, path, progress=False, use_ray=False),
-        trial_id="held",
+        trial_id=trial_id,
         out_dir=str(tmp_path / "out"),
-        stop_at=1,
+        **ctx_over,
     )
+
+
+@pytest.mark.slow
+def test_a_run_restarted_at_its_rung_reports_the_checkpoints_numbers_again(tmp_path) -> None:
+    """A Train run that restarts from a checkpoint already at its rung (a worker died while the run
+    held there, or the driver died right after the report) reports that checkpoint's metrics again,
+    the same numbers, without training or evaluating (this branch once crashed on a missing timer)."""
+    import shutil
+
+    from ray.train import Checkpoint
+
+    from gapinit_ray.train import TrialWorker
+
+    # the branch, not the model, is under test
+    ctx = _in_process_ctx(tmp_path, {"init": "gap", "seed": 5}, "held", ctx_over={"stop_at": 1}, epochs=2)
     first: list[dict] = []
     kept = tmp_path / "ckpt"
 
@@ -358,33 +368,17 @@ def test_a_restart_from_a_checkpoint_whose_report_was_lost_reports_it_again(tmp_
     it again, the very numbers, then trains on; a restart whose row the store has does not repeat it.
     (Found by the sequential driver-kill test: a trial's epoch-0 row missing after resume.)"""
     import shutil
-    import socket
 
     from ray.train import Checkpoint
 
     from gapinit_ray.results import ResultsStore
-    from gapinit_ray.train import TrialContext, TrialWorker
-    from gapinit_ray.trial import prepare_artifact, prepare_backbone
+    from gapinit_ray.train import TrialWorker
 
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-    os.environ["MASTER_PORT"] = str(port)
-    spec = tiny_spec(tmp_path, epochs=1, max_steps_per_epoch=2)
-    spec.backbones[0].pretrain = False
-    tspec, bspec = trial_spec(spec, {"init": "random", "seed": 5})
-    path = prepare_backbone(tspec, bspec, progress=False)
-    ctx = TrialContext(
-        spec=tspec,
-        backbone=bspec,
-        backbone_path=path,
-        artifact_path=prepare_artifact(tspec, bspec, path, progress=False, use_ray=False),
-        trial_id="lost",
-        out_dir=str(tmp_path / "out"),
-        results_store=True,
+    params = {"init": "random", "seed": 5}
+    ctx = _in_process_ctx(
+        tmp_path, params, "lost", ctx_over={"results_store": True}, epochs=1, max_steps_per_epoch=2
     )
+    tspec = ctx.spec
     first: list[dict] = []
     kept = tmp_path / "ckpt0"
 
